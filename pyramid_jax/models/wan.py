@@ -1,0 +1,356 @@
+"""Causal Wan2.1 diffusion transformer (flax.nnx), SPEC section 2.
+
+One call denoises a chunk of F latent frames against cached pages of earlier frames.
+The model never mutates the cache: it returns the chunk's keys (before RoPE) and values
+so a cache policy can commit them.
+
+Layouts: latents [B, F, C, H, W]; tokens in (f, h, w) row-major order; per-layer
+tensors are stacked on a leading L axis and the blocks run under one `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pyramid_jax import attention as attn_lib
+from pyramid_jax.attention import reference as ref_attn
+from pyramid_jax.models import rope
+
+
+@dataclasses.dataclass(frozen=True)
+class WanConfig:
+    """Shape of a Wan DiT. Defaults are Wan2.1-T2V-1.3B."""
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_len: int = 512
+    text_dim: int = 4096
+    freq_dim: int = 256
+    eps: float = 1e-6
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    rope_theta: float = 10000.0
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.patch_size[0] != 1:
+            raise ValueError("frame-causal generation needs a temporal patch of 1, "
+                             f"got patch_size {self.patch_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def jnp_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WanConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown WanConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **kw) -> "WanConfig":
+        return dataclasses.replace(self, **kw)
+
+
+PRESETS: dict[str, WanConfig] = {
+    "wan2.1-t2v-1.3b": WanConfig(),
+    "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+}
+# Heads are not visible in weight shapes; the published models fix them by width.
+HEADS_BY_DIM = {c.dim: c.num_heads for c in PRESETS.values()}
+
+
+def _f32(x):
+    return x.astype(jnp.float32)
+
+
+def layer_norm(x, eps, scale=None, bias=None):
+    """LayerNorm over the last axis, computed in float32, cast back to x.dtype."""
+    xf = _f32(x)
+    mu = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mu).mean(-1, keepdims=True)
+    y = (xf - mu) * jax.lax.rsqrt(var + eps)
+    if scale is not None:
+        y = y * _f32(scale) + _f32(bias)
+    return y.astype(x.dtype)
+
+
+def rms_norm(x, scale, eps):
+    """RMS statistic in float32, cast to x.dtype, then times the weight."""
+    xf = _f32(x)
+    y = (xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)).astype(x.dtype)
+    return y * scale.astype(x.dtype)
+
+
+def gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _linear(cfg: WanConfig, din: int, dout: int, rngs: nnx.Rngs, bias: bool = True) -> nnx.Linear:
+    return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_dtype,
+                      precision=jax.lax.Precision.HIGHEST, rngs=rngs)
+
+
+class MLP(nnx.Module):
+    """Linear -> act -> Linear (text embedding, time embedding, FFN)."""
+
+    def __init__(self, cfg: WanConfig, din: int, dhidden: int, dout: int, act, rngs: nnx.Rngs):
+        self.fc1 = _linear(cfg, din, dhidden, rngs)
+        self.fc2 = _linear(cfg, dhidden, dout, rngs)
+        self.act = act
+
+    def __call__(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nnx.Module):
+    """q, k, v, o projections with full-width RMSNorm on q and k."""
+
+    def __init__(self, cfg: WanConfig, rngs: nnx.Rngs):
+        d = cfg.dim
+        self.q, self.k, self.v, self.o = (_linear(cfg, d, d, rngs) for _ in range(4))
+        self.norm_q = nnx.Param(jnp.ones((d,), cfg.jnp_dtype))
+        self.norm_k = nnx.Param(jnp.ones((d,), cfg.jnp_dtype))
+        self.cfg = cfg
+
+    def heads(self, x):
+        return x.reshape(x.shape[:-1] + (self.cfg.num_heads, self.cfg.head_dim))
+
+    def _norm(self, x, scale):
+        return rms_norm(x, scale[...], self.cfg.eps) if self.cfg.qk_norm else x
+
+    def project_q(self, x):
+        return self.heads(self._norm(self.q(x), self.norm_q))
+
+    def project_kv(self, x):
+        return self.heads(self._norm(self.k(x), self.norm_k)), self.heads(self.v(x))
+
+
+class WanBlock(nnx.Module):
+    """One transformer block: modulated self-attn, cross-attn, modulated FFN."""
+
+    def __init__(self, cfg: WanConfig, rngs: nnx.Rngs):
+        d = cfg.dim
+        self.modulation = nnx.Param(
+            jax.random.normal(rngs.params(), (6, d), cfg.jnp_dtype) / math.sqrt(d))
+        self.self_attn = Attention(cfg, rngs)
+        self.cross_attn = Attention(cfg, rngs)
+        self.norm3_scale = nnx.Param(jnp.ones((d,), cfg.jnp_dtype))
+        self.norm3_bias = nnx.Param(jnp.zeros((d,), cfg.jnp_dtype))
+        self.ffn = MLP(cfg, d, cfg.ffn_dim, d, gelu_tanh, rngs)
+        self.cfg = cfg
+
+    def text_kv(self, ctx):
+        """ctx [B, Lt, D] (embedded text) -> k, v [B, Lt, H, Dh]."""
+        return self.cross_attn.project_kv(ctx)
+
+    def __call__(self, x, e0, text_k, text_v, cos, sin, attend):
+        """x [B, F, T, D]; e0 [B, F, 6, D] float32; text_k/v [B, Lt, H, Dh];
+        cos, sin [F*T, Dh/2]; attend(q, k, v) -> [B, F*T, H, Dh] with q, k post-RoPE.
+        Returns x and the chunk's (k before RoPE, v), each [B, F*T, H, Dh].
+        """
+        cfg = self.cfg
+        b, f, t, d = x.shape
+        mod = _f32(self.modulation[...]) + e0  # [B, F, 6, D]
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (mod[:, :, i, None, :] for i in range(6))
+
+        h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_a) + shift_a).astype(x.dtype)
+        h = h.reshape(b, f * t, d)
+        q = self.self_attn.project_q(h)
+        k, v = self.self_attn.project_kv(h)
+        y = attend(rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin), v)
+        y = self.self_attn.o(y.reshape(b, f * t, d)).reshape(b, f, t, d)
+        x = (_f32(x) + _f32(y) * gate_a).astype(x.dtype)
+
+        hc = x.reshape(b, f * t, d)
+        if cfg.cross_attn_norm:
+            hc = layer_norm(hc, cfg.eps, self.norm3_scale[...], self.norm3_bias[...])
+        qc = self.cross_attn.project_q(hc)
+        yc = jax.nn.dot_product_attention(qc, text_k, text_v)
+        x = x + self.cross_attn.o(yc.reshape(b, f * t, d)).reshape(b, f, t, d)
+
+        h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_f) + shift_f).astype(x.dtype)
+        x = (_f32(x) + _f32(self.ffn(h)) * gate_f).astype(x.dtype)
+        return x, (k, v)
+
+
+class Head(nnx.Module):
+    def __init__(self, cfg: WanConfig, rngs: nnx.Rngs):
+        self.modulation = nnx.Param(
+            jax.random.normal(rngs.params(), (2, cfg.dim), cfg.jnp_dtype) / math.sqrt(cfg.dim))
+        self.proj = _linear(cfg, cfg.dim, cfg.out_channels * math.prod(cfg.patch_size), rngs)
+        self.cfg = cfg
+
+    def __call__(self, x, e):
+        """x [B, F, T, D]; e [B, F, D] float32 (time embedding) -> [B, F, T, 4C]."""
+        mod = _f32(self.modulation[...]) + e[:, :, None, :]  # [B, F, 2, D]
+        shift, scale = mod[:, :, None, 0], mod[:, :, None, 1]
+        h = (_f32(layer_norm(x, self.cfg.eps)) * (1 + scale) + shift).astype(x.dtype)
+        return self.proj(h)
+
+
+class CausalWan(nnx.Module):
+    """Causal Wan DiT. See `__call__` for the chunk contract."""
+
+    def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs, attention_backend: str = "reference"):
+        self.cfg = cfg
+        self.attention_backend = attn_lib.check_backend(attention_backend)
+        c, d = cfg.in_channels, cfg.dim
+        _, ph, pw = cfg.patch_size
+        # Conv3d with kernel == stride is a Linear over (c, p, q, r) patch vectors.
+        self.patch_embedding = _linear(cfg, c * ph * pw, d, rngs)
+        self.text_embedding = MLP(cfg, cfg.text_dim, d, d, gelu_tanh, rngs)
+        self.time_embedding = MLP(cfg, cfg.freq_dim, d, d, jax.nn.silu, rngs)
+        self.time_projection = _linear(cfg, d, 6 * d, rngs)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(r):
+            return WanBlock(cfg, r)
+
+        self.blocks = make_blocks(rngs)
+        self.head = Head(cfg, rngs)
+
+    # ---- text ----------------------------------------------------------------------
+    def text_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-layer cross-attention K/V, computed once per prompt.
+
+        context: [B, Lt, text_dim] -> (k, v) each [L, B, Lt, H, Dh] in cfg.dtype.
+        """
+        ctx = self.text_embedding(context.astype(self.cfg.jnp_dtype))
+        graphdef, state = nnx.split(self.blocks)
+        return jax.vmap(lambda s: nnx.merge(graphdef, s).text_kv(ctx))(state)
+
+    # ---- time ----------------------------------------------------------------------
+    def time_embed(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """t [B, F] -> e [B, F, D] float32 (head), e0 [B, F, 6, D] float32 (blocks)."""
+        sinus = rope.timestep_sinusoid(t, self.cfg.freq_dim).astype(self.cfg.jnp_dtype)
+        e = self.time_embedding(sinus)
+        e0 = self.time_projection(jax.nn.silu(e))
+        return _f32(e), _f32(e0).reshape(e0.shape[:-1] + (6, self.cfg.dim))
+
+    # ---- patches -------------------------------------------------------------------
+    def patchify(self, x):
+        """[B, F, C, H, W] -> tokens [B, F, h*w, C*ph*pw] ordered (c, p, q)."""
+        b, f, c, hh, ww = x.shape
+        _, ph, pw = self.cfg.patch_size
+        if hh % ph or ww % pw:
+            raise ValueError(f"latent size {hh}x{ww} is not divisible by the patch {ph}x{pw}")
+        x = x.reshape(b, f, c, hh // ph, ph, ww // pw, pw)
+        x = x.transpose(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, f, (hh // ph) * (ww // pw), c * ph * pw)
+
+    def unpatchify(self, y, hh, ww):
+        """[B, F, h*w, ph*pw*C] (C fastest) -> [B, F, C, H, W]."""
+        b, f = y.shape[:2]
+        _, ph, pw = self.cfg.patch_size
+        c = self.cfg.out_channels
+        y = y.reshape(b, f, hh // ph, ww // pw, ph, pw, c)
+        y = y.transpose(0, 1, 6, 2, 4, 3, 5)
+        return y.reshape(b, f, c, hh, ww)
+
+    # ---- forward -------------------------------------------------------------------
+    def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
+                 plan: attn_lib.PagePlan | None = None, *, block_causal: int | None = None):
+        """Predict the flow of a chunk.
+
+        x: [B, F, C, H, W] noisy latents of F consecutive frames.
+        t: [B, F] per-frame timesteps (or [B], one per sample).
+        text_kv: (k, v) each [L, B, Lt, H, Dh] from `text_kv`.
+        cache: pool of earlier frames; None for no history.
+        plan: pages per (layer, query frame, head) and the chunk's first frame index
+            (`plan.frame0`, may be traced); None means frame0 = 0 and no pages.
+        block_causal: instead of a cache, attend block-causally within x with blocks of
+            this many frames (training and the full-sequence reference).
+        Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
+            v), each [L, B, H, F, T, Dh] with T = tokens per frame.
+        """
+        cfg = self.cfg
+        b, f, _, hh, ww = x.shape
+        _, ph, pw = cfg.patch_size
+        gh, gw = hh // ph, ww // pw
+        tpf = gh * gw
+        if t.ndim == 1:
+            t = jnp.broadcast_to(t[:, None], (b, f))
+        frame0 = jnp.zeros((), jnp.int32) if plan is None else plan.frame0
+
+        tokens = self.patch_embedding(self.patchify(x.astype(cfg.jnp_dtype)))  # [B, F, T, D]
+        e, e0 = self.time_embed(t)
+        cos, sin = rope.rope_tables(frame0, f, gh, gw, cfg.head_dim, cfg.rope_theta)
+        attend = self._attend_fn(b, f, tpf, cache, plan, block_causal)
+
+        graphdef, state = nnx.split(self.blocks)
+        layer_xs = (state, text_kv[0], text_kv[1])
+        if cache is not None:
+            layer_xs += (cache.k, cache.v, plan.slot, plan.time_shift, plan.valid)
+            if cache.page_len is not None:
+                layer_xs += (cache.page_len,)
+
+        def body(h, xs):
+            block = nnx.merge(graphdef, xs[0])
+            h, (k, v) = block(h, e0, xs[1], xs[2], cos, sin, lambda q, kk, vv: attend(q, kk, vv, xs[3:]))
+            to_pool = lambda a: a.reshape(b, f, tpf, cfg.num_heads, cfg.head_dim).transpose(0, 3, 1, 2, 4)
+            return h, (to_pool(k), to_pool(v))
+
+        tokens, chunk_kv = jax.lax.scan(body, tokens, layer_xs)
+        y = self.head(tokens, e)
+        return self.unpatchify(y, hh, ww), chunk_kv
+
+    def _attend_fn(self, b, f, tpf, cache, plan, block_causal):
+        """The self-attention of one layer as attend(q, k, v, layer_xs) -> [B, N, H, Dh]."""
+        if block_causal is not None:
+            blk = jnp.arange(f * tpf) // (tpf * block_causal)
+            mask = blk[:, None] >= blk[None, :]
+            return lambda q, k, v, _: jax.nn.dot_product_attention(q, k, v, mask=mask)
+        if cache is None:
+            return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v)
+
+        theta = self.cfg.rope_theta
+
+        def paged(q, k, v, xs):
+            pool_k, pool_v, slot, shift, valid = xs[:5]
+            page_len = xs[5] if len(xs) > 5 else None
+            qf = q.reshape(b, f, tpf, q.shape[-2], q.shape[-1])
+            out = ref_attn.paged_attention(qf, k, v, pool_k, pool_v, slot, shift, valid,
+                                           theta=theta, page_len=page_len)
+            return out.reshape(q.shape)
+
+        return paged
+
+
+def init_model(cfg: WanConfig, seed: int = 0, attention_backend: str = "reference") -> CausalWan:
+    """A randomly initialised model (tests, demo before weights exist)."""
+    return CausalWan(cfg, rngs=nnx.Rngs(seed), attention_backend=attention_backend)
+
+
+def abstract_model(cfg: WanConfig, attention_backend: str = "reference") -> CausalWan:
+    """The model with ShapeDtypeStruct leaves: a target for loading weights."""
+    return nnx.eval_shape(lambda: CausalWan(cfg, rngs=nnx.Rngs(0), attention_backend=attention_backend))
+
+
+def param_count(model: CausalWan) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

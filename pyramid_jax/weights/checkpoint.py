@@ -1,0 +1,116 @@
+"""Orbax checkpoints that carry their model config.
+
+Layout of a checkpoint directory:
+  config.json   {"kind": "dit", "format": 1, "model": {WanConfig fields}, "source": ...}
+  params/       orbax StandardCheckpointer tree (the nnx Param state)
+Writes go to a temporary sibling directory that is renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message says why."""
+
+
+def save_params(dst: str, params: dict, cfg: WanConfig, source: str = "", kind: str = "dit") -> None:
+    """Write `params` (nested dict of arrays matching the model state) and cfg to dst.
+
+    Fails if dst exists. Nothing is left at dst unless the whole write succeeded.
+    """
+    import orbax.checkpoint as ocp
+
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst):
+        raise CheckpointError(f"{dst} already exists; remove it or choose another destination")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".tmp-", dir=parent)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, "params"), jax.tree.map(jnp.asarray, params))
+            ckptr.wait_until_finished()
+        meta = {"kind": kind, "format": FORMAT, "model": json.loads(cfg.to_json()), "source": source}
+        with open(os.path.join(tmp, "config.json"), "w") as fh:
+            json.dump(meta, fh, indent=2)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model(dst: str, model: CausalWan, source: str = "") -> None:
+    save_params(dst, nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.cfg, source)
+
+
+def read_config(path: str) -> tuple[dict, WanConfig]:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} not found (expected an orbax directory "
+                              "written by tools/convert_checkpoint.py)")
+    if not os.path.exists(cfg_path):
+        raise CheckpointError(f"{path}: no config.json; not a pyramid_jax checkpoint")
+    try:
+        with open(cfg_path) as fh:
+            meta = json.load(fh)
+        cfg = WanConfig.from_dict(meta["model"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: unreadable config ({e})") from None
+    if meta.get("kind", "dit") != "dit":
+        raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, not a DiT")
+    return meta, cfg
+
+
+def load_model(path: str, dtype: str | None = None, attention_backend: str = "reference") -> CausalWan:
+    """Restore a CausalWan from `path`; dtype overrides the stored param dtype."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    _, cfg = read_config(path)
+    stored = abstract_model(cfg, attention_backend)
+    graphdef, abstract_state = nnx.split(stored)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            state = ckptr.restore(os.path.join(path, "params"), abstract_state)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot restore params ({msg[:300]})") from None
+    model = nnx.merge(graphdef, state)
+    log.info("loaded %s (%s, %d layers, dim %d)", path, cfg.dtype, cfg.num_layers, cfg.dim)
+    if dtype is not None and dtype != cfg.dtype:
+        model = cast_model(model, dtype)
+    return model
+
+
+def cast_model(model: CausalWan, dtype: str) -> CausalWan:
+    """The same weights in another dtype (a new module; the old one is untouched)."""
+    cfg = model.cfg.replace(dtype=dtype)
+    graphdef, state = nnx.split(abstract_model(cfg, model.attention_backend))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def model_from_params(cfg: WanConfig, params: dict, attention_backend: str = "reference") -> CausalWan:
+    """Build a CausalWan from a nested numpy dict (as produced by the name maps)."""
+    graphdef, state = nnx.split(abstract_model(cfg, attention_backend))
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(np.asarray(a), cfg.dtype), params))
+    return nnx.merge(graphdef, state)
