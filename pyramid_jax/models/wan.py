@@ -165,11 +165,12 @@ class WanBlock(nnx.Module):
         self.cfg = cfg
 
     def text_kv(self, ctx):
-        """ctx [B, Lt, D] (embedded text) -> k, v [B, Lt, H, Dh]."""
-        return self.cross_attn.project_kv(ctx)
+        """ctx [B, Lt, D] (embedded text) -> k, v [B, H, Lt, Dh] (head-major)."""
+        k, v = self.cross_attn.project_kv(ctx)
+        return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
     def __call__(self, x, e0, text_k, text_v, cos, sin, attend):
-        """x [B, F, T, D]; e0 [B, F, 6, D] float32; text_k/v [B, Lt, H, Dh];
+        """x [B, F, T, D]; e0 [B, F, 6, D] float32; text_k/v [B, H, Lt, Dh];
         cos, sin [F*T, Dh/2]; attend(q, k, v) -> [B, F*T, H, Dh] with q, k post-RoPE.
         Returns x and the chunk's (k before RoPE, v), each [B, F*T, H, Dh].
         """
@@ -189,8 +190,8 @@ class WanBlock(nnx.Module):
         hc = x.reshape(b, f * t, d)
         if cfg.cross_attn_norm:
             hc = layer_norm(hc, cfg.eps, self.norm3_scale[...], self.norm3_bias[...])
-        qc = self.cross_attn.project_q(hc)
-        yc = jax.nn.dot_product_attention(qc, text_k, text_v)
+        qc = self.cross_attn.project_q(hc).transpose(0, 2, 1, 3)
+        yc = ref_attn.mha(qc, text_k, text_v).transpose(0, 2, 1, 3)
         x = x + self.cross_attn.o(yc.reshape(b, f * t, d)).reshape(b, f, t, d)
 
         h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_f) + shift_f).astype(x.dtype)
@@ -239,7 +240,7 @@ class CausalWan(nnx.Module):
     def text_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Per-layer cross-attention K/V, computed once per prompt.
 
-        context: [B, Lt, text_dim] -> (k, v) each [L, B, Lt, H, Dh] in cfg.dtype.
+        context: [B, Lt, text_dim] -> (k, v) each [L, B, H, Lt, Dh] in cfg.dtype.
         """
         ctx = self.text_embedding(context.astype(self.cfg.jnp_dtype))
         graphdef, state = nnx.split(self.blocks)
@@ -280,7 +281,7 @@ class CausalWan(nnx.Module):
 
         x: [B, F, C, H, W] noisy latents of F consecutive frames.
         t: [B, F] per-frame timesteps (or [B], one per sample).
-        text_kv: (k, v) each [L, B, Lt, H, Dh] from `text_kv`.
+        text_kv: (k, v) each [L, B, H, Lt, Dh] from `text_kv`.
         cache: pool of earlier frames; None for no history.
         plan: pages per (layer, query frame, head) and the chunk's first frame index
             (`plan.frame0`, may be traced); None means frame0 = 0 and no pages.
@@ -325,7 +326,7 @@ class CausalWan(nnx.Module):
         if block_causal is not None:
             blk = jnp.arange(f * tpf) // (tpf * block_causal)
             mask = blk[:, None] >= blk[None, :]
-            return lambda q, k, v, _: jax.nn.dot_product_attention(q, k, v, mask=mask)
+            return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v, mask)
         if cache is None:
             return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v)
 

@@ -88,11 +88,12 @@ def load_model(path: str, dtype: str | None = None, attention_backend: str = "re
     graphdef, abstract_state = nnx.split(stored)
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            state = ckptr.restore(os.path.join(path, "params"), abstract_state)
+            params = ckptr.restore(os.path.join(path, "params"), nnx.to_pure_dict(abstract_state))
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path}: cannot restore params ({msg[:300]})") from None
-    model = nnx.merge(graphdef, state)
+    nnx.replace_by_pure_dict(abstract_state, params)
+    model = nnx.merge(graphdef, abstract_state)
     log.info("loaded %s (%s, %d layers, dim %d)", path, cfg.dtype, cfg.num_layers, cfg.dim)
     if dtype is not None and dtype != cfg.dtype:
         model = cast_model(model, dtype)

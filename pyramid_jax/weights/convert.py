@@ -58,7 +58,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         if args.kind != "dit":
             raise ConversionError(f"--kind {args.kind} is not supported yet (only dit)")

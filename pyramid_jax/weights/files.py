@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import struct
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -84,7 +85,9 @@ def read_torch(path: str, ema: bool = True) -> dict[str, np.ndarray]:
     except ImportError:
         raise ConversionError("reading .pt/.pth needs torch: pip install -e '.[convert]'") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; errors suffice
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):

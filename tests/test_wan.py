@@ -1,0 +1,166 @@
+"""CausalWan parity against diffusers' WanTransformer3DModel, through the converter."""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from conftest import diffusers_wan, rel_err, save_self_forcing_pt
+from pyramid_jax.attention import KVPool, PagePlan
+from pyramid_jax.models import rope
+from pyramid_jax.models.wan import CausalWan, WanConfig, init_model
+from pyramid_jax.weights import convert
+from pyramid_jax.weights.checkpoint import load_model, save_model
+
+B, F, C, HH, WW, LT = 2, 3, 4, 6, 10, 7
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, C, F, HH, WW, generator=g)
+    ctx = torch.randn(B, LT, 48, generator=g)
+    return x, ctx
+
+
+def _reference(model, x, t, ctx):
+    with torch.no_grad():
+        return model(x, t, ctx, return_dict=False)[0].numpy()
+
+
+def _ours(model: CausalWan, x, t, ctx):
+    xj = jnp.asarray(x.numpy().transpose(0, 2, 1, 3, 4))  # [B, C, F, H, W] -> [B, F, C, H, W]
+    flow, _ = model(xj, jnp.asarray(t), model.text_kv(jnp.asarray(ctx.numpy())))
+    return np.asarray(flow, np.float32).transpose(0, 2, 1, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, tiny_diffusers):
+    """The tiny diffusers model converted twice: from diffusers safetensors and from a
+    Self Forcing-style .pt (generator_ema, model. prefixes, wrapper segments)."""
+    root = tmp_path_factory.mktemp("convert")
+    tiny_diffusers.save_pretrained(root / "diffusers", safe_serialization=True)
+    save_self_forcing_pt(tiny_diffusers, root / "self_forcing_dmd.pt", ema_scale=0.5)
+    for src, dst in [("diffusers", "from_diffusers"), ("self_forcing_dmd.pt", "from_pt")]:
+        assert convert.main(["--src", str(root / src), "--dst", str(root / dst), "--num-heads", "2"]) == 0
+    return root
+
+
+@pytest.mark.parametrize("source", ["from_diffusers", "from_pt"])
+def test_parity_fp32(converted, tiny_diffusers, inputs, source):
+    x, ctx = inputs
+    t = np.array([937.5, 250.0], np.float32)
+    ref = _reference(tiny_diffusers, x, torch.from_numpy(t), ctx)
+    model = load_model(str(converted / source))
+    assert model.cfg.num_layers == 2 and model.cfg.dim == 64 and model.cfg.in_channels == 4
+    err = rel_err(_ours(model, x, t, ctx), ref)
+    print(f"{source}: fp32 rel err {err:.2e}")
+    assert err <= 1e-5
+
+
+def test_no_ema_reads_generator(converted, tiny_diffusers, tmp_path, inputs):
+    x, ctx = inputs
+    t = np.array([500.0, 500.0], np.float32)
+    assert convert.main(["--src", str(converted / "self_forcing_dmd.pt"), "--dst",
+                         str(tmp_path / "gen"), "--num-heads", "2", "--no-ema"]) == 0
+    ema = load_model(str(converted / "from_pt"))
+    gen = load_model(str(tmp_path / "gen"))
+    w_ema = np.asarray(ema.head.proj.kernel[...])
+    w_gen = np.asarray(gen.head.proj.kernel[...])
+    np.testing.assert_allclose(w_gen, 0.5 * w_ema, rtol=1e-6)
+
+
+def test_per_frame_timesteps(converted, tiny_diffusers, inputs):
+    """t [B, F] per frame equals diffusers' per-token timesteps; one t per sample equals scalar t."""
+    x, ctx = inputs
+    model = load_model(str(converted / "from_diffusers"))
+    t_bf = np.array([[1000.0, 937.5, 833.3333], [625.0, 625.0, 0.0]], np.float32)
+    tokens = (HH // 2) * (WW // 2)
+    ref = _reference(tiny_diffusers, x, torch.from_numpy(np.repeat(t_bf, tokens, axis=1)), ctx)
+    assert rel_err(_ours(model, x, t_bf, ctx), ref) <= 1e-5
+
+    t_same = np.full((B, F), 833.3333, np.float32)
+    per_frame = _ours(model, x, t_same, ctx)
+    scalar = _ours(model, x, t_same[:, 0], ctx)
+    np.testing.assert_array_equal(per_frame, scalar)
+
+
+def test_parity_bf16(converted, tiny_diffusers, inputs, tmp_path):
+    x, ctx = inputs
+    t = np.array([937.5, 250.0], np.float32)
+    ref = _reference(tiny_diffusers, x, torch.from_numpy(t), ctx)
+    assert convert.main(["--src", str(converted / "diffusers"), "--dst", str(tmp_path / "bf16"),
+                         "--num-heads", "2", "--dtype", "bfloat16"]) == 0
+    model = load_model(str(tmp_path / "bf16"))
+    assert model.cfg.dtype == "bfloat16"
+    err = rel_err(_ours(model, x, t, ctx), ref)
+    print(f"bf16 rel err vs fp32 diffusers: {err:.2e}")
+    assert err <= 3e-2
+
+
+def test_bf16_safetensors_read_exactly(tiny_diffusers, inputs, tmp_path):
+    """A bf16 diffusers checkpoint converts to exactly its bf16 values."""
+    x, ctx = inputs
+    m16 = diffusers_wan()
+    with torch.no_grad():  # bf16-representable weights, fp32 compute (RoPE buffers untouched)
+        for p in m16.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    copy.deepcopy(m16).to(torch.bfloat16).save_pretrained(tmp_path / "d16", safe_serialization=True)
+    assert convert.main(["--src", str(tmp_path / "d16"), "--dst", str(tmp_path / "out"),
+                         "--num-heads", "2"]) == 0
+    model = load_model(str(tmp_path / "out"))
+    t = np.array([937.5, 250.0], np.float32)
+    assert rel_err(_ours(model, x, t, ctx), _reference(m16, x, torch.from_numpy(t), ctx)) <= 1e-5
+
+
+def test_orbax_round_trip(tmp_path):
+    cfg = WanConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
+                    text_dim=48, freq_dim=32, text_len=LT)
+    model = init_model(cfg, seed=3)
+    save_model(str(tmp_path / "ck"), model)
+    again = load_model(str(tmp_path / "ck"))
+    assert again.cfg == cfg
+    x = jax.random.normal(jax.random.key(0), (1, F, C, HH, WW))
+    ctx = jax.random.normal(jax.random.key(1), (1, LT, 48))
+    t = jnp.array([500.0])
+    a, _ = model(x, t, model.text_kv(ctx))
+    b, _ = again(x, t, again.text_kv(ctx))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _commit(chunk_kv, frame0, cfg, grid):
+    """Minimal stand-in for a cache commit: RoPE the chunk's keys at their absolute time."""
+    k, v = chunk_kv  # [L, B, H, F, T, Dh]
+    f = k.shape[3]
+    cos, sin = rope.rope_tables(frame0, f, *grid, cfg.head_dim)
+    kr = rope.apply_rope(jnp.moveaxis(k, 2, -2).reshape(k.shape[:2] + (-1, k.shape[2], k.shape[-1])), cos, sin)
+    kr = jnp.moveaxis(kr.reshape(k.shape[:2] + (f, k.shape[4], k.shape[2], k.shape[-1])), -2, 2)
+    return kr, v
+
+
+def test_cached_pages_equal_block_causal_forward():
+    """Chunk 2 attending chunk 1's committed frames as pages equals a block-causal forward."""
+    cfg = WanConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
+                    text_dim=48, freq_dim=32, text_len=LT)
+    model = init_model(cfg, seed=5)
+    key = jax.random.key(2)
+    x = jax.random.normal(key, (1, 2 * F, C, HH, WW))
+    t = jnp.full((1, 2 * F), 500.0)
+    tkv = model.text_kv(jax.random.normal(jax.random.key(3), (1, LT, 48)))
+    full, _ = model(x, t, tkv, block_causal=F)
+
+    L, H = cfg.num_layers, cfg.num_heads
+    first, kv = model(x[:, :F], t[:, :F], tkv)
+    pool_k, pool_v = _commit(kv, 0, cfg, (HH // 2, WW // 2))  # slots 0..2 = frames 0..2
+    # Pages listed out of slot order, plus an invalid page that must be ignored.
+    slot = jnp.broadcast_to(jnp.array([2, 0, 1, 1], jnp.int32), (L, F, H, 4))
+    valid = jnp.broadcast_to(jnp.array([True, True, True, False]), (L, F, H, 4))
+    plan = PagePlan(jnp.int32(F), slot, jnp.zeros_like(slot), valid)
+    second, _ = model(x[:, F:], t[:, F:], tkv, KVPool(pool_k, pool_v), plan)
+    assert rel_err(first, full[:, :F]) <= 1e-5
+    assert rel_err(second, full[:, F:]) <= 1e-5
