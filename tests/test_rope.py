@@ -64,7 +64,7 @@ def test_apply_rope_matches_complex_reference():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((nf * gh * gw, 2, dh))
     cos, sin = rope.rope_tables(jnp.int32(5000), nf, gh, gw, dh)
-    got = np.asarray(rope.apply_rope(jnp.asarray(x, jnp.float32), cos, sin))
+    got = np.asarray(rope.apply_rope(jnp.asarray(x, jnp.float32), cos[:, None], sin[:, None]))
     i = 0
     for f in range(nf):
         for h in range(gh):
@@ -79,6 +79,6 @@ def test_shift_time_moves_only_the_frame_axis():
     k = np.random.default_rng(2).standard_normal((gh * gw, 3, dh)).astype(np.float32)
     cos, sin = rope.rope_tables(jnp.int32(40), 1, gh, gw, dh)
     cos2, sin2 = rope.rope_tables(jnp.int32(40 - 25), 1, gh, gw, dh)
-    shifted = rope.shift_time(rope.apply_rope(jnp.asarray(k), cos, sin), jnp.int32(-25), dh)
-    np.testing.assert_allclose(np.asarray(shifted), np.asarray(rope.apply_rope(jnp.asarray(k), cos2, sin2)),
+    shifted = rope.shift_time(rope.apply_rope(jnp.asarray(k), cos[:, None], sin[:, None]), jnp.int32(-25), dh)
+    np.testing.assert_allclose(np.asarray(shifted), np.asarray(rope.apply_rope(jnp.asarray(k), cos2[:, None], sin2[:, None])),
                                atol=1e-5)

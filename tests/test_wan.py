@@ -12,8 +12,8 @@ import torch
 
 from conftest import diffusers_wan, rel_err, save_self_forcing_pt
 from pyramid_jax.attention import KVPool, PagePlan
-from pyramid_jax.models import rope
-from pyramid_jax.models.wan import CausalWan, WanConfig, init_model
+from pyramid_jax.cache.pool import PoolSpec, rope_keys
+from pyramid_jax.models.wan import CausalWan, WanConfig, block_causal_mask, init_model
 from pyramid_jax.weights import convert
 from pyramid_jax.weights.checkpoint import load_model, save_model
 
@@ -133,16 +133,6 @@ def test_orbax_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _commit(chunk_kv, frame0, cfg, grid):
-    """Minimal stand-in for a cache commit: RoPE the chunk's keys at their absolute time."""
-    k, v = chunk_kv  # [L, B, H, F, T, Dh]
-    f = k.shape[3]
-    cos, sin = rope.rope_tables(frame0, f, *grid, cfg.head_dim)
-    kr = rope.apply_rope(jnp.moveaxis(k, 2, -2).reshape(k.shape[:2] + (-1, k.shape[2], k.shape[-1])), cos, sin)
-    kr = jnp.moveaxis(kr.reshape(k.shape[:2] + (f, k.shape[4], k.shape[2], k.shape[-1])), -2, 2)
-    return kr, v
-
-
 def test_cached_pages_equal_block_causal_forward():
     """Chunk 2 attending chunk 1's committed frames as pages equals a block-causal forward."""
     cfg = WanConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
@@ -152,11 +142,12 @@ def test_cached_pages_equal_block_causal_forward():
     x = jax.random.normal(key, (1, 2 * F, C, HH, WW))
     t = jnp.full((1, 2 * F), 500.0)
     tkv = model.text_kv(jax.random.normal(jax.random.key(3), (1, LT, 48)))
-    full, _ = model(x, t, tkv, block_causal=F)
+    full, _ = model(x, t, tkv, frame_mask=block_causal_mask(2 * F, F))
 
     L, H = cfg.num_layers, cfg.num_heads
     first, kv = model(x[:, :F], t[:, :F], tkv)
-    pool_k, pool_v = _commit(kv, 0, cfg, (HH // 2, WW // 2))  # slots 0..2 = frames 0..2
+    spec = PoolSpec(L, cfg.num_heads, cfg.head_dim, (HH // 2, WW // 2))
+    pool_k, pool_v = rope_keys(spec, kv[0], jnp.arange(F)), kv[1]  # slots 0..2 = frames 0..2
     # Pages listed out of slot order, plus an invalid page that must be ignored.
     slot = jnp.broadcast_to(jnp.array([2, 0, 1, 1], jnp.int32), (L, F, H, 4))
     valid = jnp.broadcast_to(jnp.array([True, True, True, False]), (L, F, H, 4))

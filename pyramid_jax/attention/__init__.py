@@ -33,7 +33,7 @@ class KVPool(NamedTuple):
     """The cached keys/values the model reads (the cache package owns the rest).
 
     k, v: [L, B, H, S, T_f, Dh], keys post-RoPE at their stored time.
-    page_len: [L, S] int32 valid tokens per slot, or None when every slot is full.
+    page_len: [L, H, S] int32 valid tokens per slot, or None when every slot is full.
     """
 
     k: jax.Array

@@ -51,7 +51,7 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
     pool_k, pool_v: [B, H, S, T_f, Dh] cached frame slots (keys post-RoPE at their stored time).
     slot, time_shift, valid: [C, H, P] the plan for this layer: which slot each page reads,
         how many frames its RoPE time moves, and whether it is used.
-    page_len: optional [S] int, number of valid tokens in each slot (default: all T_f).
+    page_len: optional [H, S] int, number of valid tokens in each slot (default: all T_f).
     Returns [B, C, T, H, Dh].
     """
     b, c, t, h, dh = q.shape
@@ -68,9 +68,9 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
     kk = jnp.concatenate([pk, jnp.broadcast_to(k[:, None], (b, c) + k.shape[1:])], axis=2)
     vv = jnp.concatenate([pv, jnp.broadcast_to(v[:, None], (b, c) + v.shape[1:])], axis=2)
 
-    tok_ok = jnp.ones((s, t_f), bool) if page_len is None else (
-        jnp.arange(t_f)[None, :] < page_len[:, None])
-    page_ok = valid[..., None] & tok_ok[slot]  # [C, H, P, T_f]
+    page_ok = jnp.broadcast_to(valid[..., None], valid.shape + (t_f,))  # [C, H, P, T_f]
+    if page_len is not None:
+        page_ok = page_ok & (jnp.arange(t_f) < page_len[heads, slot][..., None])
     page_ok = jnp.moveaxis(page_ok, 1, 0).reshape(h, c, p * t_f)  # [H, C, P*T_f]
     mask = jnp.concatenate([page_ok, jnp.ones((h, c, k.shape[1]), bool)], axis=-1)
     mask = jnp.broadcast_to(jnp.moveaxis(mask, 1, 0)[None, :, :, None, :],

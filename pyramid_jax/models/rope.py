@@ -85,12 +85,20 @@ def rope_tables(
     frame0 may be traced. Tokens are in (f, h, w) row-major order.
     Returns cos, sin: [F * h * w, head_dim // 2] float32.
     """
+    times = jnp.asarray(frame0, jnp.float32) + jnp.arange(num_frames, dtype=jnp.float32)
+    return grid_tables(times, jnp.arange(height), jnp.arange(width), head_dim, theta)
+
+
+def grid_tables(times, rows, cols, head_dim: int, theta: float = 10000.0):
+    """cos, sin for the grid times x rows x cols (any positions, e.g. pooled patch corners).
+
+    times [F], rows [h], cols [w] -> cos, sin [F * h * w, head_dim // 2] float32.
+    """
     d_t, d_h, d_w = axis_dims(head_dim)
-    t = jnp.asarray(frame0, jnp.float32) + jnp.arange(num_frames, dtype=jnp.float32)
-    a_t = angles(t, axis_frequencies(d_t, theta))
-    a_h = angles(jnp.arange(height, dtype=jnp.float32), axis_frequencies(d_h, theta))
-    a_w = angles(jnp.arange(width, dtype=jnp.float32), axis_frequencies(d_w, theta))
-    shape = (num_frames, height, width)
+    a_t = angles(jnp.asarray(times, jnp.float32), axis_frequencies(d_t, theta))
+    a_h = angles(jnp.asarray(rows, jnp.float32), axis_frequencies(d_h, theta))
+    a_w = angles(jnp.asarray(cols, jnp.float32), axis_frequencies(d_w, theta))
+    shape = (a_t.shape[0], a_h.shape[0], a_w.shape[0])
     ang = jnp.concatenate(
         [
             jnp.broadcast_to(a_t[:, None, None, :], shape + a_t.shape[-1:]),
@@ -105,13 +113,11 @@ def rope_tables(
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Rotate interleaved pairs of x in float32 and cast back.
 
-    x: [..., N, H, Dh]; cos, sin: [N, Dh // 2] (broadcast over heads) or any shape that
-    broadcasts against [..., Dh // 2] after the head axis is inserted by the caller.
+    x: [..., Dh]; cos, sin: broadcastable to x.shape[:-1] + (Dh // 2,) (callers insert the
+    head axis, e.g. cos[:, None] for x [B, N, H, Dh]).
     """
     xf = x.astype(jnp.float32).reshape(x.shape[:-1] + (x.shape[-1] // 2, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
-    if cos.ndim == 2:  # [N, Dh/2] -> broadcast over the head axis
-        cos, sin = cos[:, None, :], sin[:, None, :]
     out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
     return out.reshape(x.shape).astype(x.dtype)
 

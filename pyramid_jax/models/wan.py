@@ -183,7 +183,8 @@ class WanBlock(nnx.Module):
         h = h.reshape(b, f * t, d)
         q = self.self_attn.project_q(h)
         k, v = self.self_attn.project_kv(h)
-        y = attend(rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin), v)
+        cs, sn = cos[:, None], sin[:, None]  # broadcast over heads
+        y = attend(rope.apply_rope(q, cs, sn), rope.apply_rope(k, cs, sn), v)
         y = self.self_attn.o(y.reshape(b, f * t, d)).reshape(b, f, t, d)
         x = (_f32(x) + _f32(y) * gate_a).astype(x.dtype)
 
@@ -276,7 +277,7 @@ class CausalWan(nnx.Module):
 
     # ---- forward -------------------------------------------------------------------
     def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
-                 plan: attn_lib.PagePlan | None = None, *, block_causal: int | None = None):
+                 plan: attn_lib.PagePlan | None = None, *, frame_mask: jax.Array | None = None):
         """Predict the flow of a chunk.
 
         x: [B, F, C, H, W] noisy latents of F consecutive frames.
@@ -285,8 +286,8 @@ class CausalWan(nnx.Module):
         cache: pool of earlier frames; None for no history.
         plan: pages per (layer, query frame, head) and the chunk's first frame index
             (`plan.frame0`, may be traced); None means frame0 = 0 and no pages.
-        block_causal: instead of a cache, attend block-causally within x with blocks of
-            this many frames (training and the full-sequence reference).
+        frame_mask: [F, F] bool, instead of a cache: query frame i attends key frame j of x
+            where True (block-causal training, the full-sequence reference of a policy).
         Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
             v), each [L, B, H, F, T, Dh] with T = tokens per frame.
         """
@@ -302,7 +303,7 @@ class CausalWan(nnx.Module):
         tokens = self.patch_embedding(self.patchify(x.astype(cfg.jnp_dtype)))  # [B, F, T, D]
         e, e0 = self.time_embed(t)
         cos, sin = rope.rope_tables(frame0, f, gh, gw, cfg.head_dim, cfg.rope_theta)
-        attend = self._attend_fn(b, f, tpf, cache, plan, block_causal)
+        attend = self._attend_fn(b, f, tpf, cache, plan, frame_mask)
 
         graphdef, state = nnx.split(self.blocks)
         layer_xs = (state, text_kv[0], text_kv[1])
@@ -321,11 +322,11 @@ class CausalWan(nnx.Module):
         y = self.head(tokens, e)
         return self.unpatchify(y, hh, ww), chunk_kv
 
-    def _attend_fn(self, b, f, tpf, cache, plan, block_causal):
+    def _attend_fn(self, b, f, tpf, cache, plan, frame_mask):
         """The self-attention of one layer as attend(q, k, v, layer_xs) -> [B, N, H, Dh]."""
-        if block_causal is not None:
-            blk = jnp.arange(f * tpf) // (tpf * block_causal)
-            mask = blk[:, None] >= blk[None, :]
+        if frame_mask is not None:
+            frame = jnp.arange(f * tpf) // tpf
+            mask = jnp.asarray(frame_mask)[frame[:, None], frame[None, :]]
             return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v, mask)
         if cache is None:
             return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v)
@@ -341,6 +342,12 @@ class CausalWan(nnx.Module):
             return out.reshape(q.shape)
 
         return paged
+
+
+def block_causal_mask(num_frames: int, frames_per_block: int) -> np.ndarray:
+    """[F, F] bool: frame i attends frame j iff j's block is not after i's."""
+    blk = np.arange(num_frames) // frames_per_block
+    return blk[:, None] >= blk[None, :]
 
 
 def init_model(cfg: WanConfig, seed: int = 0, attention_backend: str = "reference") -> CausalWan:

@@ -1,0 +1,100 @@
+"""Self Forcing's rolling window with pinned sink frames (SPEC section 5).
+
+With window W and sink S, a chunk of F frames starting at frame t0 attends the first S
+frames plus the most recent W - S frames counting its own F: committed frames
+[max(S, t0 - R), t0) with R = W - S - F. Slots: S sink slots, then a ring of R slots
+(frame t >= S lives in slot S + (t - S) mod R). W = -1 keeps every frame (capacity =
+the requested length). Memory is fixed by W, never by the video length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pyramid_jax.attention import PagePlan
+from pyramid_jax.cache.pool import CacheState, PoolSpec, empty_state, rope_keys, write_frames
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPolicy:
+    spec: PoolSpec
+    local_attn_size: int = -1
+    sink_size: int = 0
+    num_frames: int = 21  # requested length; sets the capacity when local_attn_size == -1
+
+    def __post_init__(self):
+        w, s, f = self.local_attn_size, self.sink_size, self.spec.frames_per_chunk
+        if s < 0:
+            raise ValueError(f"cache.sink_size must be >= 0, got {s}")
+        if w != -1 and w < s + f:
+            raise ValueError(f"cache.local_attn_size ({w}) must be -1 or at least sink_size + "
+                             f"frames per chunk ({s} + {f})")
+
+    @property
+    def unlimited(self) -> bool:
+        return self.local_attn_size == -1
+
+    @property
+    def sinks(self) -> int:
+        return 0 if self.unlimited else self.sink_size
+
+    @property
+    def ring(self) -> int:
+        if self.unlimited:
+            return self.num_frames
+        return min(self.local_attn_size - self.sink_size - self.spec.frames_per_chunk, self.num_frames)
+
+    @property
+    def num_slots(self) -> int:
+        return max(self.sinks + self.ring, 1)  # one (never valid) slot keeps shapes non-empty
+
+    def init(self, batch: int, dtype) -> CacheState:
+        return empty_state(self.spec, batch, self.num_slots, dtype)
+
+    def attended(self, slot_time: jax.Array, frame0: jax.Array) -> jax.Array:
+        """Which slots a chunk starting at frame0 reads: [..., S] bool."""
+        recent = slot_time >= frame0 - self.ring
+        keep = (slot_time < self.sinks) | recent
+        return (slot_time >= 0) & (slot_time < frame0) & keep
+
+    def frame_mask(self, num_frames: int) -> np.ndarray:
+        """[F, F] bool, the same semantics as one full-sequence mask: query frame i attends
+        key frame j (its own chunk, plus what the cache would hold). For references/tests."""
+        f = self.spec.frames_per_chunk
+        i, j = np.arange(num_frames)[:, None], np.arange(num_frames)[None, :]
+        start = (i // f) * f
+        same_chunk = j // f == i // f
+        cached = (j < start) & ((j < self.sinks) | (j >= start - self.ring))
+        return same_chunk | cached
+
+    def plan(self, state: CacheState, chunk: jax.Array) -> PagePlan:
+        sp = self.spec
+        frame0 = jnp.asarray(chunk, jnp.int32) * sp.frames_per_chunk
+        shape = (sp.num_layers, sp.frames_per_chunk, sp.num_heads, self.num_slots)
+        valid = self.attended(state.slot_time, frame0)[:, None]  # same pages for every query frame
+        slot = jnp.broadcast_to(jnp.arange(self.num_slots, dtype=jnp.int32), shape)
+        return PagePlan(frame0, slot, jnp.zeros(shape, jnp.int32), jnp.broadcast_to(valid, shape))
+
+    def slots_for(self, times: jax.Array) -> jax.Array:
+        """Target slot of each newly committed frame ([F] -> [F]; num_slots = skip)."""
+        end = times[-1] + 1
+        if self.unlimited:
+            return jnp.where(times < self.num_slots, times, self.num_slots)
+        s, r = self.sinks, self.ring
+        ring_slot = s + (times - s) % max(r, 1)
+        # only the last r frames of a chunk survive; writing earlier ones would collide
+        in_ring = (times >= s) & (times >= end - r) if r > 0 else jnp.zeros_like(times, bool)
+        return jnp.where(times < s, times, jnp.where(in_ring, ring_slot, self.num_slots))
+
+    def commit(self, state: CacheState, chunk_kv, chunk: jax.Array) -> CacheState:
+        """Write the chunk's clean K/V (k before RoPE) into the pool."""
+        sp = self.spec
+        k, v = chunk_kv  # [L, B, H, F, T, Dh]
+        times = jnp.asarray(chunk, jnp.int32) * sp.frames_per_chunk + jnp.arange(sp.frames_per_chunk)
+        slots = jnp.broadcast_to(self.slots_for(times), (sp.num_layers, sp.num_heads, times.shape[0]))
+        t_all = jnp.broadcast_to(times, slots.shape)
+        return write_frames(state, rope_keys(sp, k, times), v, slots, t_all)

@@ -1,0 +1,144 @@
+"""Chunk-by-chunk autoregressive rollout (SPEC section 4).
+
+Per chunk: for each denoising step i, x0 = model(x, t_i); unless last, x = add_noise(x0,
+fresh N(0, 1), t_{i+1}). The last x0 is the output; one more model pass on x0 at
+t = context_noise gives the chunk's clean K/V, which the policy commits.
+
+`make_chunk_step` jits all of that as one function of (params, cache, text K/V, noise,
+re-noise, chunk index): the chunk index is traced and every shape is static, so a rollout
+of any length compiles once. The host loop only feeds chunk indices and noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pyramid_jax.sampling.schedule import FlowSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """How one chunk is denoised. timesteps: the (warped) denoising timesteps."""
+
+    timesteps: tuple[float, ...] = (1000.0, 937.5, 833.3333, 625.0)
+    context_noise: float = 0.0
+    frames_per_chunk: int = 3
+    schedule: FlowSchedule = FlowSchedule()
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+
+@functools.lru_cache(maxsize=8)  # same model/policy/sampler -> same compiled step
+def make_chunk_step(graphdef, policy, sampler: Sampler):
+    """Returns jitted step(params, cache, text_kv, noise, renoise, chunk) -> (x0, cache).
+
+    noise: [B, F, C, h, w] the chunk's initial noise; renoise: [n_steps - 1, B, F, C, h, w]
+    in draw order; chunk: int32 scalar. The cache argument is donated (updated in place).
+    """
+    sched = sampler.schedule
+    ts = np.asarray(sampler.timesteps, np.float32)
+
+    def step(params, cache, text_kv, noise, renoise, chunk):
+        model = nnx.merge(graphdef, params)
+        plan = policy.plan(cache, chunk)
+        pool = cache.pool()
+        b, f = noise.shape[:2]
+        full = lambda v: jnp.full((b, f), v, jnp.float32)
+        # the last step's re-noise is never used: pad so every step has the same shape
+        eps = jnp.concatenate([renoise, jnp.zeros_like(noise)[None]], axis=0)
+        t_next = np.concatenate([ts[1:], ts[-1:]])
+
+        def denoise(x, xs):
+            t_i, t_n, e = xs
+            flow, _ = model(x, full(t_i), text_kv, pool, plan)
+            x0 = sched.flow_to_x0(x, flow, full(t_i))
+            return sched.add_noise(x0, e, full(t_n)), x0
+
+        _, x0s = jax.lax.scan(denoise, noise.astype(model.cfg.jnp_dtype),
+                              (jnp.asarray(ts), jnp.asarray(t_next), eps.astype(model.cfg.jnp_dtype)))
+        x0 = x0s[-1]
+        _, chunk_kv = model(x0, full(sampler.context_noise), text_kv, pool, plan)
+        return x0, policy.commit(cache, chunk_kv, chunk)
+
+    return jax.jit(step, donate_argnums=(1,))
+
+
+class RandomNoise:
+    """Noise from jax.random: chunk k draws from fold_in(key(seed), k), reproducibly."""
+
+    def __init__(self, seed: int, shape: tuple[int, ...], sampler: Sampler):
+        self.key = jax.random.key(seed)
+        b, _, c, h, w = shape
+        f, n = sampler.frames_per_chunk, sampler.num_steps
+
+        def draw(key, k):
+            k0, k1 = jax.random.split(jax.random.fold_in(key, k))
+            return (jax.random.normal(k0, (b, f, c, h, w), jnp.float32),
+                    jax.random.normal(k1, (n - 1, b, f, c, h, w), jnp.float32))
+
+        self._draw = jax.jit(draw)
+
+    def chunk(self, k: int):
+        return self._draw(self.key, jnp.int32(k))
+
+
+class ReplayNoise:
+    """Noise from a replay file: noise [B, F, C, h, w], renoise [N, B, F_chunk, C, h, w]."""
+
+    def __init__(self, noise: np.ndarray, renoise: np.ndarray, sampler: Sampler):
+        f, n = sampler.frames_per_chunk, sampler.num_steps
+        chunks = noise.shape[1] // f
+        want = (chunks * (n - 1),) + noise.shape[:1] + (f,) + noise.shape[2:]
+        if noise.shape[1] % f:
+            raise ValueError(f"replay noise has {noise.shape[1]} frames, not a multiple of the chunk ({f})")
+        if tuple(renoise.shape) != want:
+            raise ValueError(f"replay renoise has shape {list(renoise.shape)}, expected {list(want)} "
+                             f"({chunks} chunks x {n - 1} re-noise draws)")
+        self.noise, self.renoise, self.f, self.n = noise, renoise, f, n
+
+    def chunk(self, k: int):
+        f, r = self.f, self.n - 1
+        return (jnp.asarray(self.noise[:, k * f:(k + 1) * f], jnp.float32),
+                jnp.asarray(self.renoise[k * r:(k + 1) * r], jnp.float32))
+
+
+def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int,
+            on_chunk: Callable | None = None, record_noise: bool = False):
+    """Generate num_chunks chunks. Returns latents [B, F_total, C, h, w] float32 (numpy) and,
+    with record_noise, (noise [B, F_total, ...], renoise [N, B, F, ...]) as drawn.
+
+    on_chunk(k, x0_numpy, seconds) is called after each chunk (progress, streaming).
+    """
+    graphdef, params = nnx.split(model)
+    step = make_chunk_step(graphdef, policy, sampler)
+    first_noise, _ = noise_source.chunk(0)
+    cache = policy.init(first_noise.shape[0], model.cfg.jnp_dtype)
+    outs, noises, renoises = [], [], []
+    for k in range(num_chunks):
+        t0 = time.perf_counter()
+        noise, renoise = noise_source.chunk(k)
+        x0, cache = step(params, cache, text_kv, noise, renoise, jnp.int32(k))
+        x0 = np.asarray(x0, np.float32)
+        outs.append(x0)
+        if record_noise:
+            noises.append(np.asarray(noise))
+            renoises.append(np.asarray(renoise))
+        if on_chunk is not None:
+            on_chunk(k, x0, time.perf_counter() - t0)
+    latents = np.concatenate(outs, axis=1)
+    if record_noise:
+        return latents, (np.concatenate(noises, axis=1), np.concatenate(renoises, axis=0))
+    return latents
