@@ -1,0 +1,12 @@
+"""Causal Forcing: the Self Forcing backbone and inference, different training."""
+
+from pyramid_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.checkpoint = "checkpoints/causal_forcing"
+    c.num_frames = 21
+    c.cache.local_attn_size = 21
+    c.cache.sink_size = 0
+    return c

@@ -1,0 +1,25 @@
+"""The embedded default: a tiny Wan-architecture model that runs in seconds on a CPU.
+
+Weights are random until the project ships a trained demo model (the output says so);
+prompts become hash-seeded placeholder embeddings until the text encoder lands.
+"""
+
+from pyramid_jax.config import base_config, model_fields
+from pyramid_jax.models.wan import WanConfig
+
+
+def get_config():
+    c = base_config()
+    c.checkpoint = ""
+    c.model = model_fields(WanConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=2, in_channels=16,
+                                     out_channels=16, text_len=32, text_dim=64, freq_dim=64))
+    c.prompt = "a red circle bouncing left to right on a blue background"
+    c.text_encoder = "placeholder"
+    c.num_frames = 21
+    c.height = 128
+    c.width = 128
+    c.dtype = "float32"
+    c.output = "outputs/demo.mp4"
+    c.cache.local_attn_size = 12
+    c.cache.sink_size = 3
+    return c

@@ -1,0 +1,47 @@
+"""The generate config: fields every config file has (DESIGN.md, public interface).
+
+Config files in configs/ call `base_config()` and change what differs. Frames are latent
+frames; height/width are pixels (latents are 8x smaller).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from pyramid_jax.models.wan import WanConfig
+
+
+def model_fields(cfg: WanConfig) -> ml_collections.ConfigDict:
+    d = dataclasses.asdict(cfg)
+    d["patch_size"] = tuple(d["patch_size"])
+    return ml_collections.ConfigDict(d)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.checkpoint = ""            # orbax dir from tools/convert_checkpoint.py; "" = random init
+    c.model = model_fields(WanConfig())  # shape for random init (ignored with a checkpoint)
+    c.prompt = ""
+    c.prompts_file = ""          # one prompt per line; the batch is all of them
+    c.prompt_embeds = ""         # .npy/.npz of encoded prompts [Lt, text_dim] or [B, Lt, text_dim]
+    c.text_encoder = "none"      # none | placeholder (hash-seeded embeddings, for random demos)
+    c.num_frames = 21            # latent frames, a multiple of num_frame_per_block
+    c.height = 480
+    c.width = 832
+    c.num_frame_per_block = 3
+    c.denoising_step_list = (1000, 750, 500, 250)
+    c.warp_denoising_step = True
+    c.shift = 5.0
+    c.context_noise = 0.0
+    c.seed = 0
+    c.dtype = "bfloat16"
+    c.output = "outputs/video.mp4"
+    c.save_latents = ""          # npz with `latents` [B, F, C, h, w]
+    c.replay = ""                # npz with context, noise, renoise (upstream layout)
+    c.save_replay = ""           # write the context and noise this run drew, as a replay file
+    c.cache = ml_collections.ConfigDict(dict(
+        policy="window", local_attn_size=21, sink_size=0, head_map=""))
+    c.attention = ml_collections.ConfigDict(dict(backend="reference"))
+    return c

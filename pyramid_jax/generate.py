@@ -1,0 +1,267 @@
+"""Generate one video (or one batch) from a config file.
+
+  python -m pyramid_jax.generate --config=configs/demo.py [--config.FIELD=VALUE ...]
+
+Bad input (unknown field, missing file, wrong shapes) gets one line on stderr and exit 2;
+outputs are written to temporary names and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+log = logging.getLogger("generate")
+
+VAE_TIME_STRIDE, VAE_SPACE_STRIDE = 4, 8
+
+
+class UserError(Exception):
+    """Bad input; the message is printed as one line."""
+
+
+# ---- config ------------------------------------------------------------------------
+def parse_config(argv):
+    from absl import flags
+    from ml_collections import config_flags
+
+    if not any(a.startswith("--config=") for a in argv[1:]):
+        raise UserError("--config=configs/NAME.py is required (e.g. configs/demo.py)")
+    path = next(a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config="))
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path!r}: no such file (see configs/)")
+    fv = flags.FlagValues()
+    try:
+        holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+        fv(argv)
+        return holder.value
+    except (OSError, SyntaxError) as e:
+        raise UserError(f"cannot load config file {path!r}: {str(e).splitlines()[0]}") from None
+    except (AttributeError, KeyError):
+        bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+        raise UserError(f"unknown config field in {', '.join('--config.' + b for b in bad)}; "
+                        "see pyramid_jax/config.py for the fields") from None
+    except flags.Error as e:
+        raise UserError(str(e).splitlines()[0]) from None
+
+
+def check_config(c):
+    f = c.num_frame_per_block
+    if f < 1:
+        raise UserError(f"num_frame_per_block must be >= 1, got {f}")
+    if not c.replay and (c.num_frames <= 0 or c.num_frames % f):
+        raise UserError(f"num_frames ({c.num_frames}) must be a positive multiple of the chunk size "
+                        f"num_frame_per_block ({f})")
+    if c.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
+    for field in ("replay", "prompts_file", "prompt_embeds"):
+        path = c[field]
+        if path and not os.path.isfile(path):
+            raise UserError(f"{field} {path!r}: no such file")
+    if c.checkpoint and not os.path.isdir(c.checkpoint):
+        raise UserError(f"checkpoint {c.checkpoint!r} not found: convert one with "
+                        "tools/convert_checkpoint.py, or set --config.checkpoint='' for random weights")
+
+
+# ---- model -------------------------------------------------------------------------
+def load_dit(c):
+    from pyramid_jax.models.wan import WanConfig, init_model
+    from pyramid_jax.weights.checkpoint import CheckpointError, load_model
+
+    if c.checkpoint:
+        try:
+            model = load_model(c.checkpoint, dtype=c.dtype, attention_backend=c.attention.backend)
+        except (CheckpointError, ValueError) as e:
+            raise UserError(str(e)) from None
+        log.info("loaded DiT from %s", c.checkpoint)
+        return model
+    fields = dict(c.model.to_dict(), dtype=c.dtype)
+    try:
+        cfg = WanConfig.from_dict(fields)
+        model = init_model(cfg, seed=0, attention_backend=c.attention.backend)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    log.warning("NO CHECKPOINT: random weights (dim %d, %d layers); the video will show noise",
+                cfg.dim, cfg.num_layers)
+    return model
+
+
+# ---- prompts -----------------------------------------------------------------------
+def _prompts(c) -> list[str]:
+    if c.prompts_file:
+        with open(c.prompts_file) as fh:
+            prompts = [line.strip() for line in fh if line.strip()]
+        if not prompts:
+            raise UserError(f"prompts_file {c.prompts_file!r} holds no prompts")
+        return prompts
+    if not c.prompt.strip():
+        raise UserError("no prompt: set prompt, prompts_file, prompt_embeds or replay")
+    return [c.prompt]
+
+
+def placeholder_context(prompt: str, text_len: int, text_dim: int) -> np.ndarray:
+    """Hash-seeded stand-in embeddings, one row per word (rest zero). [text_len, text_dim]."""
+    words = prompt.split()[:text_len]
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
+    ctx = np.zeros((text_len, text_dim), np.float32)
+    ctx[: len(words)] = np.random.default_rng(seed).standard_normal((len(words), text_dim)) * 0.5
+    return ctx
+
+
+def load_embeds(path: str) -> np.ndarray:
+    try:
+        data = np.load(path)
+    except Exception as e:
+        raise UserError(f"prompt_embeds {path!r}: not a readable .npy/.npz ({type(e).__name__})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        keys = [k for k in ("context", "prompt_embeds") if k in data.files] or data.files
+        if not keys:
+            raise UserError(f"prompt_embeds {path!r}: empty npz")
+        data = data[keys[0]]
+    return np.asarray(data, np.float32)
+
+
+def prompt_context(c, cfg) -> np.ndarray:
+    """The encoded prompts [B, text_len, text_dim] float32."""
+    if c.prompt_embeds:
+        ctx = load_embeds(c.prompt_embeds)
+        if ctx.ndim == 2:
+            ctx = ctx[None]
+        if ctx.ndim != 3 or ctx.shape[-1] != cfg.text_dim:
+            raise UserError(f"prompt_embeds {c.prompt_embeds!r} has shape {list(ctx.shape)}; the model "
+                            f"expects [B, L, {cfg.text_dim}] (or [L, {cfg.text_dim}])")
+        if ctx.shape[1] > cfg.text_len:
+            raise UserError(f"prompt_embeds has {ctx.shape[1]} rows, more than text_len {cfg.text_len}")
+        pad = np.zeros((ctx.shape[0], cfg.text_len - ctx.shape[1], cfg.text_dim), np.float32)
+        log.info("prompt embeddings from %s (%d prompts)", c.prompt_embeds, ctx.shape[0])
+        return np.concatenate([ctx, pad], axis=1)
+    prompts = _prompts(c)
+    if c.text_encoder == "placeholder":
+        log.warning("NO TEXT ENCODER: prompts become hash-seeded placeholder embeddings")
+        return np.stack([placeholder_context(p, cfg.text_len, cfg.text_dim) for p in prompts])
+    raise UserError("a text prompt needs a text encoder, which is not available yet: pass encoded "
+                    "prompts with --config.prompt_embeds=FILE.npy, or a replay file")
+
+
+def load_replay(path: str, cfg, f: int):
+    try:
+        data = np.load(path)
+        context, noise, renoise = (np.asarray(data[k], np.float32) for k in ("context", "noise", "renoise"))
+    except KeyError as e:
+        raise UserError(f"replay {path!r} lacks {e}; it needs context, noise and renoise") from None
+    except Exception as e:
+        raise UserError(f"replay {path!r}: not a readable npz ({type(e).__name__})") from None
+    if context.ndim != 3 or context.shape[-1] != cfg.text_dim:
+        raise UserError(f"replay context has shape {list(context.shape)}; the model expects "
+                        f"[B, L, {cfg.text_dim}]")
+    if noise.ndim != 5 or noise.shape[2] != cfg.in_channels or noise.shape[0] != context.shape[0]:
+        raise UserError(f"replay noise has shape {list(noise.shape)}; expected [B={context.shape[0]}, F, "
+                        f"{cfg.in_channels}, h, w]")
+    if noise.shape[1] % f:
+        raise UserError(f"replay noise has {noise.shape[1]} frames, not a multiple of the chunk ({f})")
+    return context, noise, renoise
+
+
+# ---- outputs -----------------------------------------------------------------------
+def output_paths(output: str, batch: int) -> list[str]:
+    if batch == 1:
+        return [output]
+    stem, ext = os.path.splitext(output)
+    return [f"{stem}_{i}{ext}" for i in range(batch)]
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    try:
+        return run(parse_config(argv))
+    except UserError as e:
+        print(f"generate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(c) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from pyramid_jax import media
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+    from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, rollout
+    from pyramid_jax.sampling.schedule import FlowSchedule
+
+    check_config(c)
+    model = load_dit(c)
+    cfg = model.cfg
+    f = c.num_frame_per_block
+    sched = FlowSchedule(shift=c.shift)
+    steps = sched.warp(c.denoising_step_list) if c.warp_denoising_step else np.asarray(
+        c.denoising_step_list, np.float32)
+    sampler = Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(c.context_noise),
+                      frames_per_chunk=f, schedule=sched)
+
+    if c.replay:
+        context, noise, renoise = load_replay(c.replay, cfg, f)
+        try:
+            source = ReplayNoise(noise, renoise, sampler)
+        except ValueError as e:
+            raise UserError(f"replay {c.replay!r}: {e}") from None
+        batch, num_frames, _, lh, lw = noise.shape
+        log.info("replay from %s: batch %d, %d latent frames, latent %dx%d", c.replay, batch, num_frames, lh, lw)
+    else:
+        context = prompt_context(c, cfg)
+        batch, num_frames = context.shape[0], c.num_frames
+        if c.height % (VAE_SPACE_STRIDE * cfg.patch_size[1]) or c.width % (VAE_SPACE_STRIDE * cfg.patch_size[2]):
+            raise UserError(f"height/width ({c.height}x{c.width}) must be multiples of "
+                            f"{VAE_SPACE_STRIDE * cfg.patch_size[1]}")
+        lh, lw = c.height // VAE_SPACE_STRIDE, c.width // VAE_SPACE_STRIDE
+        source = RandomNoise(c.seed, (batch, num_frames, cfg.in_channels, lh, lw), sampler)
+    if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
+        raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
+
+    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
+                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), f, cfg.rope_theta)
+    try:
+        policy = make_policy(c.cache.policy, spec, num_frames, c.cache.local_attn_size,
+                             c.cache.sink_size, c.cache.head_map)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+
+    num_chunks = num_frames // f
+    log.info("generating %d x %d latent frames (%d chunks of %d) at latent %dx%d, %s, cache %s",
+             batch, num_frames, num_chunks, f, lh, lw, cfg.dtype, c.cache.policy)
+    text_kv = jax.jit(lambda m, ctx: m.text_kv(ctx))(model, jnp.asarray(context))
+    start = time.perf_counter()
+
+    def progress(k, x0, seconds):
+        video_frames = x0.shape[1] * VAE_TIME_STRIDE - (VAE_TIME_STRIDE - 1 if k == 0 else 0)
+        log.info("chunk %d/%d: frames %d-%d in %.2f s (%.1f video frames/s)%s", k + 1, num_chunks,
+                 k * f, (k + 1) * f - 1, seconds, batch * video_frames / seconds,
+                 " incl. compile" if k == 0 else "")
+
+    result = rollout(model, policy, sampler, text_kv, source, num_chunks, on_chunk=progress,
+                     record_noise=bool(c.save_replay))
+    latents, drawn = result if c.save_replay else (result, None)
+    log.info("done: %d latent frames in %.1f s", num_frames, time.perf_counter() - start)
+
+    lat_path = c.save_latents or os.path.splitext(c.output)[0] + ".npz"
+    media.save_npz(lat_path, latents=latents)
+    log.info("wrote latents %s %s", lat_path, list(latents.shape))
+    if c.save_replay:
+        media.save_npz(c.save_replay, context=context, noise=drawn[0], renoise=drawn[1])
+        log.info("wrote replay %s", c.save_replay)
+    if c.output:
+        for path, lat in zip(output_paths(c.output, batch), latents):
+            media.write_mp4(path, media.latent_preview(lat))
+            log.info("wrote %s (latent preview: no VAE yet)", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Frames -> mp4 with the ffmpeg that imageio-ffmpeg ships; atomic writes.
+
+Until the VAE lands, `latent_preview` turns latents into a viewable video: three latent
+channels as RGB, normalised per video, each latent frame held for 4 video frames (the
+VAE's temporal stride) and upscaled 8x (its spatial stride).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+
+def latent_preview(latents: np.ndarray, upscale: int = 8, hold: int = 4) -> np.ndarray:
+    """latents [F, C, h, w] -> uint8 frames [F * hold, h * upscale, w * upscale, 3]."""
+    rgb = np.asarray(latents[:, :3], np.float32)
+    if rgb.shape[1] < 3:
+        rgb = np.concatenate([rgb] + [rgb[:, :1]] * (3 - rgb.shape[1]), axis=1)
+    lo, hi = np.percentile(rgb, [1, 99])
+    img = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
+    img = (img.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+    img = img.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    return img.repeat(hold, axis=0)
+
+
+def _temp_beside(path: str, suffix: str) -> str:
+    """A temporary file next to path (same filesystem, so the final rename is atomic),
+    with the permissions a plain open() would give."""
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=out_dir)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: int = 16) -> None:
+    """frames [N, H, W, 3] uint8 -> path (H.264), written to a temporary name, then renamed."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise RuntimeError("writing mp4 needs imageio-ffmpeg: pip install -e '.[video]'") from None
+    frames = np.ascontiguousarray(frames, np.uint8)
+    n, h, w, _ = frames.shape
+    tmp = _temp_beside(path, ".mp4")
+    try:
+        writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                             macro_block_size=1, quality=7, ffmpeg_log_level="error")
+        with warnings.catch_warnings():  # ffmpeg is a subprocess; JAX warns about any fork
+            warnings.simplefilter("ignore", RuntimeWarning)
+            writer.send(None)
+        for frame in frames:
+            writer.send(frame)
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_npz(path: str, **arrays) -> None:
+    """np.savez to a temporary name, then rename (no half-written files)."""
+    tmp = _temp_beside(path, ".npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
