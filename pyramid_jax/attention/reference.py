@@ -1,7 +1,10 @@
-"""Reference ragged attention: gather the planned pages, then jax.nn.dot_product_attention.
+"""Reference ragged attention: gather the planned pages, then plain softmax attention.
 
 This backend is the oracle every other backend is tested against. It is written for
-clarity, not speed: it materialises the gathered keys of every (query frame, head).
+clarity: it materialises the gathered keys of every (query frame, head). `mha` is the
+textbook softmax(q k^T / sqrt(d)) v with fp32 logits (checked against
+jax.nn.dot_product_attention in the tests), laid out head-major because that runs
+~1.7x faster than the token-major layout on CPU.
 """
 
 from __future__ import annotations
@@ -18,18 +21,17 @@ _NEG = -1e30  # finite, so a fully masked row can never produce NaN
 def mha(q, k, v, mask=None):
     """Softmax attention in head-major layout, fp32 logits and normaliser.
 
-    q: [B, H, T, Dh]; k, v: [B, H, S, Dh]; mask: broadcastable to [B, H, T, S] (True = keep).
-    Returns [B, H, T, Dh] in q.dtype. (Head-major einsums run ~1.7x faster than
-    jax.nn.dot_product_attention's token-major layout on CPU.)
+    q: [..., T, Dh]; k, v: [..., S, Dh] (leading dims e.g. [B, H]); mask: broadcastable to
+    [..., T, S] (True = keep). Returns [..., T, Dh] in q.dtype.
     """
     scale = q.shape[-1] ** -0.5
-    s = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+    s = jnp.einsum("...td,...sd->...ts", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         s = jnp.where(mask, s, _NEG)
     m = s.max(-1, keepdims=True)
     p = jnp.exp(s - m)
     den = p.sum(-1, keepdims=True)
-    o = jnp.einsum("bhts,bhsd->bhtd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    o = jnp.einsum("...ts,...sd->...td", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return (o / den).astype(q.dtype)
 
 
@@ -55,31 +57,21 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
     Returns [B, C, T, H, Dh].
     """
     b, c, t, h, dh = q.shape
-    s, t_f = pool_k.shape[2], pool_k.shape[3]
+    t_f = pool_k.shape[3]
     p = slot.shape[-1]
     heads = jnp.arange(h)[None, :, None]
     # [B, C, H, P, T_f, Dh]: page p of (frame c, head h) reads pool[:, h, slot[c, h, p]]
-    pk = pool_k[:, heads, slot]
+    pk = rope.shift_time(pool_k[:, heads, slot], time_shift[None, :, :, :, None], dh, theta)
     pv = pool_v[:, heads, slot]
-    pk = rope.shift_time(pk, time_shift[None, :, :, :, None], dh, theta)
-    # -> [B, C, P * T_f, H, Dh]
-    pk = jnp.moveaxis(pk, 2, 4).reshape(b, c, p * t_f, h, dh)
-    pv = jnp.moveaxis(pv, 2, 4).reshape(b, c, p * t_f, h, dh)
-    kk = jnp.concatenate([pk, jnp.broadcast_to(k[:, None], (b, c) + k.shape[1:])], axis=2)
-    vv = jnp.concatenate([pv, jnp.broadcast_to(v[:, None], (b, c) + v.shape[1:])], axis=2)
+    own_k = jnp.broadcast_to(k.transpose(0, 2, 1, 3)[:, None], (b, c, h, k.shape[1], dh))
+    own_v = jnp.broadcast_to(v.transpose(0, 2, 1, 3)[:, None], (b, c, h, v.shape[1], dh))
+    kk = jnp.concatenate([pk.reshape(b, c, h, p * t_f, dh), own_k], axis=3)  # [B, C, H, S_all, Dh]
+    vv = jnp.concatenate([pv.reshape(b, c, h, p * t_f, dh), own_v], axis=3)
 
     page_ok = jnp.broadcast_to(valid[..., None], valid.shape + (t_f,))  # [C, H, P, T_f]
     if page_len is not None:
         page_ok = page_ok & (jnp.arange(t_f) < page_len[heads, slot][..., None])
-    page_ok = jnp.moveaxis(page_ok, 1, 0).reshape(h, c, p * t_f)  # [H, C, P*T_f]
-    mask = jnp.concatenate([page_ok, jnp.ones((h, c, k.shape[1]), bool)], axis=-1)
-    mask = jnp.broadcast_to(jnp.moveaxis(mask, 1, 0)[None, :, :, None, :],
-                            (b, c, h, t, mask.shape[-1]))
+    mask = jnp.concatenate([page_ok.reshape(c, h, p * t_f), jnp.ones((c, h, k.shape[1]), bool)], -1)
 
-    out = jax.nn.dot_product_attention(
-        q.reshape(b * c, t, h, dh),
-        kk.reshape(b * c, -1, h, dh),
-        vv.reshape(b * c, -1, h, dh),
-        mask=mask.reshape(b * c, h, t, -1),
-    )
-    return out.reshape(b, c, t, h, dh)
+    out = mha(q.transpose(0, 1, 3, 2, 4), kk, vv, mask[None, :, :, None, :])  # [B, C, H, T, Dh]
+    return out.transpose(0, 1, 3, 2, 4)
