@@ -98,3 +98,24 @@ class WindowPolicy:
         slots = jnp.broadcast_to(self.slots_for(times), (sp.num_layers, sp.num_heads, times.shape[0]))
         t_all = jnp.broadcast_to(times, slots.shape)
         return write_frames(state, rope_keys(sp, k, times), v, slots, t_all)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepSinkPolicy(WindowPolicy):
+    """Deep Forcing's frame-level part: a window whose first `sink_size` frames (default 10
+    of 21) are pinned and attended as if they sat right before the recent frames."""
+
+    local_attn_size: int = 21
+    sink_size: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.unlimited:
+            raise ValueError("deep_sink needs a finite cache.local_attn_size")
+
+    def plan(self, state: CacheState, chunk: jax.Array) -> PagePlan:
+        plan = super().plan(state, chunk)
+        # recent frames start at t0 + F - (W - S); sinks move to the S frames before that
+        shift = jnp.maximum(0, plan.frame0 + self.spec.frames_per_chunk - self.local_attn_size)
+        is_sink = (plan.slot < self.sinks) & plan.valid
+        return plan._replace(time_shift=jnp.where(is_sink, shift, 0).astype(jnp.int32))
