@@ -172,7 +172,8 @@ class WanBlock(nnx.Module):
     def __call__(self, x, e0, text_k, text_v, cos, sin, attend):
         """x [B, F, T, D]; e0 [B, F, 6, D] float32; text_k/v [B, H, Lt, Dh];
         cos, sin [F*T, Dh/2]; attend(q, k, v) -> [B, F*T, H, Dh] with q, k post-RoPE.
-        Returns x and the chunk's (k before RoPE, v), each [B, F*T, H, Dh].
+        Returns x, the chunk's (k before RoPE, v), each [B, F*T, H, Dh], and the queries
+        after RoPE [B, F*T, H, Dh] (for head profiling; dropped by XLA when unused).
         """
         cfg = self.cfg
         b, f, t, d = x.shape
@@ -184,7 +185,8 @@ class WanBlock(nnx.Module):
         q = self.self_attn.project_q(h)
         k, v = self.self_attn.project_kv(h)
         cs, sn = cos[:, None], sin[:, None]  # broadcast over heads
-        y = attend(rope.apply_rope(q, cs, sn), rope.apply_rope(k, cs, sn), v)
+        q = rope.apply_rope(q, cs, sn)
+        y = attend(q, rope.apply_rope(k, cs, sn), v)
         y = self.self_attn.o(y.reshape(b, f * t, d)).reshape(b, f, t, d)
         x = (_f32(x) + _f32(y) * gate_a).astype(x.dtype)
 
@@ -197,7 +199,7 @@ class WanBlock(nnx.Module):
 
         h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_f) + shift_f).astype(x.dtype)
         x = (_f32(x) + _f32(self.ffn(h)) * gate_f).astype(x.dtype)
-        return x, (k, v)
+        return x, (k, v), q
 
 
 class Head(nnx.Module):
@@ -277,7 +279,8 @@ class CausalWan(nnx.Module):
 
     # ---- forward -------------------------------------------------------------------
     def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
-                 plan: attn_lib.PagePlan | None = None, *, frame_mask: jax.Array | None = None):
+                 plan: attn_lib.PagePlan | None = None, *, frame_mask: jax.Array | None = None,
+                 probe_frame: int | None = None):
         """Predict the flow of a chunk.
 
         x: [B, F, C, H, W] noisy latents of F consecutive frames.
@@ -288,8 +291,10 @@ class CausalWan(nnx.Module):
             (`plan.frame0`, may be traced); None means frame0 = 0 and no pages.
         frame_mask: [F, F] bool, instead of a cache: query frame i attends key frame j of x
             where True (block-causal training, the full-sequence reference of a policy).
+        probe_frame: also return the queries (after RoPE) of this frame of the chunk,
+            [L, B, T, H, Dh], for head profiling.
         Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
-            v), each [L, B, H, F, T, Dh] with T = tokens per frame.
+            v), each [L, B, H, F, T, Dh] with T = tokens per frame (and the probe if asked).
         """
         cfg = self.cfg
         b, f, _, hh, ww = x.shape
@@ -314,13 +319,14 @@ class CausalWan(nnx.Module):
 
         def body(h, xs):
             block = nnx.merge(graphdef, xs[0])
-            h, (k, v) = block(h, e0, xs[1], xs[2], cos, sin, lambda q, kk, vv: attend(q, kk, vv, xs[3:]))
+            h, (k, v), q = block(h, e0, xs[1], xs[2], cos, sin, lambda q, kk, vv: attend(q, kk, vv, xs[3:]))
             to_pool = lambda a: a.reshape(b, f, tpf, cfg.num_heads, cfg.head_dim).transpose(0, 3, 1, 2, 4)
-            return h, (to_pool(k), to_pool(v))
+            probe = () if probe_frame is None else q[:, probe_frame * tpf:(probe_frame + 1) * tpf]
+            return h, ((to_pool(k), to_pool(v)), probe)
 
-        tokens, chunk_kv = jax.lax.scan(body, tokens, layer_xs)
-        y = self.head(tokens, e)
-        return self.unpatchify(y, hh, ww), chunk_kv
+        tokens, (chunk_kv, probe) = jax.lax.scan(body, tokens, layer_xs)
+        flow = self.unpatchify(self.head(tokens, e), hh, ww)
+        return (flow, chunk_kv) if probe_frame is None else (flow, chunk_kv, probe)
 
     def _attend_fn(self, b, f, tpf, cache, plan, frame_mask):
         """The self-attention of one layer as attend(q, k, v, layer_xs) -> [B, N, H, Dh]."""

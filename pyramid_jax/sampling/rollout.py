@@ -48,32 +48,43 @@ def make_chunk_step(graphdef, policy, sampler: Sampler):
     noise: [B, F, C, h, w] the chunk's initial noise; renoise: [n_steps - 1, B, F, C, h, w]
     in draw order; chunk: int32 scalar. The cache argument is donated (updated in place).
     """
-    sched = sampler.schedule
-    ts = np.asarray(sampler.timesteps, np.float32)
-
     def step(params, cache, text_kv, noise, renoise, chunk):
         model = nnx.merge(graphdef, params)
         plan = policy.plan(cache, chunk)
-        pool = cache.pool()
-        b, f = noise.shape[:2]
-        full = lambda v: jnp.full((b, f), v, jnp.float32)
-        # the last step's re-noise is never used: pad so every step has the same shape
-        eps = jnp.concatenate([renoise, jnp.zeros_like(noise)[None]], axis=0)
-        t_next = np.concatenate([ts[1:], ts[-1:]])
-
-        def denoise(x, xs):
-            t_i, t_n, e = xs
-            flow, _ = model(x, full(t_i), text_kv, pool, plan)
-            x0 = sched.flow_to_x0(x, flow, full(t_i))
-            return sched.add_noise(x0, e, full(t_n)), x0
-
-        _, x0s = jax.lax.scan(denoise, noise.astype(model.cfg.jnp_dtype),
-                              (jnp.asarray(ts), jnp.asarray(t_next), eps.astype(model.cfg.jnp_dtype)))
-        x0 = x0s[-1]
-        _, chunk_kv = model(x0, full(sampler.context_noise), text_kv, pool, plan)
+        x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise)
+        _, chunk_kv = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan)
         return x0, policy.commit(cache, chunk_kv, chunk)
 
     return jax.jit(step, donate_argnums=(1,))
+
+
+def clean_t(sampler: Sampler, x):
+    """Per-frame timesteps [B, F] of the clean (cache-writing) pass."""
+    return jnp.full(x.shape[:2], sampler.context_noise, jnp.float32)
+
+
+def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise):
+    """The denoising steps of one chunk against fixed cache pages. Returns the last x0.
+
+    noise: [B, F, C, h, w]; renoise: [n_steps - 1, B, F, C, h, w] in draw order.
+    """
+    sched = sampler.schedule
+    ts = np.asarray(sampler.timesteps, np.float32)
+    b, f = noise.shape[:2]
+    full = lambda v: jnp.full((b, f), v, jnp.float32)
+    # the last step's re-noise is never used: pad so every step has the same shape
+    eps = jnp.concatenate([renoise, jnp.zeros_like(noise)[None]], axis=0)
+    t_next = np.concatenate([ts[1:], ts[-1:]])
+
+    def step(x, xs):
+        t_i, t_n, e = xs
+        flow, _ = model(x, full(t_i), text_kv, pool, plan)
+        x0 = sched.flow_to_x0(x, flow, full(t_i))
+        return sched.add_noise(x0, e, full(t_n)), x0
+
+    dtype = model.cfg.jnp_dtype
+    _, x0s = jax.lax.scan(step, noise.astype(dtype), (jnp.asarray(ts), jnp.asarray(t_next), eps.astype(dtype)))
+    return x0s[-1]
 
 
 class RandomNoise:
