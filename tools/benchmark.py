@@ -165,6 +165,56 @@ def cache_bytes_real_size():
     return rows
 
 
+def published_type_map(layers=30, heads=12, counts=((1, 172), (-1, 156), (2, 32))):
+    """A head map with the published Self Forcing proportions (172 Anchor, 156 Wave, 32 Veil)."""
+    types = np.concatenate([np.full(n, t) for t, n in counts])
+    return np.random.default_rng(0).permutation(types).reshape(layers, heads)
+
+
+def policy_keys(steady_chunk=40):
+    """Keys attended per query frame at steady state and cache bytes, at the 1.3B / 480x832
+    shape, from the real plans. Plans depend only on slot metadata, so the policy runs on a
+    2x2-token grid and pages are counted at 1560 tokens (390 for a merged block)."""
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+    from pyramid_jax.models.wan import WanConfig
+
+    cfg = WanConfig()
+    real_grid, f = (30, 52), 3
+    tpf = real_grid[0] * real_grid[1]
+    merged = -(-real_grid[0] // 2) * -(-real_grid[1] // 2)
+    head_map = published_type_map(cfg.num_layers, cfg.num_heads)
+    rows = []
+    for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
+                            ("deep_sink (21, 10 pinned)", "deep_sink", dict(local_attn_size=21, sink_size=10)),
+                            ("pyramid (172 A / 156 W / 32 V)", "pyramid", dict(head_map=head_map))]:
+        small = make_policy(name, PoolSpec(cfg.num_layers, cfg.num_heads, 8, (2, 2), f), 240, **kw)
+        real = make_policy(name, PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, real_grid, f), 240, **kw)
+        state = small.init(1, jnp.float32)
+        commit = jax.jit(small.commit)
+        kv = jnp.zeros((cfg.num_layers, 1, cfg.num_heads, f, 4, 8))
+        for k in range(steady_chunk):
+            state = commit(state, (kv, kv), jnp.int32(k))
+        plan = small.plan(state, jnp.int32(steady_chunk))
+        valid = np.asarray(plan.valid)  # [L, C, H, P]
+        plen = np.asarray(state.page_len)[:, None][np.arange(cfg.num_layers)[:, None, None, None],
+                                                   0, np.arange(cfg.num_heads)[None, None, :, None],
+                                                   np.asarray(plan.slot)]
+        tokens = np.where(plen < 4, merged, tpf) * valid
+        per_head = tokens.sum(-1) + f * tpf  # own chunk included
+        state_shape = jax.eval_shape(lambda: real.init(1, jnp.bfloat16))
+        row = dict(section="policy_keys", policy=label, slots=real.num_slots,
+                   keys_per_query_frame=float(per_head.mean()),
+                   vs_window21=float(per_head.mean()) / (21 * tpf),
+                   cache_GiB=_nbytes(state_shape) / 2**30)
+        if name == "pyramid":
+            for t, tname in ((1, "anchor"), (-1, "wave"), (2, "veil")):
+                row[f"{tname}_keys"] = float(per_head[:, :, :][np.broadcast_to(
+                    (head_map == t)[:, None, :], per_head.shape)].mean())
+        rows.append(row)
+    return rows
+
+
 def print_table(rows, cols):
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -174,7 +224,7 @@ def print_table(rows, cols):
 
 def _fmt(v):
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     return "" if v is None else str(v)
 
 
@@ -195,6 +245,8 @@ def main(argv=None):
                    help="seconds per chunk and compile counts (window 21), cache bytes per policy")
     p.add_argument("--long", action="store_true",
                    help="a 60 s (240 latent frames) rollout of the mid size: per-chunk times stay flat")
+    p.add_argument("--policies", action="store_true",
+                   help="keys attended per query frame and cache bytes per policy at 1.3B / 480x832")
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,mid", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
@@ -204,8 +256,8 @@ def main(argv=None):
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
-    if not (args.forward or args.rollout or args.long):
-        p.error("choose at least one section (--forward, --rollout, --long)")
+    if not (args.forward or args.rollout or args.long or args.policies):
+        p.error("choose at least one section (--forward, --rollout, --long, --policies)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -228,6 +280,13 @@ def main(argv=None):
         print("\n## cache bytes at Wan2.1-1.3B, 480x832, bf16, batch 1")
         print_table(cb, ["policy", "slots", "cache_GiB"])
         rows += ro + cb
+    if args.policies:
+        pk = policy_keys()
+        print("\n## keys attended per query frame at steady state (chunk 40), Wan2.1-1.3B 480x832, "
+              "cache bytes in bf16 (B=1)")
+        print_table(pk, ["policy", "slots", "keys_per_query_frame", "vs_window21", "cache_GiB",
+                         "anchor_keys", "wave_keys", "veil_keys"])
+        rows += pk
     if args.long:
         lo, times = bench_rollout(["mid"], 240)
         print("\n## 60 s rollout (240 latent frames, 80 chunks), mid size, window 21")

@@ -106,8 +106,8 @@ class PyramidPolicy:
     def init(self, batch: int, dtype) -> CacheState:
         sp = self.spec
         ph, pw = self.pooled_grid
-        acc = jnp.zeros((sp.num_layers, batch, sp.num_heads, ph * pw, sp.head_dim), jnp.float32)
-        return empty_state(sp, batch, self.num_slots, dtype, extra={"merge_k": acc, "merge_v": acc})
+        acc = lambda: jnp.zeros((sp.num_layers, batch, sp.num_heads, ph * pw, sp.head_dim), jnp.float32)
+        return empty_state(sp, batch, self.num_slots, dtype, extra={"merge_k": acc(), "merge_v": acc()})
 
     # ---- plan ----------------------------------------------------------------------
     def sync_time(self, t_q):

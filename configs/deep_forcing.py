@@ -1,0 +1,14 @@
+"""Self Forcing + Deep Forcing's deep sink (arXiv 2512.05081): a 21-frame window whose first
+10 frames stay pinned and are attended as if right before the recent frames."""
+
+from pyramid_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.checkpoint = "checkpoints/self_forcing"
+    c.num_frames = 240  # 60 s
+    c.cache.policy = "deep_sink"
+    c.cache.local_attn_size = 21
+    c.cache.sink_size = 10
+    return c
