@@ -62,6 +62,7 @@ def test_head_map_io(tmp_path):
         load_head_map(str(tmp_path / "nope.csv"))
 
 
+@pytest.mark.slow
 def test_profile_fast_path_equals_brute_force(monkeypatch):
     cfg = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
                     text_dim=24, freq_dim=32, text_len=5)

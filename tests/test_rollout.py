@@ -79,6 +79,7 @@ def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks):
     return np.concatenate(out, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("f", [3, 1])
 def test_jitted_rollout_equals_plain_loop(model, f):
     chunks = 4
