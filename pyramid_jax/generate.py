@@ -58,6 +58,14 @@ def check_config(c):
     if not c.replay and (c.num_frames <= 0 or c.num_frames % f):
         raise UserError(f"num_frames ({c.num_frames}) must be a positive multiple of the chunk size "
                         f"num_frame_per_block ({f})")
+    try:
+        import jax
+
+        from pyramid_jax.attention import check_backend
+
+        check_backend(c.attention.backend, jax.default_backend())
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if c.dtype not in ("float32", "bfloat16"):
         raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
     for field in ("replay", "prompts_file", "prompt_embeds"):

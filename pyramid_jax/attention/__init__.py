@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -41,10 +42,30 @@ class KVPool(NamedTuple):
     page_len: jax.Array | None = None
 
 
-BACKENDS = ("reference",)
+BACKENDS = ("reference", "pallas")
 
 
-def check_backend(name: str) -> str:
+def check_backend(name: str, platform: str | None = None) -> str:
+    """Validate attention.backend (and, given a platform, that it runs there)."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown attention.backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "pallas" and platform == "gpu":
+        raise ValueError("attention.backend=pallas has no GPU lowering yet (the kernel uses TPU scalar "
+                         "prefetch); use attention.backend=reference on GPU")
     return name
+
+
+def paged_attention_fn(name: str):
+    """The paged attention function of a backend (same contract as reference.paged_attention).
+
+    pallas runs as Mosaic on TPU and interpreted elsewhere (CPU: for tests, not for speed).
+    """
+    from pyramid_jax.attention import reference
+
+    if name == "reference":
+        return reference.paged_attention
+    from pyramid_jax.attention import pallas
+
+    platform = jax.default_backend()
+    check_backend(name, platform)
+    return functools.partial(pallas.paged_attention, interpret=platform != "tpu")

@@ -338,13 +338,14 @@ class CausalWan(nnx.Module):
             return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v)
 
         theta = self.cfg.rope_theta
+        paged_attention = attn_lib.paged_attention_fn(self.attention_backend)
 
         def paged(q, k, v, xs):
             pool_k, pool_v, slot, shift, valid = xs[:5]
             page_len = xs[5] if len(xs) > 5 else None
             qf = q.reshape(b, f, tpf, q.shape[-2], q.shape[-1])
-            out = ref_attn.paged_attention(qf, k, v, pool_k, pool_v, slot, shift, valid,
-                                           theta=theta, page_len=page_len)
+            out = paged_attention(qf, k, v, pool_k, pool_v, slot, shift, valid,
+                                  theta=theta, page_len=page_len)
             return out.reshape(q.shape)
 
         return paged

@@ -1,0 +1,156 @@
+"""Ragged paged attention as one Pallas kernel (TPU Mosaic; interpreted on CPU for tests).
+
+Grid (B, H, C, q blocks, pages + 1). For each batch row, head and query frame the kernel
+walks only that (frame, head)'s valid pages (their slots and count arrive by scalar prefetch,
+so each page is DMA'd straight from the pool), then the chunk's own K/V, with an online
+softmax in fp32. A page's RoPE time shift s is applied to the frame part of q instead of the
+keys: q . R(s) k = (R(-s) q) . k, as q * cos + (q @ swap) * sin with per-page tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pyramid_jax.models import rope
+
+_NEG = -1e30
+
+
+def _round_up(x, m):
+    return (x + m - 1) // m * m
+
+
+def _swap_matrix(dh: int) -> np.ndarray:
+    """[Dh, Dh] with (x @ P)[2i] = -x[2i+1], (x @ P)[2i+1] = x[2i] (interleaved pairs)."""
+    m = np.zeros((dh, dh), np.float32)
+    i = np.arange(0, dh, 2)
+    m[i + 1, i] = -1.0
+    m[i, i + 1] = 1.0
+    return m
+
+
+def _unshift_tables(shift, dh, theta):
+    """cos, sin [..., Dh] rotating the frame part of q by -shift (identity elsewhere)."""
+    d_t, _, _ = rope.axis_dims(dh)
+    ang = rope.angles(-shift.astype(jnp.float32), rope.axis_frequencies(d_t, theta))  # [..., d_t/2]
+    ang = jnp.repeat(ang, 2, axis=-1)
+    pad = [(0, 0)] * (ang.ndim - 1) + [(0, dh - d_t)]
+    return jnp.pad(jnp.cos(ang), pad, constant_values=1.0), jnp.pad(jnp.sin(ang), pad)
+
+
+def _kernel(slots_ref, count_ref, plen_ref,  # scalar prefetch
+            q_ref, pk_ref, pv_ref, ok_ref, ov_ref, cos_ref, sin_ref, swap_ref,  # inputs
+            o_ref,  # output
+            m_sc, l_sc, acc_sc,  # scratch
+            *, num_pages, n_own, block_kv, scale):
+    hi, ci, j = pl.program_id(1), pl.program_id(2), pl.program_id(4)
+
+    @pl.when(j == 0)
+    def _init():
+        m_sc[...] = jnp.full(m_sc.shape, _NEG, jnp.float32)
+        l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
+        acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
+
+    def attend(q, k_ref, v_ref, length, limit):
+        """Online-softmax update over k_ref/v_ref rows [0, limit) (static), valid below length."""
+        for start in range(0, limit, block_kv):
+            size = min(block_kv, limit - start)
+            k = k_ref[pl.ds(start, size), :]
+            v = v_ref[pl.ds(start, size), :]
+            s = jax.lax.dot_general(q.astype(k.dtype), k, (((1,), (1,)), ((), ())),
+                                    preferred_element_type=jnp.float32) * scale
+            ok = (start + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)) < length
+            s = jnp.where(ok, s, _NEG)
+            m_prev = m_sc[...]
+            m_new = jnp.maximum(m_prev, s.max(-1, keepdims=True))
+            p = jnp.where(ok, jnp.exp(s - m_new), 0.0)
+            alpha = jnp.exp(m_prev - m_new)
+            l_sc[...] = alpha * l_sc[...] + p.sum(-1, keepdims=True)
+            acc_sc[...] = alpha * acc_sc[...] + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+            m_sc[...] = m_new
+
+    q = q_ref[...].astype(jnp.float32)
+
+    if num_pages:
+        @pl.when(j < count_ref[ci, hi])
+        def _page():
+            slot = slots_ref[ci, hi, j]
+            qr = q * cos_ref[0] + jnp.dot(q, swap_ref[...], preferred_element_type=jnp.float32) * sin_ref[0]
+            attend(qr, pk_ref, pv_ref, plen_ref[hi, slot], pk_ref.shape[0])
+
+    @pl.when(j == num_pages)
+    def _own_and_finish():
+        attend(q, ok_ref, ov_ref, n_own, ok_ref.shape[0])
+        o_ref[...] = (acc_sc[...] / l_sc[...]).astype(o_ref.dtype)
+
+
+def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=10000.0,
+                    page_len=None, interpret=True, block_q=256, block_kv=512):
+    """Same contract as `reference.paged_attention`.
+
+    q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, H, S, T_f, Dh];
+    slot/time_shift/valid: [C, H, P]; page_len: [H, S] or None. Returns [B, C, T, H, Dh].
+    interpret: True (CPU), a pltpu.InterpretParams (TPU semantics on CPU) or False (Mosaic).
+    """
+    b, c, t, h, dh = q.shape
+    s_, t_f = pool_k.shape[2], pool_k.shape[3]
+    p = slot.shape[-1]
+    n = k.shape[1]
+    bq = min(block_q, _round_up(t, 8))
+    t_pad = _round_up(t, bq)
+    n_pad = _round_up(n, 8)
+
+    # Valid pages first, in any order: softmax is a sum over pages.
+    order = jnp.argsort(~valid, axis=-1, stable=True)
+    slots_c = jnp.take_along_axis(slot, order, -1).astype(jnp.int32)
+    shift_c = jnp.take_along_axis(time_shift, order, -1)
+    count = valid.sum(-1).astype(jnp.int32)
+    if p == 0:  # keep shapes non-empty; count is 0 so nothing is read
+        slots_c = jnp.zeros((c, h, 1), jnp.int32)
+        shift_c = jnp.zeros((c, h, 1), jnp.int32)
+    plen = jnp.full((h, s_), t_f, jnp.int32) if page_len is None else page_len.astype(jnp.int32)
+    cos, sin = _unshift_tables(shift_c, dh, theta)  # [C, H, P', Dh]
+    cos, sin = cos[:, :, :, None], sin[:, :, :, None]  # [C, H, P', 1, Dh]
+
+    qh = jnp.pad(q.transpose(0, 3, 1, 2, 4), [(0, 0)] * 3 + [(0, t_pad - t), (0, 0)])  # [B, H, C, Tp, Dh]
+    kh = jnp.pad(k.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])  # [B, H, Np, Dh]
+    vh = jnp.pad(v.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])
+    pages = slots_c.shape[-1]
+    last = pages - 1
+
+    page_map = lambda bi, hi, ci, qi, j, sl, cnt, pln: (bi, hi, sl[ci, hi, jnp.minimum(j, last)], 0, 0)
+    table_map = lambda bi, hi, ci, qi, j, sl, cnt, pln: (ci, hi, jnp.minimum(j, last), 0, 0)
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=3,
+        grid=(b, h, c, t_pad // bq, p + 1),
+        in_specs=[
+            pl.BlockSpec((None, None, None, bq, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, ci, qi, 0)),
+            pl.BlockSpec((None, None, None, t_f, dh), page_map),
+            pl.BlockSpec((None, None, None, t_f, dh), page_map),
+            pl.BlockSpec((None, None, n_pad, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, 0, 0)),
+            pl.BlockSpec((None, None, n_pad, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, 0, 0)),
+            pl.BlockSpec((None, None, None, 1, dh), table_map),
+            pl.BlockSpec((None, None, None, 1, dh), table_map),
+            pl.BlockSpec((dh, dh), lambda *_: (0, 0)),
+        ],
+        out_specs=pl.BlockSpec((None, None, None, bq, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, ci, qi, 0)),
+        scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
+                        pltpu.VMEM((bq, dh), jnp.float32)],
+    )
+    kernel = functools.partial(_kernel, num_pages=p, n_own=n, block_kv=block_kv, scale=1.0 / math.sqrt(dh))
+    out = pl.pallas_call(
+        kernel,
+        grid_spec=grid_spec,
+        out_shape=jax.ShapeDtypeStruct(qh.shape, q.dtype),
+        interpret=interpret,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "parallel", "parallel", "arbitrary")),
+    )(slots_c, count, plen, qh, pool_k, pool_v, kh, vh, cos, sin, jnp.asarray(_swap_matrix(dh)))
+    return out[:, :, :, :t].transpose(0, 2, 3, 1, 4)
