@@ -171,6 +171,14 @@ def published_type_map(layers=30, heads=12, counts=((1, 172), (-1, 156), (2, 32)
     return np.random.default_rng(0).permutation(types).reshape(layers, heads)
 
 
+def proportional_row(heads, counts=((1, 172), (-1, 156), (2, 32))):
+    """[1, heads] head map with the published proportions (at least one head of each type)."""
+    total = sum(n for _, n in counts)
+    want = [max(1, round(heads * n / total)) for _, n in counts]
+    want[0] += heads - sum(want)
+    return np.concatenate([np.full(w, t) for (t, _), w in zip(counts, want)])[None]
+
+
 def policy_keys(steady_chunk=40):
     """Keys attended per query frame at steady state and cache bytes, at the 1.3B / 480x832
     shape, from the real plans. Plans depend only on slot metadata, so the policy runs on a
@@ -215,6 +223,72 @@ def policy_keys(steady_chunk=40):
     return rows
 
 
+ATTN_SIZES = {  # name -> (heads, head_dim, latent grid after patching)
+    "mid": (6, 128, (16, 26)),
+    "real": (12, 128, (30, 52)),
+}
+
+
+def _steady_plan(policy_name, layers, heads, grid_small, steady_chunk, **kw):
+    """A policy's plan and slot metadata at steady state, run on a tiny grid (plans depend only
+    on slot metadata)."""
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+
+    small = make_policy(policy_name, PoolSpec(layers, heads, 8, grid_small, 3), 240, **kw)
+    state = small.init(1, jnp.float32)
+    commit = jax.jit(small.commit)
+    kv = jnp.zeros((layers, 1, heads, 3, grid_small[0] * grid_small[1], 8))
+    for k in range(steady_chunk):
+        state = commit(state, (kv, kv), jnp.int32(k))
+    return small, small.plan(state, jnp.int32(steady_chunk)), state
+
+
+def bench_attention(size, repeats, dtype):
+    """Paged attention for one layer at steady state: window-21 vs pyramid plans.
+
+    The reference backend is timed everywhere; the pallas kernel only where it compiles
+    (TPU). Interpret mode on CPU is a correctness path and is not timed.
+    """
+    from pyramid_jax.attention import pallas as pk
+    from pyramid_jax.attention import reference as ref
+
+    heads, dh, grid = ATTN_SIZES[size]
+    tpf = grid[0] * grid[1]
+    merged = -(-grid[0] // 2) * -(-grid[1] // 2)
+    head_map = proportional_row(heads)
+    rows = []
+    for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
+                            ("pyramid", "pyramid", dict(head_map=head_map))]:
+        small, plan, state = _steady_plan(name, 1, heads, (2, 2), 40, **kw)
+        s_ = small.num_slots
+        plen = jnp.where(state.page_len[0] < 4, merged, tpf).astype(jnp.int32)  # [H, S]
+        key = jax.random.key(0)
+        ks = jax.random.split(key, 5)
+        dt = jnp.dtype(dtype)
+        q = jax.random.normal(ks[0], (1, 3, tpf, heads, dh), dt)
+        k = jax.random.normal(ks[1], (1, 3 * tpf, heads, dh), dt)
+        v = jax.random.normal(ks[2], (1, 3 * tpf, heads, dh), dt)
+        pool_k = jax.random.normal(ks[3], (1, heads, s_, tpf, dh), dt)
+        pool_v = jax.random.normal(ks[4], (1, heads, s_, tpf, dh), dt)
+        args = (q, k, v, pool_k, pool_v, plan.slot[0], plan.time_shift[0], plan.valid[0])
+        valid_tokens = np.where(np.asarray(plen)[np.arange(heads)[None, :, None], np.asarray(plan.slot[0])] < tpf,
+                                merged, tpf) * np.asarray(plan.valid[0])
+        keys = valid_tokens.sum(-1) + 3 * tpf  # [C, H]
+        flops = float(4 * tpf * keys.sum() * dh)
+        f_ref = jax.jit(lambda *a: ref.paged_attention(*a, page_len=plen))
+        t_ref = _median_seconds(lambda: f_ref(*args).block_until_ready(), repeats)
+        row = dict(section="attention", size=size, policy=label, dtype=dtype, heads=heads,
+                   tokens_per_frame=tpf, keys_per_query_frame=float(keys.mean()),
+                   reference_s=t_ref, reference_TFLOPs=flops / t_ref / 1e12)
+        if jax.default_backend() == "tpu":
+            f_pk = jax.jit(lambda *a: pk.paged_attention(*a, page_len=plen, interpret=False))
+            t_pk = _median_seconds(lambda: f_pk(*args).block_until_ready(), repeats)
+            row.update(pallas_s=t_pk, pallas_TFLOPs=flops / t_pk / 1e12, speedup=t_ref / t_pk)
+        rows.append(row)
+    return rows
+
+
 def print_table(rows, cols):
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -247,6 +321,10 @@ def main(argv=None):
                    help="a 60 s (240 latent frames) rollout of the mid size: per-chunk times stay flat")
     p.add_argument("--policies", action="store_true",
                    help="keys attended per query frame and cache bytes per policy at 1.3B / 480x832")
+    p.add_argument("--attention", action="store_true",
+                   help="paged attention, window-21 vs pyramid plans (reference; pallas on TPU)")
+    p.add_argument("--attn-size", default="mid", choices=sorted(ATTN_SIZES))
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,mid", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
@@ -256,8 +334,8 @@ def main(argv=None):
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
-    if not (args.forward or args.rollout or args.long or args.policies):
-        p.error("choose at least one section (--forward, --rollout, --long, --policies)")
+    if not (args.forward or args.rollout or args.long or args.policies or args.attention):
+        p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -280,6 +358,15 @@ def main(argv=None):
         print("\n## cache bytes at Wan2.1-1.3B, 480x832, bf16, batch 1")
         print_table(cb, ["policy", "slots", "cache_GiB"])
         rows += ro + cb
+    if args.attention:
+        at = bench_attention(args.attn_size, args.repeats, args.dtype)
+        print(f"\n## paged attention, one layer, {args.attn_size} size, {args.dtype}, B=1, 3 query frames, "
+              "steady state")
+        if env["platform"] != "tpu":
+            print("(pallas on this platform runs interpreted: a correctness path, not timed)")
+        print_table(at, ["policy", "heads", "tokens_per_frame", "keys_per_query_frame", "reference_s",
+                         "reference_TFLOPs", "pallas_s", "pallas_TFLOPs", "speedup"])
+        rows += at
     if args.policies:
         pk = policy_keys()
         print("\n## keys attended per query frame at steady state (chunk 40), Wan2.1-1.3B 480x832, "

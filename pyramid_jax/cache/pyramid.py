@@ -100,6 +100,13 @@ class PyramidPolicy:
         return self.n_sink + self.recent_slots
 
     @property
+    def max_pages(self) -> int:
+        """Most pages any (query frame, head) attends: sinks + recent + middle."""
+        p = self.params
+        mid = self._per_head(p.bucket, p.stride_cap, p.merge_cap)
+        return int((self.n_sink + self.recent_slots + mid).max())
+
+    @property
     def num_slots(self) -> int:
         return int((self.off_mid + self.n_mid).max())
 
@@ -148,8 +155,13 @@ class PyramidPolicy:
         sync = self.sync_time(t_q)[None, :, None, None]
         shift = jnp.where(moved & valid, sync - st[:, None], 0)
         shape = (sp.num_layers, f, sp.num_heads, s)
+        valid = jnp.broadcast_to(valid, shape)
+        # Compact: valid pages first, cut to the most any head can attend (8 of 26 slots by
+        # default), so attention backends walk a short page list.
+        order = jnp.argsort(~valid, axis=-1, stable=True)[..., :self.max_pages]
         slot = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), shape)
-        return PagePlan(t0, slot, shift.astype(jnp.int32), jnp.broadcast_to(valid, shape))
+        take = lambda a: jnp.take_along_axis(a, order, axis=-1)
+        return PagePlan(t0, take(slot), take(shift.astype(jnp.int32)), take(valid))
 
     # ---- commit --------------------------------------------------------------------
     def commit(self, state: CacheState, chunk_kv, chunk: jax.Array) -> CacheState:
