@@ -289,6 +289,41 @@ def bench_attention(size, repeats, dtype):
     return rows
 
 
+def bench_step(size, dtype, chunks=8):
+    """The whole chunk step (4 denoising passes + the clean pass, DiT only), window-21 vs
+    pyramid, random weights. size: "mid" or "real" (Wan2.1-1.3B at 480x832)."""
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+    from pyramid_jax.models.wan import WanConfig, init_model
+    from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout
+
+    if size == "real":
+        cfg, (hh, ww), lt = WanConfig(dtype=dtype), (60, 104), 512
+    else:
+        fields, _, hh, ww, lt = SIZES["mid"]
+        cfg = WanConfig(text_len=lt, dtype=dtype, **fields)
+    model = init_model(cfg, seed=0)
+    grid = (hh // 2, ww // 2)
+    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, grid, 3)
+    head_map = (published_type_map() if (cfg.num_layers, cfg.num_heads) == (30, 12)
+                else np.repeat(proportional_row(cfg.num_heads), cfg.num_layers, axis=0))
+    ctx = jax.random.normal(jax.random.key(1), (1, lt, cfg.text_dim)) * 0.1
+    tkv = jax.jit(lambda m, c: m.text_kv(c))(model, ctx)
+    sampler = Sampler()
+    rows = []
+    for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
+                            ("pyramid", "pyramid", dict(head_map=head_map))]:
+        policy = make_policy(name, spec, 3 * chunks, **kw)
+        times = []
+        rollout(model, policy, sampler, tkv, RandomNoise(0, (1, 3 * chunks, cfg.in_channels, hh, ww), sampler),
+                chunks, on_chunk=lambda k, x, sec: times.append(sec))
+        chunk_s = statistics.median(times[1:])
+        rows.append(dict(section="step", size=size, policy=label, dtype=dtype, chunk_s=chunk_s,
+                         first_chunk_s=times[0], video_frames_per_s=12 / chunk_s))
+    rows[1]["speedup_vs_window"] = rows[0]["chunk_s"] / rows[1]["chunk_s"]
+    return rows
+
+
 def print_table(rows, cols):
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -324,6 +359,9 @@ def main(argv=None):
     p.add_argument("--attention", action="store_true",
                    help="paged attention, window-21 vs pyramid plans (reference; pallas on TPU)")
     p.add_argument("--attn-size", default="mid", choices=sorted(ATTN_SIZES))
+    p.add_argument("--step", action="store_true",
+                   help="whole chunk step (DiT only), window-21 vs pyramid, video frames/s")
+    p.add_argument("--step-size", default="mid", choices=["mid", "real"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,mid", help="comma list of: " + ",".join(SIZES))
@@ -334,8 +372,8 @@ def main(argv=None):
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
-    if not (args.forward or args.rollout or args.long or args.policies or args.attention):
-        p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention)")
+    if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step):
+        p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -367,6 +405,12 @@ def main(argv=None):
         print_table(at, ["policy", "heads", "tokens_per_frame", "keys_per_query_frame", "reference_s",
                          "reference_TFLOPs", "pallas_s", "pallas_TFLOPs", "speedup"])
         rows += at
+    if args.step:
+        st = bench_step(args.step_size, args.dtype)
+        print(f"\n## chunk step (4 denoising passes + clean pass, DiT only), {args.step_size} size, "
+              f"{args.dtype}, B=1, random weights")
+        print_table(st, ["policy", "chunk_s", "first_chunk_s", "video_frames_per_s", "speedup_vs_window"])
+        rows += st
     if args.policies:
         pk = policy_keys()
         print("\n## keys attended per query frame at steady state (chunk 40), Wan2.1-1.3B 480x832, "
