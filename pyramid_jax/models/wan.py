@@ -99,11 +99,27 @@ def layer_norm(x, eps, scale=None, bias=None):
     return y.astype(x.dtype)
 
 
-def rms_norm(x, scale, eps):
-    """RMS statistic in float32, cast to x.dtype, then times the weight."""
+def rms_norm(x, scale, eps, axis=None, full_dim=None):
+    """RMS statistic in float32, cast to x.dtype, then times the weight.
+
+    With `axis` (a mesh axis the last dim is split over) the statistic is psum'd over it and
+    divided by full_dim, so a head-sharded q/k is normalised over the full width.
+    """
     xf = _f32(x)
-    y = (xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)).astype(x.dtype)
+    ss = jnp.square(xf).sum(-1, keepdims=True)
+    if axis is not None:
+        ss = jax.lax.psum(ss, axis)
+    ms = ss / (full_dim if axis is not None else x.shape[-1])
+    y = (xf * jax.lax.rsqrt(ms + eps)).astype(x.dtype)
     return y * scale.astype(x.dtype)
+
+
+def row_parallel(linear: nnx.Linear, x, axis=None):
+    """x @ W (+ psum over `axis` when W's input rows are split over it) + b."""
+    if axis is None:
+        return linear(x)
+    y = jnp.dot(x, linear.kernel[...], precision=jax.lax.Precision.HIGHEST)
+    return jax.lax.psum(y, axis) + linear.bias[...]
 
 
 def gelu_tanh(x):
@@ -137,17 +153,17 @@ class Attention(nnx.Module):
         self.norm_k = nnx.Param(jnp.ones((d,), cfg.jnp_dtype))
         self.cfg = cfg
 
-    def heads(self, x):
-        return x.reshape(x.shape[:-1] + (self.cfg.num_heads, self.cfg.head_dim))
+    def heads(self, x):  # local heads when the width is sharded
+        return x.reshape(x.shape[:-1] + (-1, self.cfg.head_dim))
 
-    def _norm(self, x, scale):
-        return rms_norm(x, scale[...], self.cfg.eps) if self.cfg.qk_norm else x
+    def _norm(self, x, scale, axis):
+        return rms_norm(x, scale[...], self.cfg.eps, axis, self.cfg.dim) if self.cfg.qk_norm else x
 
-    def project_q(self, x):
-        return self.heads(self._norm(self.q(x), self.norm_q))
+    def project_q(self, x, axis=None):
+        return self.heads(self._norm(self.q(x), self.norm_q, axis))
 
-    def project_kv(self, x):
-        return self.heads(self._norm(self.k(x), self.norm_k)), self.heads(self.v(x))
+    def project_kv(self, x, axis=None):
+        return self.heads(self._norm(self.k(x), self.norm_k, axis)), self.heads(self.v(x))
 
 
 class WanBlock(nnx.Module):
@@ -164,14 +180,15 @@ class WanBlock(nnx.Module):
         self.ffn = MLP(cfg, d, cfg.ffn_dim, d, gelu_tanh, rngs)
         self.cfg = cfg
 
-    def text_kv(self, ctx):
+    def text_kv(self, ctx, axis=None):
         """ctx [B, Lt, D] (embedded text) -> k, v [B, H, Lt, Dh] (head-major)."""
-        k, v = self.cross_attn.project_kv(ctx)
+        k, v = self.cross_attn.project_kv(ctx, axis)
         return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
-    def __call__(self, x, e0, text_k, text_v, cos, sin, attend):
+    def __call__(self, x, e0, text_k, text_v, cos, sin, attend, axis=None):
         """x [B, F, T, D]; e0 [B, F, 6, D] float32; text_k/v [B, H, Lt, Dh];
-        cos, sin [F*T, Dh/2]; attend(q, k, v) -> [B, F*T, H, Dh] with q, k post-RoPE.
+        cos, sin [F*T, Dh/2]; attend(q, k, v) -> [B, F*T, H, Dh] with q, k post-RoPE;
+        axis: the mesh axis heads and FFN columns are split over (inside shard_map), or None.
         Returns x, the chunk's (k before RoPE, v), each [B, F*T, H, Dh], and the queries
         after RoPE [B, F*T, H, Dh] (for head profiling; dropped by XLA when unused).
         """
@@ -182,23 +199,24 @@ class WanBlock(nnx.Module):
 
         h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_a) + shift_a).astype(x.dtype)
         h = h.reshape(b, f * t, d)
-        q = self.self_attn.project_q(h)
-        k, v = self.self_attn.project_kv(h)
+        q = self.self_attn.project_q(h, axis)
+        k, v = self.self_attn.project_kv(h, axis)
         cs, sn = cos[:, None], sin[:, None]  # broadcast over heads
         q = rope.apply_rope(q, cs, sn)
         y = attend(q, rope.apply_rope(k, cs, sn), v)
-        y = self.self_attn.o(y.reshape(b, f * t, d)).reshape(b, f, t, d)
+        y = row_parallel(self.self_attn.o, y.reshape(b, f * t, -1), axis).reshape(b, f, t, d)
         x = (_f32(x) + _f32(y) * gate_a).astype(x.dtype)
 
         hc = x.reshape(b, f * t, d)
         if cfg.cross_attn_norm:
             hc = layer_norm(hc, cfg.eps, self.norm3_scale[...], self.norm3_bias[...])
-        qc = self.cross_attn.project_q(hc).transpose(0, 2, 1, 3)
+        qc = self.cross_attn.project_q(hc, axis).transpose(0, 2, 1, 3)
         yc = ref_attn.mha(qc, text_k, text_v).transpose(0, 2, 1, 3)
-        x = x + self.cross_attn.o(yc.reshape(b, f * t, d)).reshape(b, f, t, d)
+        x = x + row_parallel(self.cross_attn.o, yc.reshape(b, f * t, -1), axis).reshape(b, f, t, d)
 
         h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_f) + shift_f).astype(x.dtype)
-        x = (_f32(x) + _f32(self.ffn(h)) * gate_f).astype(x.dtype)
+        ffn = row_parallel(self.ffn.fc2, gelu_tanh(self.ffn.fc1(h)), axis)
+        x = (_f32(x) + _f32(ffn) * gate_f).astype(x.dtype)
         return x, (k, v), q
 
 
@@ -240,14 +258,15 @@ class CausalWan(nnx.Module):
         self.head = Head(cfg, rngs)
 
     # ---- text ----------------------------------------------------------------------
-    def text_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def text_kv(self, context: jax.Array, model_axis: str | None = None) -> tuple[jax.Array, jax.Array]:
         """Per-layer cross-attention K/V, computed once per prompt.
 
-        context: [B, Lt, text_dim] -> (k, v) each [L, B, H, Lt, Dh] in cfg.dtype.
+        context: [B, Lt, text_dim] -> (k, v) each [L, B, H, Lt, Dh] in cfg.dtype (local heads
+        when called inside shard_map with model_axis).
         """
         ctx = self.text_embedding(context.astype(self.cfg.jnp_dtype))
         graphdef, state = nnx.split(self.blocks)
-        return jax.vmap(lambda s: nnx.merge(graphdef, s).text_kv(ctx))(state)
+        return jax.vmap(lambda s: nnx.merge(graphdef, s).text_kv(ctx, model_axis))(state)
 
     # ---- time ----------------------------------------------------------------------
     def time_embed(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -280,7 +299,7 @@ class CausalWan(nnx.Module):
     # ---- forward -------------------------------------------------------------------
     def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
                  plan: attn_lib.PagePlan | None = None, *, frame_mask: jax.Array | None = None,
-                 probe_frame: int | None = None):
+                 probe_frame: int | None = None, model_axis: str | None = None):
         """Predict the flow of a chunk.
 
         x: [B, F, C, H, W] noisy latents of F consecutive frames.
@@ -293,6 +312,8 @@ class CausalWan(nnx.Module):
             where True (block-causal training, the full-sequence reference of a policy).
         probe_frame: also return the queries (after RoPE) of this frame of the chunk,
             [L, B, T, H, Dh], for head profiling.
+        model_axis: inside shard_map, the mesh axis that heads and FFN columns are split
+            over (params, cache, plan and text K/V hold the local heads); psums join them.
         Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
             v), each [L, B, H, F, T, Dh] with T = tokens per frame (and the probe if asked).
         """
@@ -319,8 +340,9 @@ class CausalWan(nnx.Module):
 
         def body(h, xs):
             block = nnx.merge(graphdef, xs[0])
-            h, (k, v), q = block(h, e0, xs[1], xs[2], cos, sin, lambda q, kk, vv: attend(q, kk, vv, xs[3:]))
-            to_pool = lambda a: a.reshape(b, f, tpf, cfg.num_heads, cfg.head_dim).transpose(0, 3, 1, 2, 4)
+            h, (k, v), q = block(h, e0, xs[1], xs[2], cos, sin, lambda q, kk, vv: attend(q, kk, vv, xs[3:]),
+                                 model_axis)
+            to_pool = lambda a: a.reshape(b, f, tpf, -1, cfg.head_dim).transpose(0, 3, 1, 2, 4)
             probe = () if probe_frame is None else q[:, probe_frame * tpf:(probe_frame + 1) * tpf]
             return h, ((to_pool(k), to_pool(v)), probe)
 
