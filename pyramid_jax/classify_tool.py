@@ -73,8 +73,7 @@ def profiles_from_config(cfg_args, frames: int):
 
     from pyramid_jax import generate
     from pyramid_jax.sampling.calibrate import record_profiles
-    from pyramid_jax.sampling.rollout import RandomNoise, Sampler
-    from pyramid_jax.sampling.schedule import FlowSchedule
+    from pyramid_jax.sampling.rollout import RandomNoise
 
     try:
         c = generate.parse_config(["classify_heads"] + cfg_args)
@@ -82,14 +81,12 @@ def profiles_from_config(cfg_args, frames: int):
         model = generate.load_dit(c)
         cfg = model.cfg
         context = generate.prompt_context(c, cfg)
+        f = c.num_frame_per_block
+        sampler = generate.make_sampler(c)
+        lh, lw = generate.latent_size(c, cfg)
     except generate.UserError as e:
         raise ToolError(str(e)) from None
     prompts = [c.prompt] if not c.prompts_file else open(c.prompts_file).read().split("\n")
-    f = c.num_frame_per_block
-    sched = FlowSchedule(shift=c.shift)
-    steps = sched.warp(c.denoising_step_list) if c.warp_denoising_step else c.denoising_step_list
-    sampler = Sampler(tuple(float(t) for t in steps), float(c.context_noise), f, sched)
-    lh, lw = c.height // generate.VAE_SPACE_STRIDE, c.width // generate.VAE_SPACE_STRIDE
     grid = (lh // cfg.patch_size[1], lw // cfg.patch_size[2])
     if frames % f or frames < 2 * f:
         raise ToolError(f"--frames must be a multiple of {f} and at least {2 * f}, got {frames}")

@@ -44,4 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.cache = ml_collections.ConfigDict(dict(
         policy="window", local_attn_size=21, sink_size=0, head_map=""))
     c.attention = ml_collections.ConfigDict(dict(backend="reference"))
+    # devices: data splits the batch, model splits heads; data=0 fills all local devices
+    c.mesh = ml_collections.ConfigDict(dict(data=0, model=1))
+    c.batch_size = 0             # prompts per step in pyramid_jax.batch; 0 = mesh.data
     return c

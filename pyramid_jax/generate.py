@@ -177,6 +177,43 @@ def load_replay(path: str, cfg, f: int):
 
 
 # ---- outputs -----------------------------------------------------------------------
+def make_sampler(c):
+    from pyramid_jax.sampling.rollout import Sampler
+    from pyramid_jax.sampling.schedule import FlowSchedule
+
+    sched = FlowSchedule(shift=c.shift)
+    try:
+        steps = sched.warp(c.denoising_step_list) if c.warp_denoising_step else np.asarray(
+            c.denoising_step_list, np.float32)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(c.context_noise),
+                   frames_per_chunk=c.num_frame_per_block, schedule=sched)
+
+
+def latent_size(c, cfg) -> tuple[int, int]:
+    step_h, step_w = VAE_SPACE_STRIDE * cfg.patch_size[1], VAE_SPACE_STRIDE * cfg.patch_size[2]
+    if c.height % step_h or c.width % step_w:
+        raise UserError(f"height/width ({c.height}x{c.width}) must be multiples of {step_h}x{step_w}")
+    return c.height // VAE_SPACE_STRIDE, c.width // VAE_SPACE_STRIDE
+
+
+def build_policy(c, cfg, latent_hw, num_frames):
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+
+    lh, lw = latent_hw
+    if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
+        raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
+    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
+                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), c.num_frame_per_block, cfg.rope_theta)
+    try:
+        return make_policy(c.cache.policy, spec, num_frames, c.cache.local_attn_size,
+                           c.cache.sink_size, c.cache.head_map)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+
+
 def output_paths(output: str, batch: int) -> list[str]:
     if batch == 1:
         return [output]
@@ -199,20 +236,13 @@ def run(c) -> int:
     import jax.numpy as jnp
 
     from pyramid_jax import media
-    from pyramid_jax.cache.policies import make_policy
-    from pyramid_jax.cache.pool import PoolSpec
-    from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, rollout
-    from pyramid_jax.sampling.schedule import FlowSchedule
+    from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, rollout
 
     check_config(c)
     model = load_dit(c)
     cfg = model.cfg
     f = c.num_frame_per_block
-    sched = FlowSchedule(shift=c.shift)
-    steps = sched.warp(c.denoising_step_list) if c.warp_denoising_step else np.asarray(
-        c.denoising_step_list, np.float32)
-    sampler = Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(c.context_noise),
-                      frames_per_chunk=f, schedule=sched)
+    sampler = make_sampler(c)
 
     if c.replay:
         context, noise, renoise = load_replay(c.replay, cfg, f)
@@ -225,21 +255,9 @@ def run(c) -> int:
     else:
         context = prompt_context(c, cfg)
         batch, num_frames = context.shape[0], c.num_frames
-        if c.height % (VAE_SPACE_STRIDE * cfg.patch_size[1]) or c.width % (VAE_SPACE_STRIDE * cfg.patch_size[2]):
-            raise UserError(f"height/width ({c.height}x{c.width}) must be multiples of "
-                            f"{VAE_SPACE_STRIDE * cfg.patch_size[1]}")
-        lh, lw = c.height // VAE_SPACE_STRIDE, c.width // VAE_SPACE_STRIDE
+        lh, lw = latent_size(c, cfg)
         source = RandomNoise(c.seed, (batch, num_frames, cfg.in_channels, lh, lw), sampler)
-    if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
-        raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
-
-    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
-                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), f, cfg.rope_theta)
-    try:
-        policy = make_policy(c.cache.policy, spec, num_frames, c.cache.local_attn_size,
-                             c.cache.sink_size, c.cache.head_map)
-    except (ValueError, OSError) as e:
-        raise UserError(str(e)) from None
+    policy = build_policy(c, cfg, (lh, lw), num_frames)
 
     num_chunks = num_frames // f
     log.info("generating %d x %d latent frames (%d chunks of %d) at latent %dx%d, %s, cache %s",

@@ -26,12 +26,15 @@ def latent_preview(latents: np.ndarray, upscale: int = 8, hold: int = 4) -> np.n
     return img.repeat(hold, axis=0)
 
 
+PARTIAL = ".partial-"
+
+
 def _temp_beside(path: str, suffix: str) -> str:
     """A temporary file next to path (same filesystem, so the final rename is atomic),
-    with the permissions a plain open() would give."""
+    named `.partial-<name>-*` and with the permissions a plain open() would give."""
     out_dir = os.path.dirname(os.path.abspath(path))
     os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=out_dir)
+    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL}{os.path.basename(path)}-", suffix=suffix, dir=out_dir)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -57,6 +60,19 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 16) -> None:
         for frame in frames:
             writer.send(frame)
         writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    """Write text to a temporary name, then rename."""
+    tmp = _temp_beside(path, ".tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -88,22 +88,34 @@ def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise):
 
 
 class RandomNoise:
-    """Noise from jax.random: chunk k draws from fold_in(key(seed), k), reproducibly."""
+    """Noise from jax.random, one seed per sample: sample i of chunk k draws from
+    fold_in(key(seeds[i]), k), so a video depends only on its seed, not on its batch."""
 
-    def __init__(self, seed: int, shape: tuple[int, ...], sampler: Sampler):
-        self.key = jax.random.key(seed)
+    def __init__(self, seeds, shape: tuple[int, ...], sampler: Sampler):
         b, _, c, h, w = shape
-        f, n = sampler.frames_per_chunk, sampler.num_steps
-
-        def draw(key, k):
-            k0, k1 = jax.random.split(jax.random.fold_in(key, k))
-            return (jax.random.normal(k0, (b, f, c, h, w), jnp.float32),
-                    jax.random.normal(k1, (n - 1, b, f, c, h, w), jnp.float32))
-
-        self._draw = jax.jit(draw)
+        if isinstance(seeds, int):
+            seeds = [seeds + i for i in range(b)]
+        if len(seeds) != b:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
+        self.seeds = jnp.asarray(np.asarray(seeds, np.uint32))
+        self._draw = _noise_drawer((c, h, w), sampler.frames_per_chunk, sampler.num_steps)
 
     def chunk(self, k: int):
-        return self._draw(self.key, jnp.int32(k))
+        return self._draw(self.seeds, jnp.int32(k))
+
+
+@functools.lru_cache(maxsize=16)  # one compiled drawer per latent shape, across batches
+def _noise_drawer(chw, f, n):
+    def draw_one(seed, k):
+        k0, k1 = jax.random.split(jax.random.fold_in(jax.random.key(seed), k))
+        return (jax.random.normal(k0, (f, *chw), jnp.float32),
+                jax.random.normal(k1, (n - 1, f, *chw), jnp.float32))
+
+    def draw(seeds, k):
+        noise, renoise = jax.vmap(draw_one, in_axes=(0, None))(seeds, k)
+        return noise, jnp.moveaxis(renoise, 0, 1)
+
+    return jax.jit(draw)
 
 
 class ReplayNoise:
