@@ -324,6 +324,52 @@ def bench_step(size, dtype, chunks=8):
     return rows
 
 
+def bench_devices_child(n_devices, chunks=4):
+    """(Run with XLA_FLAGS giving n fake devices.) Video frames/s of the sharded batch path
+    for the demo model, batch = n_devices, mesh (n, 1)."""
+    import importlib.util
+
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+    from pyramid_jax.models.wan import WanConfig, init_model
+    from pyramid_jax.parallel import make_mesh, sharded_rollout
+    from pyramid_jax.sampling.rollout import RandomNoise, Sampler
+
+    spec_ = importlib.util.spec_from_file_location("demo", os.path.join(os.path.dirname(__file__), "..",
+                                                                         "configs", "demo.py"))
+    demo = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(demo)
+    c = demo.get_config()
+    cfg = WanConfig.from_dict(c.model.to_dict())
+    model = init_model(cfg)
+    lh, lw = c.height // 8, c.width // 8
+    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (lh // 2, lw // 2), 3)
+    policy = make_policy("window", spec, 3 * chunks, c.cache.local_attn_size, c.cache.sink_size)
+    sampler = Sampler()
+    ctx = np.zeros((n_devices, cfg.text_len, cfg.text_dim), np.float32)
+    mesh = make_mesh(n_devices, 1)
+    times = []
+    sharded_rollout(model, policy, sampler, ctx, RandomNoise(0, (n_devices, 3 * chunks, 16, lh, lw), sampler),
+                    chunks, mesh, on_chunk=lambda k, x, sec: times.append(sec))
+    chunk_s = statistics.median(times[1:])
+    return dict(section="devices", devices=n_devices, batch=n_devices, chunk_s=chunk_s,
+                video_frames_per_s=n_devices * 12 / chunk_s)
+
+
+def bench_devices(counts):
+    import subprocess
+
+    rows = []
+    for n in counts:
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+        r = subprocess.run([sys.executable, __file__, "--devices-child", str(n)], env=env,
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(r.stderr[-2000:])
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def print_table(rows, cols):
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -363,17 +409,25 @@ def main(argv=None):
                    help="whole chunk step (DiT only), window-21 vs pyramid, video frames/s")
     p.add_argument("--step-size", default="mid", choices=["mid", "real"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--devices", action="store_true",
+                   help="batch-path throughput on 1, 2, 4, 8 fake CPU devices (demo config)")
+    p.add_argument("--devices-child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,mid", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default="bench_results/benchmark.json", help="where to write the rows")
     args = p.parse_args(argv)
+    if args.devices_child:
+        print(json.dumps(bench_devices_child(args.devices_child)))
+        return 0
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
-    if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step):
-        p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step)")
+    if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step
+            or args.devices):
+        p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step, "
+                "--devices)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -411,6 +465,13 @@ def main(argv=None):
               f"{args.dtype}, B=1, random weights")
         print_table(st, ["policy", "chunk_s", "first_chunk_s", "video_frames_per_s", "speedup_vs_window"])
         rows += st
+    if args.devices:
+        dv = bench_devices([1, 2, 4, 8])
+        print("\n## batch path, demo config, batch = devices, mesh (n, 1), video frames/s")
+        print(f"(fake CPU devices from --xla_force_host_platform_device_count share this machine's "
+              f"{os.cpu_count()} cores: this shows the sharded path works and its overhead, not scaling)")
+        print_table(dv, ["devices", "batch", "chunk_s", "video_frames_per_s"])
+        rows += dv
     if args.policies:
         pk = policy_keys()
         print("\n## keys attended per query frame at steady state (chunk 40), Wan2.1-1.3B 480x832, "
