@@ -8,6 +8,7 @@ Writes go to a temporary sibling directory that is renamed when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded; the message says why."""
 
 
-def save_params(dst: str, params: dict, cfg: WanConfig, source: str = "", kind: str = "dit") -> None:
+def save_params(dst: str, params: dict, cfg, source: str = "", kind: str = "dit") -> None:
     """Write `params` (nested dict of arrays matching the model state) and cfg to dst.
 
     Fails if dst exists. Nothing is left at dst unless the whole write succeeded.
@@ -47,7 +48,7 @@ def save_params(dst: str, params: dict, cfg: WanConfig, source: str = "", kind: 
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, "params"), jax.tree.map(jnp.asarray, params))
             ckptr.wait_until_finished()
-        meta = {"kind": kind, "format": FORMAT, "model": json.loads(cfg.to_json()), "source": source}
+        meta = {"kind": kind, "format": FORMAT, "model": dataclasses.asdict(cfg), "source": source}
         with open(os.path.join(tmp, "config.json"), "w") as fh:
             json.dump(meta, fh, indent=2)
         os.rename(tmp, dst)
@@ -115,3 +116,35 @@ def model_from_params(cfg: WanConfig, params: dict, attention_backend: str = "re
     graphdef, state = nnx.split(abstract_model(cfg, attention_backend))
     nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(np.asarray(a), cfg.dtype), params))
     return nnx.merge(graphdef, state)
+
+
+def load_vae(path: str, dtype: str | None = None):
+    """Restore (VAEConfig, flat decoder params) written by `convert_checkpoint.py --kind vae`."""
+    import orbax.checkpoint as ocp
+
+    from pyramid_jax.models.vae import VAEConfig
+
+    path = os.path.abspath(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(f"VAE checkpoint {path!r} not found (expected a directory written by "
+                              "tools/convert_checkpoint.py --kind vae)")
+    try:
+        with open(cfg_path) as fh:
+            meta = json.load(fh)
+        cfg = VAEConfig(**meta["model"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: unreadable config ({e})") from None
+    if meta.get("kind") != "vae":
+        raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, not a VAE")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(os.path.join(path, "params"))
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot restore params ({msg[:300]})") from None
+    if dtype is not None:
+        cfg = dataclasses.replace(cfg, dtype=dtype)
+    params = jax.tree.map(lambda a: jnp.asarray(a, cfg.dtype), params)
+    log.info("loaded VAE %s (base dim %d, %s)", path, cfg.base_dim, cfg.dtype)
+    return cfg, params

@@ -37,6 +37,22 @@ def convert_dit(src: str, dst: str, num_heads: int | None = None, ema: bool = Tr
     return cfg
 
 
+def convert_vae(src: str, dst: str, dtype: str = "float32"):
+    """Convert a Wan VAE (upstream .pth or diffusers) to an orbax checkpoint (decoder only)."""
+    from pyramid_jax.weights import vae_names
+
+    sd = files.read_checkpoint(src, subfolder="vae")
+    layout = "upstream" if vae_names.is_upstream_vae(sd) else "diffusers"
+    if layout == "upstream":
+        sd = vae_names.upstream_to_diffusers(sd)
+    cfg = vae_names.infer_vae_config(sd, dtype=dtype)
+    params = _cast(vae_names.vae_params(sd, cfg), DTYPES[dtype])
+    log.info("%s VAE layout, z %d, base dim %d, mult %s, %s -> %s", layout, cfg.z_dim, cfg.base_dim,
+             list(cfg.dim_mult), dtype, dst)
+    save_params(dst, params, cfg, source=f"{layout}:{src}", kind="vae")
+    return cfg
+
+
 def _cast(tree, dtype):
     if isinstance(tree, dict):
         return {k: _cast(v, dtype) for k, v in tree.items()}
@@ -60,9 +76,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
-        if args.kind != "dit":
-            raise ConversionError(f"--kind {args.kind} is not supported yet (only dit)")
-        convert_dit(args.src, args.dst, args.num_heads, not args.no_ema, args.dtype)
+        if args.kind == "dit":
+            convert_dit(args.src, args.dst, args.num_heads, not args.no_ema, args.dtype)
+        elif args.kind == "vae":
+            convert_vae(args.src, args.dst, args.dtype)
+        else:
+            raise ConversionError(f"--kind {args.kind} is not supported yet (dit, vae)")
     except (ConversionError, CheckpointError) as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         return 2

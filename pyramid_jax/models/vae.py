@@ -1,0 +1,195 @@
+"""Wan2.1 VAE decoder, streaming one latent frame at a time (SPEC section 7).
+
+Pure functions over a flat param dict keyed by the diffusers `AutoencoderKLWan` names
+(convolution kernels stored channel-last: Conv3d [kt, kh, kw, in, out], Conv2d
+[kh, kw, in, out]; norm gammas [C]). Activations are channel-last [B, T, H, W, C].
+
+Every causal Conv3d with a temporal kernel of 3 keeps the last 2 frames of its input as
+explicit state (zeros at the start, which is upstream's causal zero padding), so decoding
+runs chunk by chunk under jit with static shapes. The first latent frame gives 1 video
+frame (the temporal upsamplers are skipped), every later one 4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+               3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    z_dim: int = 16
+    base_dim: int = 96
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temperal_downsample: tuple[bool, ...] = (False, True, True)
+    out_channels: int = 3
+    latents_mean: tuple[float, ...] = LATENTS_MEAN
+    latents_std: tuple[float, ...] = LATENTS_STD
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for f in ("dim_mult", "temperal_downsample", "latents_mean", "latents_std"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+
+    @property
+    def temperal_upsample(self):
+        return self.temperal_downsample[::-1]
+
+    @property
+    def dims(self):
+        m = self.dim_mult
+        return [self.base_dim * u for u in (m[-1],) + m[::-1]]
+
+    @property
+    def time_stride(self) -> int:
+        return 2 ** sum(self.temperal_upsample)
+
+    @property
+    def space_stride(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+
+# ---- layers ------------------------------------------------------------------------
+def _conv(x, w, b, padding):
+    """x [B, T, H, W, C] (3-D kernel) or [N, H, W, C] (2-D kernel), channel-last."""
+    nd = w.ndim - 2
+    spec = ("NTHWC", "THWIO", "NTHWC") if nd == 3 else ("NHWC", "HWIO", "NHWC")
+    y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1,) * nd, padding,
+                                     dimension_numbers=spec, precision=jax.lax.Precision.HIGHEST)
+    return y + b.astype(x.dtype)
+
+
+def causal_conv(p, name, x, state, new_state):
+    """Causal Conv3d: the temporal kernel sees the 2 cached frames before x (k_t = 3)."""
+    w, b = p[name + ".weight"], p[name + ".bias"]
+    kt, kh, kw = w.shape[:3]
+    if kt == 1:
+        return _conv(x, w, b, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)])
+    cache = state.get(name)
+    if cache is None:  # no cache yet (shape discovery): the causal zero padding
+        cache = jnp.zeros((x.shape[0], kt - 1) + x.shape[2:], x.dtype)
+    xx = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
+    new_state[name] = xx[:, -(kt - 1):]
+    return _conv(xx, w, b, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)])
+
+
+def rms_norm(p, name, x):
+    """Channel RMS norm: x / ||x||_C * sqrt(C) * gamma (L2 over channels, in fp32)."""
+    xf = x.astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(xf * xf, axis=-1, keepdims=True))
+    y = (xf / jnp.maximum(norm, 1e-12)).astype(x.dtype)
+    return y * math.sqrt(x.shape[-1]) * p[name + ".gamma"].astype(x.dtype)
+
+
+def resnet(p, name, x, state, new_state):
+    h = causal_conv(p, name + ".conv_shortcut", x, state, new_state) if name + ".conv_shortcut.weight" in p else x
+    x = jax.nn.silu(rms_norm(p, name + ".norm1", x))
+    x = causal_conv(p, name + ".conv1", x, state, new_state)
+    x = jax.nn.silu(rms_norm(p, name + ".norm2", x))
+    x = causal_conv(p, name + ".conv2", x, state, new_state)
+    return x + h
+
+
+def attention(p, name, x):
+    """Single-head spatial self-attention within each frame."""
+    b, t, hh, ww, c = x.shape
+    h = rms_norm(p, name + ".norm", x).reshape(b * t, hh, ww, c)
+    qkv = _conv(h, p[name + ".to_qkv.weight"], p[name + ".to_qkv.bias"], [(0, 0), (0, 0)])
+    q, k, v = jnp.split(qkv.reshape(b * t, hh * ww, 3 * c), 3, axis=-1)
+    o = jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])[:, :, 0]
+    o = _conv(o.reshape(b * t, hh, ww, c), p[name + ".proj.weight"], p[name + ".proj.bias"], [(0, 0), (0, 0)])
+    return x + o.reshape(b, t, hh, ww, c)
+
+
+def upsample(p, name, x, mode, first, state, new_state):
+    """upsample2d: nearest x2 in space + Conv2d. upsample3d: first the temporal doubling by a
+    causal conv to 2C channels (skipped for the first latent frame), then the same."""
+    b, t, hh, ww, c = x.shape
+    if mode == "upsample3d":
+        tc = name + ".time_conv"
+        if first:  # upstream's "Rep": no doubling now, and the next call still sees zeros
+            new_state[tc] = jnp.zeros((b, 2, hh, ww, c), x.dtype) if state.get(tc) is None else state[tc]
+        else:
+            y = causal_conv(p, tc, x, state, new_state)  # [B, t, H, W, 2C]
+            x = y.reshape(b, t, hh, ww, 2, c).transpose(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, hh, ww, c)
+            t = 2 * t
+    x = x.reshape(b * t, hh, ww, c)
+    x = jnp.repeat(jnp.repeat(x.astype(jnp.float32), 2, axis=1), 2, axis=2).astype(x.dtype)
+    w = p[name + ".resample.1.weight"]
+    x = _conv(x, w, p[name + ".resample.1.bias"], [(1, 1), (1, 1)])
+    return x.reshape(b, t, 2 * hh, 2 * ww, w.shape[-1])
+
+
+# ---- decoder -----------------------------------------------------------------------
+def _decoder(p, cfg: VAEConfig, x, state, first):
+    new_state = {}
+    x = causal_conv(p, "decoder.conv_in", x, state, new_state)
+    x = resnet(p, "decoder.mid_block.resnets.0", x, state, new_state)
+    x = attention(p, "decoder.mid_block.attentions.0", x)
+    x = resnet(p, "decoder.mid_block.resnets.1", x, state, new_state)
+    n_up = len(cfg.dim_mult)
+    for i in range(n_up):
+        for j in range(cfg.num_res_blocks + 1):
+            x = resnet(p, f"decoder.up_blocks.{i}.resnets.{j}", x, state, new_state)
+        if i != n_up - 1:
+            mode = "upsample3d" if cfg.temperal_upsample[i] else "upsample2d"
+            x = upsample(p, f"decoder.up_blocks.{i}.upsamplers.0", x, mode, first, state, new_state)
+    x = jax.nn.silu(rms_norm(p, "decoder.norm_out", x))
+    x = causal_conv(p, "decoder.conv_out", x, state, new_state)
+    return x, new_state
+
+
+def unnormalize(cfg: VAEConfig, z):
+    """z / (1/std) + mean per channel, the reciprocal taken in the latent dtype. z [..., C]."""
+    inv_std = (1.0 / jnp.asarray(cfg.latents_std, jnp.float32)).astype(z.dtype)
+    return z / inv_std + jnp.asarray(cfg.latents_mean, z.dtype)
+
+
+def init_state(p, cfg: VAEConfig, batch: int, latent_hw: tuple[int, int], dtype=jnp.float32):
+    """Zero conv caches ({conv name: [B, 2, H, W, C]}) for a latent grid of latent_hw."""
+    def shapes(p):
+        x = jnp.zeros((batch, 1, *latent_hw, cfg.z_dim), dtype)
+        return _decoder(p, cfg, x, {}, first=False)[1]
+
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(shapes, p))
+
+
+def decode_frame(p, cfg: VAEConfig, z, state, first: bool):
+    """Decode one latent frame.
+
+    z: [B, 1, h, w, z_dim] normalised latents (the DiT's output, channel-last); state: conv
+    caches from init_state / the previous call. Returns (video [B, 1 or 4, 8h, 8w, 3] in
+    [-1, 1], new state).
+    """
+    z = unnormalize(cfg, z)
+    pq = _conv(z, p["post_quant_conv.weight"], p["post_quant_conv.bias"], [(0, 0)] * 3)
+    out, new_state = _decoder(p, cfg, pq, state, first)
+    return jnp.clip(out, -1.0, 1.0), new_state
+
+
+def decode_video(p, cfg: VAEConfig, z):
+    """Whole-video decode: the first frame alone, then every later frame in one call.
+
+    z: [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3]. Equal to decoding frame by frame.
+    """
+    state = init_state(p, cfg, z.shape[0], z.shape[2:4], z.dtype)
+    first, state = decode_frame(p, cfg, z[:, :1], state, first=True)
+    if z.shape[1] == 1:
+        return first
+    rest, _ = decode_frame(p, cfg, z[:, 1:], state, first=False)
+    return jnp.concatenate([first, rest], axis=1)
+
+
+def to_uint8(video):
+    """[-1, 1] -> uint8, as upstream writes videos (clamp(x * 0.5 + 0.5, 0, 1) * 255)."""
+    return np.asarray(jnp.round(jnp.clip(video.astype(jnp.float32) * 0.5 + 0.5, 0, 1) * 255), np.uint8)

@@ -1,0 +1,109 @@
+"""Wan VAE decoder: parity with diffusers AutoencoderKLWan through the converter; streaming."""
+
+from __future__ import annotations
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from conftest import rel_err, run_tool
+from pyramid_jax.models import vae
+from pyramid_jax.weights import convert
+from pyramid_jax.weights.checkpoint import load_vae
+
+NRB = 1  # residual blocks per stage (2 in Wan2.1); 1 keeps the test fast
+
+
+@pytest.fixture(scope="module")
+def ref_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    m = AutoencoderKLWan(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=NRB).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def to_upstream(sd, nrb=NRB, stages=4):
+    """diffusers -> upstream Wan VAE names, written independently of the converter."""
+    res = {"norm1.gamma": "residual.0.gamma", "conv1.weight": "residual.2.weight", "conv1.bias": "residual.2.bias",
+           "norm2.gamma": "residual.3.gamma", "conv2.weight": "residual.6.weight", "conv2.bias": "residual.6.bias",
+           "conv_shortcut.weight": "shortcut.weight", "conv_shortcut.bias": "shortcut.bias"}
+    out = {}
+    for k, v in sd.items():
+        n = k
+        if k.startswith("post_quant_conv."):
+            n = k.replace("post_quant_conv.", "conv2.")
+        elif k.startswith("quant_conv."):
+            n = k.replace("quant_conv.", "conv1.")
+        elif k.startswith("decoder.conv_in."):
+            n = k.replace("conv_in", "conv1")
+        elif k.startswith("decoder.norm_out."):
+            n = k.replace("norm_out", "head.0")
+        elif k.startswith("decoder.conv_out."):
+            n = k.replace("conv_out", "head.2")
+        elif m := re.match(r"decoder\.mid_block\.resnets\.(\d)\.(.+)", k):
+            n = f"decoder.middle.{2 * int(m.group(1))}.{res[m.group(2)]}"
+        elif m := re.match(r"decoder\.mid_block\.attentions\.0\.(.+)", k):
+            n = f"decoder.middle.1.{m.group(1)}"
+        elif m := re.match(r"decoder\.up_blocks\.(\d)\.resnets\.(\d)\.(.+)", k):
+            n = f"decoder.upsamples.{int(m.group(1)) * (nrb + 2) + int(m.group(2))}.{res[m.group(3)]}"
+        elif m := re.match(r"decoder\.up_blocks\.(\d)\.upsamplers\.0\.(.+)", k):
+            n = f"decoder.upsamples.{int(m.group(1)) * (nrb + 2) + nrb + 1}.{m.group(2)}"
+        elif k.startswith("encoder."):
+            n = k  # upstream's encoder names differ too; the decoder-only converter drops them
+        out[n] = v.clone()
+    return out
+
+
+def _diffusers_decode(m, z):
+    mean = torch.tensor(vae.LATENTS_MEAN).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.LATENTS_STD).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        return m.decode(z / (1.0 / std) + mean, return_dict=False)[0].numpy()  # [B, 3, T, H, W]
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "upstream"])
+def test_vae_decode_parity_and_streaming(ref_vae, tmp_path, layout):
+    if layout == "diffusers":
+        ref_vae.save_pretrained(tmp_path / "src", safe_serialization=True)
+        src = tmp_path / "src"
+    else:
+        src = tmp_path / "Wan2.1_VAE.pth"
+        torch.save(to_upstream(ref_vae.state_dict()), src)
+    assert convert.main(["--src", str(src), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
+    cfg, p = load_vae(str(tmp_path / "vae"))
+    assert cfg.base_dim == 16 and cfg.num_res_blocks == NRB and cfg.temperal_upsample == (True, True, False)
+
+    z = torch.randn(1, 16, 4, 5, 7, generator=torch.Generator().manual_seed(1))  # odd latent size
+    ref = _diffusers_decode(ref_vae, z)
+    zj = jnp.asarray(z.numpy().transpose(0, 2, 3, 4, 1))
+    whole = np.asarray(vae.decode_video(p, cfg, zj)).transpose(0, 4, 1, 2, 3)
+    assert whole.shape == ref.shape == (1, 3, 1 + 4 * 3, 40, 56)
+    err = rel_err(whole, ref)
+    print(f"{layout}: VAE decode rel err {err:.2e}")
+    assert err <= 1e-5
+
+    state = vae.init_state(p, cfg, 1, (5, 7))
+    frames = []
+    for i in range(4):  # streaming: one latent frame per call, state carried across
+        out, state = vae.decode_frame(p, cfg, zj[:, i:i + 1], state, first=i == 0)
+        frames.append(np.asarray(out))
+        assert out.shape[1] == (1 if i == 0 else 4)
+    stream = np.concatenate(frames, 1).transpose(0, 4, 1, 2, 3)
+    assert rel_err(stream, whole) <= 1e-6
+
+
+def test_vae_converter_names_missing_key(ref_vae, tmp_path):
+    sd = to_upstream(ref_vae.state_dict())
+    del sd["decoder.head.2.bias"]
+    torch.save(sd, tmp_path / "bad.pth")
+    r = run_tool("tools/convert_checkpoint.py", "--src", str(tmp_path / "bad.pth"), "--dst", str(tmp_path / "o"),
+                 "--kind", "vae")
+    assert r.returncode != 0 and "missing keys: decoder.conv_out.bias" in r.stderr
+    assert not (tmp_path / "o").exists()
