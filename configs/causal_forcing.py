@@ -6,6 +6,7 @@ from pyramid_jax.config import base_config
 def get_config():
     c = base_config()
     c.checkpoint = "checkpoints/causal_forcing"
+    c.vae.checkpoint = "checkpoints/wan_vae"
     c.num_frames = 21
     c.cache.local_attn_size = 21
     c.cache.sink_size = 0

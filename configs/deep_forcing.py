@@ -7,6 +7,7 @@ from pyramid_jax.config import base_config
 def get_config():
     c = base_config()
     c.checkpoint = "checkpoints/self_forcing"
+    c.vae.checkpoint = "checkpoints/wan_vae"
     c.num_frames = 240  # 60 s
     c.cache.policy = "deep_sink"
     c.cache.local_attn_size = 21

@@ -20,6 +20,9 @@ def get_config():
     c.width = 128
     c.dtype = "float32"
     c.output = "outputs/demo.mp4"
+    c.vae.random = True  # a tiny random Wan VAE: real decoding, noise pictures
+    c.vae.base_dim = 16
+    c.vae.num_res_blocks = 1
     c.cache.local_attn_size = 12
     c.cache.sink_size = 3
     return c

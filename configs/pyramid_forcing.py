@@ -11,6 +11,7 @@ from pyramid_jax.config import base_config
 def get_config():
     c = base_config()
     c.checkpoint = "checkpoints/self_forcing"
+    c.vae.checkpoint = "checkpoints/wan_vae"
     c.num_frames = 240  # 60 s
     c.cache.policy = "pyramid"
     c.cache.head_map = "head_maps/self_forcing.csv"

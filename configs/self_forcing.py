@@ -10,6 +10,7 @@ from pyramid_jax.config import base_config
 def get_config():
     c = base_config()
     c.checkpoint = "checkpoints/self_forcing"
+    c.vae.checkpoint = "checkpoints/wan_vae"
     c.num_frames = 21
     c.cache.policy = "window"
     c.cache.local_attn_size = 21

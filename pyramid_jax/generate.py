@@ -72,6 +72,9 @@ def check_config(c):
         path = c[field]
         if path and not os.path.isfile(path):
             raise UserError(f"{field} {path!r}: no such file")
+    if c.vae.checkpoint and not os.path.isdir(c.vae.checkpoint):
+        raise UserError(f"vae.checkpoint {c.vae.checkpoint!r} not found: convert Wan2.1_VAE.pth with "
+                        "tools/convert_checkpoint.py --kind vae, or set --config.vae.checkpoint=''")
     if c.checkpoint and not os.path.isdir(c.checkpoint):
         raise UserError(f"checkpoint {c.checkpoint!r} not found: convert one with "
                         "tools/convert_checkpoint.py, or set --config.checkpoint='' for random weights")
@@ -214,6 +217,26 @@ def build_policy(c, cfg, latent_hw, num_frames):
         raise UserError(str(e)) from None
 
 
+def load_vae(c):
+    """(cfg, params) of the configured VAE, or None when decoding is off."""
+    from pyramid_jax.models.vae import VAEConfig
+    from pyramid_jax.weights.checkpoint import CheckpointError
+    from pyramid_jax.weights.checkpoint import load_vae as load
+
+    if c.vae.checkpoint:
+        try:
+            return load(c.vae.checkpoint, dtype=c.dtype)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    if c.vae.random:
+        from pyramid_jax.weights.vae_names import random_vae_params
+
+        cfg = VAEConfig(base_dim=c.vae.base_dim, num_res_blocks=c.vae.num_res_blocks, dtype=c.dtype)
+        log.warning("NO VAE CHECKPOINT: a random VAE (base dim %d) decodes the latents", cfg.base_dim)
+        return cfg, random_vae_params(cfg)
+    return None
+
+
 def output_paths(output: str, batch: int) -> list[str]:
     if batch == 1:
         return [output]
@@ -265,14 +288,30 @@ def run(c) -> int:
     text_kv = jax.jit(lambda m, ctx: m.text_kv(ctx))(model, jnp.asarray(context))
     start = time.perf_counter()
 
+    vae = load_vae(c) if c.output else None
+    decoder = writers = None
+    if vae is not None:
+        from pyramid_jax.models.vae import StreamingDecoder
+
+        decoder = StreamingDecoder(vae[1], vae[0], batch, (lh, lw))
+        writers = [media.Mp4Writer(p, fps=16) for p in output_paths(c.output, batch)]
+
     def progress(k, x0, seconds):
         video_frames = x0.shape[1] * VAE_TIME_STRIDE - (VAE_TIME_STRIDE - 1 if k == 0 else 0)
+        if decoder is not None:  # decode in step with generation, straight into the mp4s
+            for w, video in zip(writers, decoder.push(x0)):
+                w.write(video)
         log.info("chunk %d/%d: frames %d-%d in %.2f s (%.1f video frames/s)%s", k + 1, num_chunks,
                  k * f, (k + 1) * f - 1, seconds, batch * video_frames / seconds,
                  " incl. compile" if k == 0 else "")
 
-    result = rollout(model, policy, sampler, text_kv, source, num_chunks, on_chunk=progress,
-                     record_noise=bool(c.save_replay))
+    try:
+        result = rollout(model, policy, sampler, text_kv, source, num_chunks, on_chunk=progress,
+                         record_noise=bool(c.save_replay))
+    except BaseException:
+        for w in writers or []:
+            w.abort()
+        raise
     latents, drawn = result if c.save_replay else (result, None)
     log.info("done: %d latent frames in %.1f s", num_frames, time.perf_counter() - start)
 
@@ -282,10 +321,14 @@ def run(c) -> int:
     if c.save_replay:
         media.save_npz(c.save_replay, context=context, noise=drawn[0], renoise=drawn[1])
         log.info("wrote replay %s", c.save_replay)
-    if c.output:
+    if writers:
+        for w in writers:
+            w.close()
+            log.info("wrote %s (%d frames, 16 fps, decoded)", w.path, w.frames)
+    elif c.output:
         for path, lat in zip(output_paths(c.output, batch), latents):
             media.write_mp4(path, media.latent_preview(lat))
-            log.info("wrote %s (latent preview: no VAE yet)", path)
+            log.info("wrote %s (latent preview: no VAE configured)", path)
     return 0
 
 

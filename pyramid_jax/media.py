@@ -42,29 +42,58 @@ def _temp_beside(path: str, suffix: str) -> str:
     return tmp
 
 
+class Mp4Writer:
+    """Streams uint8 frames [H, W, 3] into an mp4 under a temporary name; close() renames it
+    into place, abort() removes it. Use as a context manager (an exception aborts)."""
+
+    def __init__(self, path: str, fps: int = 16):
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            raise RuntimeError("writing mp4 needs imageio-ffmpeg: pip install -e '.[video]'") from None
+        self.path, self.fps, self.tmp, self.writer, self.frames = path, fps, None, None, 0
+
+    def write(self, frames: np.ndarray) -> None:
+        import imageio_ffmpeg
+
+        frames = np.ascontiguousarray(frames, np.uint8)
+        if self.writer is None:
+            h, w = frames.shape[1:3]
+            self.tmp = _temp_beside(self.path, ".mp4")
+            self.writer = imageio_ffmpeg.write_frames(self.tmp, (w, h), fps=self.fps, codec="libx264",
+                                                      pix_fmt_out="yuv420p", macro_block_size=1, quality=7,
+                                                      ffmpeg_log_level="error")
+            with warnings.catch_warnings():  # ffmpeg is a subprocess; JAX warns about any fork
+                warnings.simplefilter("ignore", RuntimeWarning)
+                self.writer.send(None)
+        for frame in frames:
+            self.writer.send(frame)
+            self.frames += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self.tmp, self.path)
+            self.writer = None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.tmp and os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.abort() if exc_type else self.close()
+
+
 def write_mp4(path: str, frames: np.ndarray, fps: int = 16) -> None:
     """frames [N, H, W, 3] uint8 -> path (H.264), written to a temporary name, then renamed."""
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise RuntimeError("writing mp4 needs imageio-ffmpeg: pip install -e '.[video]'") from None
-    frames = np.ascontiguousarray(frames, np.uint8)
-    n, h, w, _ = frames.shape
-    tmp = _temp_beside(path, ".mp4")
-    try:
-        writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                             macro_block_size=1, quality=7, ffmpeg_log_level="error")
-        with warnings.catch_warnings():  # ffmpeg is a subprocess; JAX warns about any fork
-            warnings.simplefilter("ignore", RuntimeWarning)
-            writer.send(None)
-        for frame in frames:
-            writer.send(frame)
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with Mp4Writer(path, fps) as writer:
+        writer.write(frames)
 
 
 def write_text(path: str, text: str) -> None:

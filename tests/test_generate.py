@@ -23,8 +23,18 @@ def test_demo_writes_latents_and_mp4(tmp_path):
     import imageio.v2 as imageio
 
     frames = [f for f in imageio.get_reader(str(out), "ffmpeg")]
-    assert len(frames) == 21 * 4 and frames[0].shape == (128, 128, 3)
+    assert len(frames) == 1 + 4 * (21 - 1) and frames[0].shape == (128, 128, 3)  # decoded by the VAE
+    assert "decoded" in r.stdout
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".partial")]
+
+
+def test_latent_preview_without_vae(tmp_path):
+    out = tmp_path / "v.mp4"
+    r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.vae.random=False", f"--config.output={out}")
+    assert r.returncode == 0, r.stderr
+    import imageio.v2 as imageio
+
+    assert len([f for f in imageio.get_reader(str(out), "ffmpeg")]) == 6 * 4 and "latent preview" in r.stdout
 
 
 def test_replay_round_trip_cli(tmp_path):
@@ -63,6 +73,7 @@ def _bad_embeds(tmp_path):
     (["--config.num_frames=7"], "multiple of the chunk"),
     (["--config.prompt_embeds=EMB"], "[B, L, 64]"),
     (["--config.replay=/nonexistent.npz"], "no such file"),
+    (["--config.vae.checkpoint=/nonexistent"], "vae.checkpoint"),
     (["--config.cache.policy=fancy"], "unknown cache.policy"),
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):

@@ -193,3 +193,25 @@ def decode_video(p, cfg: VAEConfig, z):
 def to_uint8(video):
     """[-1, 1] -> uint8, as upstream writes videos (clamp(x * 0.5 + 0.5, 0, 1) * 255)."""
     return np.asarray(jnp.round(jnp.clip(video.astype(jnp.float32) * 0.5 + 0.5, 0, 1) * 255), np.uint8)
+
+
+class StreamingDecoder:
+    """Decodes latent frames as the rollout produces them, keeping the conv state between
+    calls. push(z [B, F, C, h, w] channel-first latents) -> uint8 video [B, T, 8h, 8w, 3]."""
+
+    def __init__(self, params, cfg: VAEConfig, batch: int, latent_hw: tuple[int, int]):
+        self.params, self.cfg = params, cfg
+        self.state = init_state(params, cfg, batch, latent_hw, jnp.dtype(cfg.dtype))
+        self.started = False
+        self._first = jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=True))
+        self._next = jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=False))
+
+    def push(self, z) -> np.ndarray:
+        z = jnp.asarray(np.moveaxis(np.asarray(z), 2, -1), jnp.dtype(self.cfg.dtype))
+        outs = []
+        for i in range(z.shape[1]):
+            fn = self._next if self.started else self._first
+            video, self.state = fn(self.params, z[:, i:i + 1], self.state)
+            self.started = True
+            outs.append(to_uint8(video))
+        return np.concatenate(outs, axis=1)

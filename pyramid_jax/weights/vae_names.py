@@ -142,3 +142,18 @@ def vae_params(sd: dict, cfg: VAEConfig) -> dict:
             a = a.reshape(-1)
         out[k] = a
     return out
+
+
+def random_vae_params(cfg: VAEConfig, seed: int = 0) -> dict:
+    """Random decoder params of a config (demos and tests before trained weights exist)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for k, shape in expected_shapes(cfg).items():
+        if k.endswith("gamma"):
+            sd[k] = np.ones(shape, np.float32)
+        elif k.endswith("bias"):
+            sd[k] = np.zeros(shape, np.float32)
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            sd[k] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+    return vae_params(sd, cfg)
