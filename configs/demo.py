@@ -14,7 +14,7 @@ def get_config():
     c.model = model_fields(WanConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=2, in_channels=16,
                                      out_channels=16, text_len=32, text_dim=64, freq_dim=64))
     c.prompt = "a red circle bouncing left to right on a blue background"
-    c.text_encoder = "placeholder"
+    c.text_encoder.kind = "placeholder"
     c.num_frames = 21
     c.height = 128
     c.width = 128

@@ -12,6 +12,9 @@ def get_config():
     c = base_config()
     c.checkpoint = "checkpoints/self_forcing"
     c.vae.checkpoint = "checkpoints/wan_vae"
+    c.text_encoder.kind = "umt5"
+    c.text_encoder.checkpoint = "checkpoints/umt5_xxl"
+    c.text_encoder.tokenizer = "checkpoints/umt5_xxl/spiece.model"
     c.num_frames = 240  # 60 s
     c.cache.policy = "pyramid"
     c.cache.head_map = "head_maps/self_forcing.csv"

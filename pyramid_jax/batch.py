@@ -100,7 +100,7 @@ def _check_entry(entry, job: Job, c) -> str:
     if not job.prompt.strip():
         return "empty prompt"
     limit = c.model.text_len if not c.checkpoint else None
-    if limit and len(job.prompt.split()) > limit:
+    if c.text_encoder.kind == "placeholder" and limit and len(job.prompt.split()) > limit:
         return f"prompt too long: {len(job.prompt.split())} tokens, the text encoder takes {limit}"
     return ""
 
@@ -187,16 +187,13 @@ def run_jobs(c, jobs, out, chash, mesh, progress):
     bs = c.batch_size or mesh.shape["data"]
     check_fit(mesh, bs, cfg)
     text_kv_fn = jax.jit(lambda m, ctx: m.text_kv(ctx))
+    encoder = generate.TextEncoder(c, cfg)
     failed = 0
     for group in _batches(jobs, bs):
         padded = group + [group[-1]] * (bs - len(group))  # a full batch; extras are dropped
         t0 = time.perf_counter()
         try:
-            prompts = [j.prompt for j in padded]
-            if c.text_encoder != "placeholder":
-                raise UserError("batch generation needs a text encoder (not available yet) or "
-                                "text_encoder=placeholder")
-            context = np.stack([generate.placeholder_context(p, cfg.text_len, cfg.text_dim) for p in prompts])
+            context = encoder([j.prompt for j in padded])
             frames = group[0].num_frames
             policy = generate.build_policy(c, cfg, (lh, lw), frames)
             noise = RandomNoise([j.seed for j in padded], (bs, frames, cfg.in_channels, lh, lw), sampler)

@@ -26,7 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.prompt = ""
     c.prompts_file = ""          # one prompt per line; the batch is all of them
     c.prompt_embeds = ""         # .npy/.npz of encoded prompts [Lt, text_dim] or [B, Lt, text_dim]
-    c.text_encoder = "none"      # none | placeholder (hash-seeded embeddings, for random demos)
+    # kind: umt5 (checkpoint from `convert_checkpoint.py --kind t5`, tokenizer = spiece.model),
+    # placeholder (hash-seeded embeddings, for random demos) or none; device: default | cpu
+    c.text_encoder = ml_collections.ConfigDict(dict(kind="none", checkpoint="", tokenizer="", device="default"))
     c.num_frames = 21            # latent frames, a multiple of num_frame_per_block
     c.height = 480
     c.width = 832

@@ -138,6 +138,65 @@ def load_embeds(path: str) -> np.ndarray:
     return np.asarray(data, np.float32)
 
 
+class TextEncoder:
+    """Prompts -> context [B, text_len, text_dim] float32, as configured by `text_encoder`."""
+
+    def __init__(self, c, cfg):
+        self.kind, self.cfg = c.text_encoder.kind, cfg
+        if self.kind == "placeholder":
+            log.warning("NO TEXT ENCODER: prompts become hash-seeded placeholder embeddings")
+        elif self.kind == "umt5":
+            self._load_umt5(c.text_encoder, c.dtype)
+        elif self.kind != "none":
+            raise UserError(f"unknown text_encoder.kind {self.kind!r}; choose umt5, placeholder or none")
+
+    def _load_umt5(self, tc, dtype):
+        import jax
+
+        from pyramid_jax.models import umt5
+        from pyramid_jax.weights.checkpoint import CheckpointError, load_t5
+
+        for field in ("checkpoint", "tokenizer"):
+            if not tc[field] or not os.path.exists(tc[field]):
+                raise UserError(f"text_encoder.{field} {tc[field]!r} not found (convert the umT5 encoder with "
+                                "tools/convert_checkpoint.py --kind t5; the tokenizer is the spiece.model file)")
+        self.device = jax.devices("cpu")[0] if tc.device == "cpu" else None
+        try:
+            with jax.default_device(self.device) if self.device else _nullcontext():
+                self.t5_cfg, self.t5_params = load_t5(tc.checkpoint, dtype=dtype)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+        if self.t5_cfg.d_model != self.cfg.text_dim:
+            raise UserError(f"the text encoder's width {self.t5_cfg.d_model} differs from the DiT's text_dim "
+                            f"{self.cfg.text_dim}")
+        self.tokenizer = umt5.Tokenizer(tc.tokenizer, self.cfg.text_len)
+        self._encode = jax.jit(lambda p, i, m: umt5.encode_prompts(p, self.t5_cfg, i, m))
+        log.info("text encoder umT5 from %s (%d layers) on %s", tc.checkpoint, self.t5_cfg.num_layers,
+                 "the host CPU" if self.device else "the default device")
+
+    def __call__(self, prompts: list[str]) -> np.ndarray:
+        cfg = self.cfg
+        if self.kind == "placeholder":
+            return np.stack([placeholder_context(p, cfg.text_len, cfg.text_dim) for p in prompts])
+        if self.kind == "umt5":
+            import jax
+
+            try:
+                ids, mask = self.tokenizer(prompts)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            with jax.default_device(self.device) if self.device else _nullcontext():
+                return np.asarray(self._encode(self.t5_params, ids, mask), np.float32)
+        raise UserError("a text prompt needs a text encoder: set text_encoder.kind=umt5 (with its checkpoint "
+                        "and tokenizer), or pass encoded prompts with --config.prompt_embeds=FILE.npy")
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def prompt_context(c, cfg) -> np.ndarray:
     """The encoded prompts [B, text_len, text_dim] float32."""
     if c.prompt_embeds:
@@ -153,11 +212,7 @@ def prompt_context(c, cfg) -> np.ndarray:
         log.info("prompt embeddings from %s (%d prompts)", c.prompt_embeds, ctx.shape[0])
         return np.concatenate([ctx, pad], axis=1)
     prompts = _prompts(c)
-    if c.text_encoder == "placeholder":
-        log.warning("NO TEXT ENCODER: prompts become hash-seeded placeholder embeddings")
-        return np.stack([placeholder_context(p, cfg.text_len, cfg.text_dim) for p in prompts])
-    raise UserError("a text prompt needs a text encoder, which is not available yet: pass encoded "
-                    "prompts with --config.prompt_embeds=FILE.npy, or a replay file")
+    return TextEncoder(c, cfg)(prompts)
 
 
 def load_replay(path: str, cfg, f: int):

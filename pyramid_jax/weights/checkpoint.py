@@ -118,25 +118,24 @@ def model_from_params(cfg: WanConfig, params: dict, attention_backend: str = "re
     return nnx.merge(graphdef, state)
 
 
-def load_vae(path: str, dtype: str | None = None):
-    """Restore (VAEConfig, flat decoder params) written by `convert_checkpoint.py --kind vae`."""
+def load_flat(path: str, kind: str, cfg_cls, dtype: str | None = None):
+    """Restore (config, flat params) of a `vae` or `t5` checkpoint from convert_checkpoint.py."""
     import orbax.checkpoint as ocp
-
-    from pyramid_jax.models.vae import VAEConfig
 
     path = os.path.abspath(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"VAE checkpoint {path!r} not found (expected a directory written by "
-                              "tools/convert_checkpoint.py --kind vae)")
+        raise CheckpointError(f"{kind} checkpoint {path!r} not found (expected a directory written by "
+                              f"tools/convert_checkpoint.py --kind {kind})")
     try:
         with open(cfg_path) as fh:
             meta = json.load(fh)
-        cfg = VAEConfig(**meta["model"])
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model"].items()}
+        cfg = cfg_cls(**fields)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path}: unreadable config ({e})") from None
-    if meta.get("kind") != "vae":
-        raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, not a VAE")
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, not {kind}")
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(os.path.join(path, "params"))
@@ -146,5 +145,19 @@ def load_vae(path: str, dtype: str | None = None):
     if dtype is not None:
         cfg = dataclasses.replace(cfg, dtype=dtype)
     params = jax.tree.map(lambda a: jnp.asarray(a, cfg.dtype), params)
-    log.info("loaded VAE %s (base dim %d, %s)", path, cfg.base_dim, cfg.dtype)
+    log.info("loaded %s from %s (%s)", kind, path, cfg.dtype)
     return cfg, params
+
+
+def load_vae(path: str, dtype: str | None = None):
+    """(VAEConfig, decoder params) written by `convert_checkpoint.py --kind vae`."""
+    from pyramid_jax.models.vae import VAEConfig
+
+    return load_flat(path, "vae", VAEConfig, dtype)
+
+
+def load_t5(path: str, dtype: str | None = None):
+    """(UMT5Config, encoder params) written by `convert_checkpoint.py --kind t5`."""
+    from pyramid_jax.models.umt5 import UMT5Config
+
+    return load_flat(path, "t5", UMT5Config, dtype)

@@ -53,6 +53,22 @@ def convert_vae(src: str, dst: str, dtype: str = "float32"):
     return cfg
 
 
+def convert_t5(src: str, dst: str, dtype: str = "float32"):
+    """Convert a umT5 encoder (upstream Wan .pth or transformers safetensors) to orbax."""
+    from pyramid_jax.weights import t5_names
+
+    sd = files.read_checkpoint(src, subfolder="text_encoder")
+    layout = "upstream" if t5_names.is_upstream_t5(sd) else "transformers"
+    if layout == "upstream":
+        sd = t5_names.upstream_to_transformers(sd)
+    cfg = t5_names.infer_t5_config(sd, dtype=dtype)
+    params = _cast(t5_names.t5_params(sd, cfg), DTYPES[dtype])
+    log.info("%s umT5 layout, d_model %d, %d layers, %d heads, vocab %d, %s -> %s", layout, cfg.d_model,
+             cfg.num_layers, cfg.num_heads, cfg.vocab_size, dtype, dst)
+    save_params(dst, params, cfg, source=f"{layout}:{src}", kind="t5")
+    return cfg
+
+
 def _cast(tree, dtype):
     if isinstance(tree, dict):
         return {k: _cast(v, dtype) for k, v in tree.items()}
@@ -81,7 +97,7 @@ def main(argv=None) -> int:
         elif args.kind == "vae":
             convert_vae(args.src, args.dst, args.dtype)
         else:
-            raise ConversionError(f"--kind {args.kind} is not supported yet (dit, vae)")
+            convert_t5(args.src, args.dst, args.dtype)
     except (ConversionError, CheckpointError) as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         return 2
