@@ -370,6 +370,62 @@ def bench_devices(counts):
     return rows
 
 
+def _peak_bytes(fn, *args):
+    """XLA's memory estimate of a jitted call: arguments + outputs + temporaries."""
+    m = jax.jit(fn).lower(*args).compile().memory_analysis()
+    if m is None:
+        return float("nan")
+    return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def bench_codecs(repeats):
+    """VAE decode seconds per chunk (3 latent frames, streaming) and umT5 seconds per prompt,
+    with random weights, and each stage's peak memory (XLA estimate)."""
+    from pyramid_jax.models import umt5, vae
+    from pyramid_jax.weights.t5_names import expected_shapes as t5_shapes
+    from pyramid_jax.weights.t5_names import t5_params
+    from pyramid_jax.weights.vae_names import random_vae_params
+
+    rows = []
+    vae_sizes = {"demo": (dict(base_dim=16, num_res_blocks=1), (16, 16)),
+                 "mid": (dict(), (16, 26))}  # mid: the real Wan2.1 VAE architecture at 128x208 px
+    for name, (fields, hw) in vae_sizes.items():
+        cfg = vae.VAEConfig(**fields)
+        p = jax.tree.map(jnp.asarray, random_vae_params(cfg))
+        state = vae.init_state(p, cfg, 1, hw)
+        z1 = jnp.zeros((1, 1, *hw, cfg.z_dim))
+        nxt = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False))
+        first, state = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=True))(p, z1, state)
+
+        def chunk():
+            s = state
+            for _ in range(3):
+                out, s = nxt(p, z1, s)
+            out.block_until_ready()
+
+        sec = _median_seconds(chunk, repeats)
+        rows.append(dict(section="codecs", stage="VAE decode", size=name, shape=f"latent {hw[0]}x{hw[1]}",
+                         seconds=sec, unit="s per chunk (12 video frames)",
+                         peak_MiB=_peak_bytes(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False),
+                                              p, z1, state) / 2**20))
+    t5_sizes = {"demo": umt5.UMT5Config(vocab_size=1000, d_model=64, d_kv=16, num_heads=4, d_ff=96, num_layers=2),
+                "mid": umt5.UMT5Config(vocab_size=32000, d_model=1024, d_kv=64, num_heads=16, d_ff=2816,
+                                       num_layers=8)}
+    for name, cfg in t5_sizes.items():
+        rng = np.random.default_rng(0)
+        sd = {k: rng.standard_normal(shape).astype(np.float32) * 0.02 for k, shape in t5_shapes(cfg).items()}
+        p = jax.tree.map(jnp.asarray, t5_params(sd, cfg))
+        ids = jnp.ones((1, 512), jnp.int32)
+        mask = jnp.ones((1, 512), jnp.int32)
+        enc = jax.jit(lambda p, i, m: umt5.encode_prompts(p, cfg, i, m))
+        sec = _median_seconds(lambda: enc(p, ids, mask).block_until_ready(), repeats)
+        rows.append(dict(section="codecs", stage="umT5 encode", size=name,
+                         shape=f"d_model {cfg.d_model}, {cfg.num_layers} layers, 512 tokens", seconds=sec,
+                         unit="s per prompt",
+                         peak_MiB=_peak_bytes(lambda p, i, m: umt5.encode_prompts(p, cfg, i, m), p, ids, mask) / 2**20))
+    return rows
+
+
 def print_table(rows, cols):
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -412,6 +468,8 @@ def main(argv=None):
     p.add_argument("--devices", action="store_true",
                    help="batch-path throughput on 1, 2, 4, 8 fake CPU devices (demo config)")
     p.add_argument("--devices-child", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--codecs", action="store_true",
+                   help="VAE decode s/chunk and umT5 s/prompt (demo and mid sizes) with peak memory")
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,mid", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
@@ -425,9 +483,9 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step
-            or args.devices):
+            or args.devices or args.codecs):
         p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step, "
-                "--devices)")
+                "--devices, --codecs)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -472,6 +530,11 @@ def main(argv=None):
               f"{os.cpu_count()} cores: this shows the sharded path works and its overhead, not scaling)")
         print_table(dv, ["devices", "batch", "chunk_s", "video_frames_per_s"])
         rows += dv
+    if args.codecs:
+        cd = bench_codecs(args.repeats)
+        print("\n## VAE decode and umT5 encode, fp32, batch 1, random weights (peak: XLA memory estimate)")
+        print_table(cd, ["stage", "size", "shape", "seconds", "unit", "peak_MiB"])
+        rows += cd
     if args.policies:
         pk = policy_keys()
         print("\n## keys attended per query frame at steady state (chunk 40), Wan2.1-1.3B 480x832, "
