@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from pyramid_jax.models.umt5 import UMT5Config
-from pyramid_jax.weights.wan_names import ConversionError
+from pyramid_jax.weights.wan_names import ConversionError, check_state_dict
 
 _UPSTREAM = [
     (r"^token_embedding\.weight$", "shared.weight"),
@@ -75,16 +75,7 @@ def expected_shapes(cfg: UMT5Config) -> dict:
 
 def t5_params(sd: dict, cfg: UMT5Config) -> dict:
     sd = {k: v for k, v in sd.items() if k != "encoder.embed_tokens.weight"}  # tied copy of shared
-    want = expected_shapes(cfg)
-    missing = sorted(set(want) - set(sd))
-    unknown = sorted(set(sd) - set(want))
-    shaped = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
-    problems = ([("missing keys: " + ", ".join(missing))] if missing else []) + \
-               ([("unknown keys: " + ", ".join(unknown))] if unknown else []) + \
-               ([("wrong shapes: " + ", ".join(f"{k} {list(sd[k].shape)} (expected {list(want[k])})"
-                                               for k in shaped))] if shaped else [])
-    if problems:
-        raise ConversionError("; ".join(problems))
+    check_state_dict(sd, expected_shapes(cfg))
     keep_layout = ("shared.weight", "relative_attention_bias.weight")
     return {k: (np.asarray(v) if v.ndim == 1 or k.endswith(keep_layout) else np.asarray(v).T.copy())
             for k, v in sd.items()}

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from pyramid_jax.models.vae import VAEConfig
-from pyramid_jax.weights.wan_names import ConversionError
+from pyramid_jax.weights.wan_names import ConversionError, check_state_dict
 
 _RES = {"residual.0.gamma": "norm1.gamma", "residual.2.weight": "conv1.weight", "residual.2.bias": "conv1.bias",
         "residual.3.gamma": "norm2.gamma", "residual.6.weight": "conv2.weight", "residual.6.bias": "conv2.bias",
@@ -117,20 +117,7 @@ def expected_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
 def vae_params(sd: dict, cfg: VAEConfig) -> dict:
     """Check names and shapes, then lay kernels out channel-last."""
     sd = {k: v for k, v in sd.items() if not k.startswith(("encoder.", "quant_conv."))}
-    want = expected_shapes(cfg)
-    problems = []
-    missing = sorted(set(want) - set(sd))
-    unknown = sorted(set(sd) - set(want))
-    shaped = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    if unknown:
-        problems.append("unknown keys: " + ", ".join(unknown))
-    if shaped:
-        problems.append("wrong shapes: " + ", ".join(f"{k} {list(sd[k].shape)} (expected {list(want[k])})"
-                                                      for k in shaped))
-    if problems:
-        raise ConversionError("; ".join(problems))
+    check_state_dict(sd, expected_shapes(cfg))
     out = {}
     for k, v in sd.items():
         a = np.asarray(v)

@@ -134,9 +134,8 @@ def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_keys(sd: dict[str, np.ndarray], cfg: WanConfig) -> None:
-    """Raise ConversionError naming every unknown, missing and mis-shaped key."""
-    want = expected_shapes(cfg)
+def check_state_dict(sd: dict, want: dict[str, tuple[int, ...]]) -> None:
+    """Raise ConversionError naming every unknown, missing and mis-shaped key of sd."""
     problems = []
     missing = sorted(set(want) - set(sd))
     unknown = sorted(set(sd) - set(want))
@@ -150,6 +149,11 @@ def check_keys(sd: dict[str, np.ndarray], cfg: WanConfig) -> None:
             f"{k} {list(sd[k].shape)} (expected {list(want[k])})" for k in shaped))
     if problems:
         raise ConversionError("; ".join(problems))
+
+
+def check_keys(sd: dict[str, np.ndarray], cfg: WanConfig) -> None:
+    """Raise ConversionError naming every unknown, missing and mis-shaped key."""
+    check_state_dict(sd, expected_shapes(cfg))
 
 
 def _t(w):  # torch Linear [out, in] -> flax kernel [in, out]
