@@ -45,3 +45,19 @@ def test_drift_flicker_blur_and_loss_are_seen():
     gone = v.copy()
     gone[40:] = np.median(v[0].reshape(-1, 3), axis=0).astype(np.uint8)  # every object vanishes
     assert metrics.persistence(gone) < 0.6 <= metrics.persistence(v)
+
+
+def test_evaluate_long_tool(tmp_path):
+    """The comparison tool runs end to end on the demo (tiny sizes): table, JSON, plots."""
+    import json
+
+    from conftest import run_tool
+
+    r = run_tool("tools/evaluate_long.py", "--config=configs/demo.py", "--config.height=32", "--config.width=32",
+                 "--policies", "window,deep_sink", "--seconds", "1.5", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    assert [m["policy"] for m in doc["means"]] == ["window", "deep_sink"]
+    assert (tmp_path / "drift.png").exists() and (tmp_path / "sharpness.png").exists()
+    r = run_tool("tools/evaluate_long.py", "--config=configs/demo.py", "--policies", "pyramid", "--out", str(tmp_path))
+    assert r.returncode == 2 and "--head-map" in r.stderr

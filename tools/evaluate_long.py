@@ -1,0 +1,110 @@
+"""Compare cache policies over long videos with model-free measures (pyramid_jax.metrics).
+
+  python tools/evaluate_long.py --config=configs/demo.py --head-map MAP.csv --seconds 60 \
+      --prompts "a red circle bouncing;a blue square moving" --seeds 0,1 --out runs/eval
+
+For each policy (window-21, deep_sink, pyramid) x prompt x seed it generates a video with the
+configured model, then reports colour/brightness drift against the first second, flicker at
+chunk boundaries vs inside chunks, the sharpness trend and object persistence: a table on
+stdout, eval.json, and drift.png / sharpness.png (per-second curves, mean over prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from pyramid_jax import generate, metrics
+from pyramid_jax.media import write_text
+
+POLICIES = {"window": ["--config.cache.policy=window", "--config.cache.local_attn_size=21",
+                       "--config.cache.sink_size=0"],
+            "deep_sink": ["--config.cache.policy=deep_sink", "--config.cache.local_attn_size=21",
+                          "--config.cache.sink_size=10"],
+            "pyramid": ["--config.cache.policy=pyramid"]}
+
+
+def read_video(path):
+    import warnings
+
+    import imageio.v2 as imageio
+
+    with warnings.catch_warnings():  # ffmpeg is a subprocess; JAX warns about any fork
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.stack([f for f in imageio.get_reader(path, "ffmpeg")])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg_args = [a for a in argv if a.startswith("--config")]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--head-map", default="", help="head map for the pyramid policy")
+    p.add_argument("--policies", default="window,deep_sink,pyramid")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--prompts", default="a red circle bouncing left to right on a blue striped background")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--out", default="runs/eval_long")
+    args = p.parse_args([a for a in argv if not a.startswith("--config")])
+    policies = [x for x in args.policies.split(",") if x]
+    bad = [x for x in policies if x not in POLICIES]
+    if bad or ("pyramid" in policies and not args.head_map):
+        print("evaluate_long: error: " + (f"unknown policies {bad}" if bad else
+              "--head-map is needed for the pyramid policy (tools/classify_heads.py makes one)"), file=sys.stderr)
+        return 2
+    frames = int(round(args.seconds * 16 / 4 / 3)) * 3  # latent frames, a multiple of the chunk
+    os.makedirs(args.out, exist_ok=True)
+    rows, curves = [], {}
+    for policy in policies:
+        for pi, prompt in enumerate(x for x in args.prompts.split(";") if x.strip()):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                path = os.path.join(args.out, f"{policy}_p{pi}_s{seed}.mp4")
+                extra = POLICIES[policy] + ([f"--config.cache.head_map={args.head_map}"] if policy == "pyramid" else [])
+                code = generate.main(["generate", *cfg_args, *extra, f"--config.prompt={prompt}",
+                                      f"--config.seed={seed}", f"--config.num_frames={frames}",
+                                      f"--config.output={path}"])
+                if code:
+                    return code
+                video = read_video(path)
+                rows.append(dict(policy=policy, prompt=pi, seed=seed, **metrics.summary(video)))
+                per_second = lambda a: a[: len(a) // 16 * 16].reshape(-1, 16).mean(1)
+                curves.setdefault(policy, []).append((per_second(metrics.color_drift(video)),
+                                                      per_second(metrics.sharpness(video))))
+    cols = ["color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence"]
+    table = [dict(policy=pol, **{c: float(np.nanmean([r[c] for r in rows if r["policy"] == pol])) for c in cols})
+             for pol in policies]
+    print(f"\n## {args.seconds:g} s videos, {len(rows) // len(policies)} per policy (means)")
+    print("policy      " + "  ".join(f"{c:>16}" for c in cols))
+    for t in table:
+        print(f"{t['policy']:<11} " + "  ".join(f"{t[c]:16.4g}" for c in cols))
+    write_text(os.path.join(args.out, "eval.json"), json.dumps({"means": table, "videos": rows}, indent=1))
+    _plots(curves, args.out)
+    print(f"wrote {args.out}/eval.json, drift.png, sharpness.png")
+    return 0
+
+
+def _plots(curves, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for idx, name, ylabel in ((0, "drift", "colour drift (RGB L2 vs first second)"),
+                              (1, "sharpness", "Laplacian variance")):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for policy, runs in curves.items():
+            n = min(len(r[idx]) for r in runs)
+            ax.plot(np.arange(n), np.mean([r[idx][:n] for r in runs], axis=0), label=policy)
+        ax.set_xlabel("second")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"{name}.png"), dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
