@@ -256,6 +256,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    generate.quiet_jax_platform_probe()
     args, cfg_args = parse_args(argv)
     try:
         c = generate.parse_config(["batch"] + cfg_args)

@@ -59,19 +59,26 @@ def check_config(c):
         raise UserError(f"num_frames ({c.num_frames}) must be a positive multiple of the chunk size "
                         f"num_frame_per_block ({f})")
     try:
-        import jax
-
         from pyramid_jax.attention import check_backend
 
-        check_backend(c.attention.backend, jax.default_backend())
+        check_backend(c.attention.backend)
+        if c.attention.backend == "pallas":  # only then does the platform matter
+            import jax
+
+            check_backend(c.attention.backend, jax.default_backend())
     except ValueError as e:
         raise UserError(str(e)) from None
+    if not (c.prompt.strip() or c.prompts_file or c.prompt_embeds or c.replay):
+        raise UserError("no prompt: set prompt, prompts_file, prompt_embeds or replay")
     if c.dtype not in ("float32", "bfloat16"):
         raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
     for field in ("replay", "prompts_file", "prompt_embeds"):
         path = c[field]
         if path and not os.path.isfile(path):
             raise UserError(f"{field} {path!r}: no such file")
+    if c.cache.policy == "pyramid" and not os.path.isfile(c.cache.head_map or ""):
+        raise UserError(f"cache.head_map {c.cache.head_map!r} not found: cache.policy=pyramid needs a head map; "
+                        "make one with `python tools/classify_heads.py --config=... --out MAP.csv`")
     if c.vae.checkpoint and not os.path.isdir(c.vae.checkpoint):
         raise UserError(f"vae.checkpoint {c.vae.checkpoint!r} not found: convert Wan2.1_VAE.pth with "
                         "tools/convert_checkpoint.py --kind vae, or set --config.vae.checkpoint=''")
@@ -299,9 +306,16 @@ def output_paths(output: str, batch: int) -> list[str]:
     return [f"{stem}_{i}{ext}" for i in range(batch)]
 
 
+def quiet_jax_platform_probe():
+    """JAX logs a warning for every accelerator plugin it cannot load (e.g. no libtpu on a CPU
+    or GPU machine); keep stderr for our own one-line errors."""
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    quiet_jax_platform_probe()
     try:
         return run(parse_config(argv))
     except UserError as e:

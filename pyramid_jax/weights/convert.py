@@ -91,6 +91,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # no-libtpu probe noise
     try:
         if args.kind == "dit":
             convert_dit(args.src, args.dst, args.num_heads, not args.no_ema, args.dtype)
