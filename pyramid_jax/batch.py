@@ -185,7 +185,10 @@ def run_jobs(c, jobs, out, chash, mesh, progress):
     sampler = generate.make_sampler(c)
     lh, lw = generate.latent_size(c, cfg)
     bs = c.batch_size or mesh.shape["data"]
-    check_fit(mesh, bs, cfg)
+    try:
+        check_fit(mesh, bs, cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     text_kv_fn = jax.jit(lambda m, ctx: m.text_kv(ctx))
     encoder = generate.TextEncoder(c, cfg)
     failed = 0

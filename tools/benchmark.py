@@ -25,6 +25,8 @@ import numpy as np
 SIZES = {
     "tiny": (dict(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
                   text_dim=48, freq_dim=32), 3, 6, 10, 16),
+    "demo": (dict(dim=128, ffn_dim=256, num_heads=4, num_layers=2, in_channels=16, out_channels=16,
+                  text_dim=64, freq_dim=64), 3, 16, 16, 32),  # configs/demo.py
     "mid": (dict(dim=768, ffn_dim=3072, num_heads=6, num_layers=8, in_channels=16, out_channels=16,
                  text_dim=4096, freq_dim=256), 3, 16, 26, 512),
 }
@@ -471,7 +473,7 @@ def main(argv=None):
     p.add_argument("--codecs", action="store_true",
                    help="VAE decode s/chunk and umT5 s/prompt (demo and mid sizes) with peak memory")
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
-    p.add_argument("--sizes", default="tiny,mid", help="comma list of: " + ",".join(SIZES))
+    p.add_argument("--sizes", default="tiny,demo,mid", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default="bench_results/benchmark.json", help="where to write the rows")
     args = p.parse_args(argv)
