@@ -57,7 +57,7 @@ def turns(pos: jax.Array, freq: np.ndarray) -> jax.Array:
     its integer part can be dropped without loss.
     """
     g = np.asarray(freq, np.float64) / (2 * math.pi)
-    g1, rest = _split12(g.astype(np.float32))
+    g1, _ = _split12(g.astype(np.float32))
     g1 = g1.astype(np.float64)
     g2, _ = _split12((g - g1).astype(np.float32))
     g3 = (g - g1 - g2.astype(np.float64)).astype(np.float32)
