@@ -5,16 +5,11 @@ The head map is a field: type your model's heads with
 (or use the published map for the Self Forcing checkpoint).
 """
 
-from pyramid_jax.config import base_config
+from pyramid_jax.config import wan_1_3b_config
 
 
 def get_config():
-    c = base_config()
-    c.checkpoint = "checkpoints/self_forcing"
-    c.vae.checkpoint = "checkpoints/wan_vae"
-    c.text_encoder.kind = "umt5"
-    c.text_encoder.checkpoint = "checkpoints/umt5_xxl"
-    c.text_encoder.tokenizer = "checkpoints/umt5_xxl/spiece.model"
+    c = wan_1_3b_config()
     c.num_frames = 240  # 60 s
     c.cache.policy = "pyramid"
     c.cache.head_map = "head_maps/self_forcing.csv"

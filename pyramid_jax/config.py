@@ -53,3 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=0, model=1))
     c.batch_size = 0             # prompts per step in pyramid_jax.batch; 0 = mesh.data
     return c
+
+
+def wan_1_3b_config(checkpoint: str = "checkpoints/self_forcing"):
+    """base_config plus the converted Wan2.1-1.3B family files (DiT, VAE, umT5 + tokenizer)."""
+    c = base_config()
+    c.checkpoint = checkpoint
+    c.vae.checkpoint = "checkpoints/wan_vae"
+    c.text_encoder.kind = "umt5"
+    c.text_encoder.checkpoint = "checkpoints/umt5_xxl"
+    c.text_encoder.tokenizer = "checkpoints/umt5_xxl/spiece.model"
+    return c

@@ -8,6 +8,7 @@ outputs are written to temporary names and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -169,7 +170,7 @@ class TextEncoder:
                                 "tools/convert_checkpoint.py --kind t5; the tokenizer is the spiece.model file)")
         self.device = jax.devices("cpu")[0] if tc.device == "cpu" else None
         try:
-            with jax.default_device(self.device) if self.device else _nullcontext():
+            with jax.default_device(self.device) if self.device else contextlib.nullcontext():
                 self.t5_cfg, self.t5_params = load_t5(tc.checkpoint, dtype=dtype)
         except CheckpointError as e:
             raise UserError(str(e)) from None
@@ -192,16 +193,10 @@ class TextEncoder:
                 ids, mask = self.tokenizer(prompts)
             except ValueError as e:
                 raise UserError(str(e)) from None
-            with jax.default_device(self.device) if self.device else _nullcontext():
+            with jax.default_device(self.device) if self.device else contextlib.nullcontext():
                 return np.asarray(self._encode(self.t5_params, ids, mask), np.float32)
         raise UserError("a text prompt needs a text encoder: set text_encoder.kind=umt5 (with its checkpoint "
                         "and tokenizer), or pass encoded prompts with --config.prompt_embeds=FILE.npy")
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def prompt_context(c, cfg) -> np.ndarray:

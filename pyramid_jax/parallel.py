@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from pyramid_jax.attention import KVPool, PagePlan
 from pyramid_jax.cache.pool import CacheState
 from pyramid_jax.sampling.rollout import Sampler, clean_t, denoise
 
@@ -95,13 +96,12 @@ def make_sharded_chunk_step(graphdef, policy, sampler: Sampler, mesh: Mesh, para
         return nnx.merge(graphdef, params)
 
     def denoise_local(params, pool, plan, text_kv, noise, renoise):
-        m = local_model(params)
-        call = functools.partial(m.__call__, model_axis=MODEL)
-        return denoise(_Bound(m, call), sampler, text_kv, _pool(pool), _plan(plan), noise, renoise)
+        return denoise(local_model(params), sampler, text_kv, KVPool(*pool), PagePlan(*plan), noise, renoise,
+                       model_axis=MODEL)
 
     def clean_local(params, pool, plan, text_kv, x0):
         m = local_model(params)
-        _, kv = m(x0, clean_t(sampler, x0), text_kv, _pool(pool), _plan(plan), model_axis=MODEL)
+        _, kv = m(x0, clean_t(sampler, x0), text_kv, KVPool(*pool), PagePlan(*plan), model_axis=MODEL)
         return kv
 
     denoise_s = smap(denoise_local,
@@ -119,28 +119,6 @@ def make_sharded_chunk_step(graphdef, policy, sampler: Sampler, mesh: Mesh, para
         return x0, policy.commit(cache, chunk_kv, chunk)
 
     return jax.jit(step, donate_argnums=(1,))
-
-
-class _Bound:
-    """The model with shard_map-only keyword arguments bound (what `denoise` calls)."""
-
-    def __init__(self, model, call):
-        self.cfg, self._call = model.cfg, call
-
-    def __call__(self, *args, **kw):
-        return self._call(*args, **kw)
-
-
-def _pool(pool):
-    from pyramid_jax.attention import KVPool
-
-    return KVPool(*pool)
-
-
-def _plan(plan):
-    from pyramid_jax.attention import PagePlan
-
-    return PagePlan(*plan)
 
 
 def sharded_text_kv(model, context, mesh: Mesh):

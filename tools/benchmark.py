@@ -385,7 +385,7 @@ def bench_codecs(repeats):
     with random weights, and each stage's peak memory (XLA estimate)."""
     from pyramid_jax.models import umt5, vae
     from pyramid_jax.weights.t5_names import expected_shapes as t5_shapes
-    from pyramid_jax.weights.t5_names import t5_params
+    from pyramid_jax.weights.t5_names import params as t5_params
     from pyramid_jax.weights.vae_names import random_vae_params
 
     rows = []

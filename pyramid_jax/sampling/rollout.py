@@ -63,10 +63,11 @@ def clean_t(sampler: Sampler, x):
     return jnp.full(x.shape[:2], sampler.context_noise, jnp.float32)
 
 
-def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise):
+def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise, model_axis=None):
     """The denoising steps of one chunk against fixed cache pages. Returns the last x0.
 
-    noise: [B, F, C, h, w]; renoise: [n_steps - 1, B, F, C, h, w] in draw order.
+    noise: [B, F, C, h, w]; renoise: [n_steps - 1, B, F, C, h, w] in draw order;
+    model_axis: the head-sharding mesh axis when called inside shard_map.
     """
     sched = sampler.schedule
     ts = np.asarray(sampler.timesteps, np.float32)
@@ -78,7 +79,7 @@ def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise):
 
     def step(x, xs):
         t_i, t_n, e = xs
-        flow, _ = model(x, full(t_i), text_kv, pool, plan)
+        flow, _ = model(x, full(t_i), text_kv, pool, plan, model_axis=model_axis)
         x0 = sched.flow_to_x0(x, flow, full(t_i))
         return sched.add_noise(x0, e, full(t_n)), x0
 

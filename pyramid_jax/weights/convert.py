@@ -37,36 +37,35 @@ def convert_dit(src: str, dst: str, num_heads: int | None = None, ema: bool = Tr
     return cfg
 
 
+def _convert_flat(src, dst, dtype, kind, subfolder, names, describe):
+    """VAE / umT5: read, rename upstream keys, infer the config, check, cast, save."""
+    sd = files.read_checkpoint(src, subfolder=subfolder)
+    upstream = names.is_upstream(sd)
+    if upstream:
+        sd = names.upstream_rename(sd)
+    cfg = names.infer_config(sd, dtype=dtype)
+    params = _cast(names.params(sd, cfg), DTYPES[dtype])
+    layout = "upstream" if upstream else names.OTHER_LAYOUT
+    log.info("%s %s layout, %s, %s -> %s", layout, kind, describe(cfg), dtype, dst)
+    save_params(dst, params, cfg, source=f"{layout}:{src}", kind=kind)
+    return cfg
+
+
 def convert_vae(src: str, dst: str, dtype: str = "float32"):
     """Convert a Wan VAE (upstream .pth or diffusers) to an orbax checkpoint (decoder only)."""
     from pyramid_jax.weights import vae_names
 
-    sd = files.read_checkpoint(src, subfolder="vae")
-    layout = "upstream" if vae_names.is_upstream_vae(sd) else "diffusers"
-    if layout == "upstream":
-        sd = vae_names.upstream_to_diffusers(sd)
-    cfg = vae_names.infer_vae_config(sd, dtype=dtype)
-    params = _cast(vae_names.vae_params(sd, cfg), DTYPES[dtype])
-    log.info("%s VAE layout, z %d, base dim %d, mult %s, %s -> %s", layout, cfg.z_dim, cfg.base_dim,
-             list(cfg.dim_mult), dtype, dst)
-    save_params(dst, params, cfg, source=f"{layout}:{src}", kind="vae")
-    return cfg
+    return _convert_flat(src, dst, dtype, "vae", "vae", vae_names,
+                         lambda c: f"z {c.z_dim}, base dim {c.base_dim}, mult {list(c.dim_mult)}")
 
 
 def convert_t5(src: str, dst: str, dtype: str = "float32"):
     """Convert a umT5 encoder (upstream Wan .pth or transformers safetensors) to orbax."""
     from pyramid_jax.weights import t5_names
 
-    sd = files.read_checkpoint(src, subfolder="text_encoder")
-    layout = "upstream" if t5_names.is_upstream_t5(sd) else "transformers"
-    if layout == "upstream":
-        sd = t5_names.upstream_to_transformers(sd)
-    cfg = t5_names.infer_t5_config(sd, dtype=dtype)
-    params = _cast(t5_names.t5_params(sd, cfg), DTYPES[dtype])
-    log.info("%s umT5 layout, d_model %d, %d layers, %d heads, vocab %d, %s -> %s", layout, cfg.d_model,
-             cfg.num_layers, cfg.num_heads, cfg.vocab_size, dtype, dst)
-    save_params(dst, params, cfg, source=f"{layout}:{src}", kind="t5")
-    return cfg
+    return _convert_flat(src, dst, dtype, "t5", "text_encoder", t5_names,
+                         lambda c: f"d_model {c.d_model}, {c.num_layers} layers, {c.num_heads} heads, "
+                                   f"vocab {c.vocab_size}")
 
 
 def _cast(tree, dtype):

@@ -10,6 +10,8 @@ import numpy as np
 from pyramid_jax.models.umt5 import UMT5Config
 from pyramid_jax.weights.wan_names import ConversionError, check_state_dict
 
+OTHER_LAYOUT = "transformers"  # the non-upstream layout these names read
+
 _UPSTREAM = [
     (r"^token_embedding\.weight$", "shared.weight"),
     (r"^norm\.weight$", "encoder.final_layer_norm.weight"),
@@ -24,11 +26,11 @@ _UPSTREAM = [
 ]
 
 
-def is_upstream_t5(keys) -> bool:
+def is_upstream(keys) -> bool:
     return "token_embedding.weight" in keys
 
 
-def upstream_to_transformers(sd: dict) -> dict:
+def upstream_rename(sd: dict) -> dict:
     out = {}
     for key, val in sd.items():
         new = key
@@ -40,7 +42,7 @@ def upstream_to_transformers(sd: dict) -> dict:
     return out
 
 
-def infer_t5_config(sd: dict, dtype: str = "float32") -> UMT5Config:
+def infer_config(sd: dict, dtype: str = "float32") -> UMT5Config:
     if "shared.weight" not in sd:
         raise ConversionError("missing keys: shared.weight (is it a umT5 encoder?)")
     vocab, d = sd["shared.weight"].shape
@@ -73,7 +75,7 @@ def expected_shapes(cfg: UMT5Config) -> dict:
     return out
 
 
-def t5_params(sd: dict, cfg: UMT5Config) -> dict:
+def params(sd: dict, cfg: UMT5Config) -> dict:
     sd = {k: v for k, v in sd.items() if k != "encoder.embed_tokens.weight"}  # tied copy of shared
     check_state_dict(sd, expected_shapes(cfg))
     keep_layout = ("shared.weight", "relative_attention_bias.weight")

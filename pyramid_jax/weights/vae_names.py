@@ -14,16 +14,18 @@ import numpy as np
 from pyramid_jax.models.vae import VAEConfig
 from pyramid_jax.weights.wan_names import ConversionError, check_state_dict
 
+OTHER_LAYOUT = "diffusers"  # the non-upstream layout these names read
+
 _RES = {"residual.0.gamma": "norm1.gamma", "residual.2.weight": "conv1.weight", "residual.2.bias": "conv1.bias",
         "residual.3.gamma": "norm2.gamma", "residual.6.weight": "conv2.weight", "residual.6.bias": "conv2.bias",
         "shortcut.weight": "conv_shortcut.weight", "shortcut.bias": "conv_shortcut.bias"}
 
 
-def is_upstream_vae(keys) -> bool:
+def is_upstream(keys) -> bool:
     return any(k.startswith("decoder.upsamples.") or k.startswith("decoder.middle.") for k in keys)
 
 
-def upstream_to_diffusers(sd: dict) -> dict:
+def upstream_rename(sd: dict) -> dict:
     """Rename upstream Wan VAE keys (decoder part) to diffusers names; encoder keys dropped."""
     ups = sorted({int(m.group(1)) for k in sd if (m := re.match(r"decoder\.upsamples\.(\d+)\.", k))})
     # upstream's flat list: per stage, its resnets then (except the last stage) one resampler
@@ -56,7 +58,7 @@ def upstream_to_diffusers(sd: dict) -> dict:
     return out
 
 
-def infer_vae_config(sd: dict, dtype: str = "float32") -> VAEConfig:
+def infer_config(sd: dict, dtype: str = "float32") -> VAEConfig:
     def shape(k):
         if k not in sd:
             raise ConversionError(f"cannot infer the VAE shape: missing key {k}")
@@ -114,7 +116,7 @@ def expected_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def vae_params(sd: dict, cfg: VAEConfig) -> dict:
+def params(sd: dict, cfg: VAEConfig) -> dict:
     """Check names and shapes, then lay kernels out channel-last."""
     sd = {k: v for k, v in sd.items() if not k.startswith(("encoder.", "quant_conv."))}
     check_state_dict(sd, expected_shapes(cfg))
@@ -143,4 +145,4 @@ def random_vae_params(cfg: VAEConfig, seed: int = 0) -> dict:
         else:
             fan_in = int(np.prod(shape[1:]))
             sd[k] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-    return vae_params(sd, cfg)
+    return params(sd, cfg)
