@@ -11,6 +11,7 @@ from jax.experimental.pallas import tpu as pltpu
 from conftest import rel_err
 from pyramid_jax.attention import check_backend
 from pyramid_jax.attention import pallas as pk
+from pyramid_jax.attention import pallas_triton as pt
 from pyramid_jax.attention import reference as ref
 from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
 from pyramid_jax.cache.pool import PoolSpec
@@ -61,11 +62,38 @@ def test_kernel_equals_reference_fp32(case):
     assert rel_err(got, want) <= 1e-5
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_triton_kernel_equals_reference_fp32(case):
+    """The GPU (Triton) kernel's program, interpreted on CPU: masked key blocks, dynamic page loops."""
+    _, b, c, grid, h, dh, s, p, valid, plen = case
+    args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen)
+    got = pt.paged_attention(*args, page_len=page_len, interpret=True, tiling=(16, 16, 4, 2))
+    assert not np.isnan(np.asarray(got)).any()
+    assert rel_err(got, ref.paged_attention(*args, page_len=page_len)) <= 1e-5
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (the Triton lowering)")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("case", CASES + [("real frame", 2, 3, (30, 52), 2, 128, 4, 5, "random", True)],
+                         ids=[c[0] for c in CASES] + ["real frame"])
+def test_triton_kernel_on_gpu(case, dtype):
+    _, b, c, grid, h, dh, s, p, valid, plen = case
+    args, page_len = _case(5, b, c, grid, h, dh, s, p, valid, dtype=dtype, page_len=plen)
+    got = np.asarray(jax.jit(lambda *a: pt.paged_attention(*a, page_len=page_len))(*args), np.float32)
+    with jax.default_matmul_precision("highest"):  # XLA's GPU default for fp32 is TF32
+        want = np.asarray(ref.paged_attention(*[x.astype(jnp.float32) if x.dtype == dtype else x for x in args],
+                                              page_len=page_len), np.float32)
+    assert not np.isnan(got).any()
+    assert rel_err(got, want) <= (1e-5 if dtype == jnp.float32 else 1e-2)
+
+
 @pytest.mark.slow
 def test_kernel_real_frame_size():
     """30x52 latent tokens per frame (1560, not a multiple of the q block), head dim 128."""
     args, _ = _case(1, 1, 3, (30, 52), 1, 128, 3, 3, "random")
-    assert rel_err(pk.paged_attention(*args), ref.paged_attention(*args)) <= 1e-5
+    want = ref.paged_attention(*args)
+    assert rel_err(pk.paged_attention(*args), want) <= 1e-5
+    assert rel_err(pt.paged_attention(*args, interpret=True), want) <= 1e-5
 
 
 def test_kernel_bf16():
@@ -84,9 +112,11 @@ def test_kernel_tpu_interpreter():
     assert rel_err(got, ref.paged_attention(*args)) <= 1e-5
 
 
-def test_backend_refuses_gpu():
-    with pytest.raises(ValueError, match="no GPU lowering"):
-        check_backend("pallas", "gpu")
+def test_backend_checks():
+    for platform in ("cpu", "gpu", "tpu"):
+        assert check_backend("pallas", platform) == "pallas"
+    with pytest.raises(ValueError, match="no lowering for platform 'rocm'"):
+        check_backend("pallas", "rocm")
     with pytest.raises(ValueError, match="unknown attention.backend"):
         check_backend("flash", "cpu")
 

@@ -246,19 +246,36 @@ def _steady_plan(policy_name, layers, heads, grid_small, steady_chunk, **kw):
     return small, small.plan(state, jnp.int32(steady_chunk)), state
 
 
-def bench_attention(size, repeats, dtype):
+def matmul_peak_tflops(dtype, n=8192, repeats=10):
+    """Measured dense matmul rate on this device (the ceiling the kernel is compared with)."""
+    ka, kb = jax.random.split(jax.random.key(7))
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
+    f = jax.jit(jnp.dot)
+    return 2 * n**3 / _median_seconds(lambda: f(a, b).block_until_ready(), repeats) / 1e12
+
+
+def parse_tilings(text):
+    """"64,64,4,3;128,64,8,3" -> [(block_q, block_kv, num_warps, num_stages), ...]"""
+    return [tuple(int(x) for x in part.split(",")) for part in text.split(";") if part.strip()]
+
+
+def bench_attention(size, repeats, dtype, tilings=()):
     """Paged attention for one layer at steady state: window-21 vs pyramid plans.
 
-    The reference backend is timed everywhere; the pallas kernel only where it compiles
-    (TPU). Interpret mode on CPU is a correctness path and is not timed.
+    The reference backend is timed everywhere; the pallas kernel where it compiles (TPU
+    Mosaic; GPU Triton, once per tiling). Interpret mode on CPU is a correctness path and is
+    not timed. TFLOP/s count only the valid pages' keys (and the chunk's own).
     """
     from pyramid_jax.attention import pallas as pk
+    from pyramid_jax.attention import pallas_triton as pt
     from pyramid_jax.attention import reference as ref
 
     heads, dh, grid = ATTN_SIZES[size]
     tpf = grid[0] * grid[1]
     merged = -(-grid[0] // 2) * -(-grid[1] // 2)
     head_map = proportional_row(heads)
+    backend = jax.default_backend()
     rows = []
     for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
                             ("pyramid", "pyramid", dict(head_map=head_map))]:
@@ -279,21 +296,36 @@ def bench_attention(size, repeats, dtype):
         keys = valid_tokens.sum(-1) + 3 * tpf  # [C, H]
         flops = float(4 * tpf * keys.sum() * dh)
         f_ref = jax.jit(lambda *a: ref.paged_attention(*a, page_len=plen))
+        want = f_ref(*args)
         t_ref = _median_seconds(lambda: f_ref(*args).block_until_ready(), repeats)
-        row = dict(section="attention", size=size, policy=label, dtype=dtype, heads=heads,
-                   tokens_per_frame=tpf, keys_per_query_frame=float(keys.mean()),
-                   reference_s=t_ref, reference_TFLOPs=flops / t_ref / 1e12)
-        if jax.default_backend() == "tpu":
-            f_pk = jax.jit(lambda *a: pk.paged_attention(*a, page_len=plen, interpret=False))
-            t_pk = _median_seconds(lambda: f_pk(*args).block_until_ready(), repeats)
-            row.update(pallas_s=t_pk, pallas_TFLOPs=flops / t_pk / 1e12, speedup=t_ref / t_pk)
-        rows.append(row)
+        base = dict(section="attention", size=size, policy=label, dtype=dtype, heads=heads,
+                    tokens_per_frame=tpf, keys_per_query_frame=float(keys.mean()),
+                    reference_s=t_ref, reference_TFLOPs=flops / t_ref / 1e12)
+        if backend == "tpu":
+            variants = [("mosaic", lambda *a: pk.paged_attention(*a, page_len=plen, interpret=False))]
+        elif backend == "gpu":
+            variants = [(f"triton {','.join(map(str, tl or (pt.FP32_TILING if dtype == 'float32' else pt.DEFAULT_TILING)))}",
+                         lambda *a, tl=tl: pt.paged_attention(*a, page_len=plen, tiling=tl))
+                        for tl in (tilings or [None])]
+        else:
+            variants = [("", None)]
+        for kernel, fn in variants:
+            row = dict(base)
+            if fn is not None:
+                f_pk = jax.jit(fn)
+                got = np.asarray(f_pk(*args), np.float32)
+                ref32 = np.asarray(want, np.float32)
+                t_pk = _median_seconds(lambda: f_pk(*args).block_until_ready(), repeats)
+                row.update(kernel=kernel, pallas_s=t_pk, pallas_TFLOPs=flops / t_pk / 1e12, speedup=t_ref / t_pk,
+                           rel_err=float(np.linalg.norm(got - ref32) / np.linalg.norm(ref32)),
+                           nan=bool(np.isnan(got).any()))
+            rows.append(row)
     return rows
 
 
-def bench_step(size, dtype, chunks=8):
+def bench_step(size, dtype, chunks=8, backends=("reference",)):
     """The whole chunk step (4 denoising passes + the clean pass, DiT only), window-21 vs
-    pyramid, random weights. size: "mid" or "real" (Wan2.1-1.3B at 480x832)."""
+    pyramid, per attention backend, random weights. size: "mid" or "real" (Wan2.1-1.3B at 480x832)."""
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
     from pyramid_jax.models.wan import WanConfig, init_model
@@ -304,25 +336,29 @@ def bench_step(size, dtype, chunks=8):
     else:
         fields, _, hh, ww, lt = SIZES["mid"]
         cfg = WanConfig(text_len=lt, dtype=dtype, **fields)
-    model = init_model(cfg, seed=0)
     grid = (hh // 2, ww // 2)
     spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, grid, 3)
     head_map = (published_type_map() if (cfg.num_layers, cfg.num_heads) == (30, 12)
                 else np.repeat(proportional_row(cfg.num_heads), cfg.num_layers, axis=0))
     ctx = jax.random.normal(jax.random.key(1), (1, lt, cfg.text_dim)) * 0.1
-    tkv = jax.jit(lambda m, c: m.text_kv(c))(model, ctx)
     sampler = Sampler()
     rows = []
-    for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
-                            ("pyramid", "pyramid", dict(head_map=head_map))]:
-        policy = make_policy(name, spec, 3 * chunks, **kw)
-        times = []
-        rollout(model, policy, sampler, tkv, RandomNoise(0, (1, 3 * chunks, cfg.in_channels, hh, ww), sampler),
-                chunks, on_chunk=lambda k, x, sec: times.append(sec))
-        chunk_s = statistics.median(times[1:])
-        rows.append(dict(section="step", size=size, policy=label, dtype=dtype, chunk_s=chunk_s,
-                         first_chunk_s=times[0], video_frames_per_s=12 / chunk_s))
-    rows[1]["speedup_vs_window"] = rows[0]["chunk_s"] / rows[1]["chunk_s"]
+    for backend in backends:
+        model = init_model(cfg, seed=0, attention_backend=backend)
+        tkv = jax.jit(lambda m, c: m.text_kv(c))(model, ctx)
+        window_s = None
+        for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
+                                ("pyramid", "pyramid", dict(head_map=head_map))]:
+            policy = make_policy(name, spec, 3 * chunks, **kw)
+            times = []
+            rollout(model, policy, sampler, tkv, RandomNoise(0, (1, 3 * chunks, cfg.in_channels, hh, ww), sampler),
+                    chunks, on_chunk=lambda k, x, sec: times.append(sec))
+            chunk_s = statistics.median(times[1:])
+            window_s = window_s or chunk_s
+            rows.append(dict(section="step", size=size, backend=backend, policy=label, dtype=dtype,
+                             chunk_s=chunk_s, first_chunk_s=times[0], video_frames_per_s=12 / chunk_s,
+                             speedup_vs_window=window_s / chunk_s))
+        del model, tkv
     return rows
 
 
@@ -463,6 +499,10 @@ def main(argv=None):
     p.add_argument("--attention", action="store_true",
                    help="paged attention, window-21 vs pyramid plans (reference; pallas on TPU)")
     p.add_argument("--attn-size", default="mid", choices=sorted(ATTN_SIZES))
+    p.add_argument("--tilings", default="",
+                   help="GPU kernel tilings to time, 'block_q,block_kv,warps,stages;...' (default: the kernel's)")
+    p.add_argument("--backends", default="reference",
+                   help="attention backends for --step, comma list of reference,pallas")
     p.add_argument("--step", action="store_true",
                    help="whole chunk step (DiT only), window-21 vs pyramid, video frames/s")
     p.add_argument("--step-size", default="mid", choices=["mid", "real"])
@@ -511,19 +551,23 @@ def main(argv=None):
         print_table(cb, ["policy", "slots", "cache_GiB"])
         rows += ro + cb
     if args.attention:
-        at = bench_attention(args.attn_size, args.repeats, args.dtype)
+        at = bench_attention(args.attn_size, args.repeats, args.dtype, parse_tilings(args.tilings))
         print(f"\n## paged attention, one layer, {args.attn_size} size, {args.dtype}, B=1, 3 query frames, "
-              "steady state")
-        if env["platform"] != "tpu":
+              "steady state (TFLOP/s count valid pages only)")
+        if env["platform"] == "cpu":
             print("(pallas on this platform runs interpreted: a correctness path, not timed)")
-        print_table(at, ["policy", "heads", "tokens_per_frame", "keys_per_query_frame", "reference_s",
-                         "reference_TFLOPs", "pallas_s", "pallas_TFLOPs", "speedup"])
+        else:
+            peak = matmul_peak_tflops(jnp.dtype(args.dtype))
+            print(f"measured {args.dtype} matmul peak (8192^3): {peak:.0f} TFLOP/s")
+            rows.append(dict(section="matmul_peak", dtype=args.dtype, TFLOPs=peak))
+        print_table(at, ["policy", "keys_per_query_frame", "reference_s", "reference_TFLOPs", "kernel",
+                         "pallas_s", "pallas_TFLOPs", "speedup", "rel_err", "nan"])
         rows += at
     if args.step:
-        st = bench_step(args.step_size, args.dtype)
+        st = bench_step(args.step_size, args.dtype, backends=args.backends.split(","))
         print(f"\n## chunk step (4 denoising passes + clean pass, DiT only), {args.step_size} size, "
               f"{args.dtype}, B=1, random weights")
-        print_table(st, ["policy", "chunk_s", "first_chunk_s", "video_frames_per_s", "speedup_vs_window"])
+        print_table(st, ["backend", "policy", "chunk_s", "first_chunk_s", "video_frames_per_s", "speedup_vs_window"])
         rows += st
     if args.devices:
         dv = bench_devices([1, 2, 4, 8])

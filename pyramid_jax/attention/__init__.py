@@ -45,27 +45,35 @@ class KVPool(NamedTuple):
 BACKENDS = ("reference", "pallas")
 
 
+PALLAS_PLATFORMS = ("tpu", "gpu", "cpu")
+
+
 def check_backend(name: str, platform: str | None = None) -> str:
     """Validate attention.backend (and, given a platform, that it runs there)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention.backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "pallas" and platform == "gpu":
-        raise ValueError("attention.backend=pallas has no GPU lowering yet (the kernel uses TPU scalar "
-                         "prefetch); use attention.backend=reference on GPU")
+    if name == "pallas" and platform is not None and platform not in PALLAS_PLATFORMS:
+        raise ValueError(f"attention.backend=pallas has no lowering for platform {platform!r} (it runs on "
+                         f"{', '.join(PALLAS_PLATFORMS)}); use attention.backend=reference")
     return name
 
 
 def paged_attention_fn(name: str):
     """The paged attention function of a backend (same contract as reference.paged_attention).
 
-    pallas runs as Mosaic on TPU and interpreted elsewhere (CPU: for tests, not for speed).
+    pallas runs as Mosaic on TPU, through Triton on GPU and interpreted on CPU (the TPU kernel:
+    for tests, not for speed).
     """
     from pyramid_jax.attention import reference
 
     if name == "reference":
         return reference.paged_attention
-    from pyramid_jax.attention import pallas
-
     platform = jax.default_backend()
     check_backend(name, platform)
+    if platform == "gpu":
+        from pyramid_jax.attention import pallas_triton
+
+        return pallas_triton.paged_attention
+    from pyramid_jax.attention import pallas
+
     return functools.partial(pallas.paged_attention, interpret=platform != "tpu")

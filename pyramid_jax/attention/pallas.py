@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,54 @@ def _kernel(slots_ref, count_ref, plen_ref,  # scalar prefetch
         o_ref[...] = (acc_sc[...] / l_sc[...]).astype(o_ref.dtype)
 
 
+class Prepared(NamedTuple):
+    """Kernel operands shared by the TPU and Triton kernels (heads-major, q padded to blocks).
+
+    q: [B, H, C, Tp, Dh]; k, v: [B, H, Np, Dh]; slots: [C, H, P'] valid pages first;
+    count: [C, H]; page_len: [H, S]; cos, sin: [C, H, P', 1, Dh] q's per-page unshift.
+    """
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    slots: jax.Array
+    count: jax.Array
+    page_len: jax.Array
+    cos: jax.Array
+    sin: jax.Array
+    block_q: int
+
+
+def prepare(q, k, v, pool_k, slot, time_shift, valid, *, theta, page_len, block_q, kv_multiple):
+    """Reorder the plan (valid pages first) and lay q/k/v out heads-major for a kernel.
+
+    q is padded to a multiple of block_q tokens, k/v to a multiple of kv_multiple.
+    """
+    c, h = slot.shape[:2]
+    t, dh = q.shape[2], q.shape[-1]
+    s_, t_f = pool_k.shape[2], pool_k.shape[3]
+    n = k.shape[1]
+    bq = block_q
+    t_pad = _round_up(t, bq)
+    n_pad = _round_up(n, kv_multiple)
+
+    # Valid pages first, in any order: softmax is a sum over pages.
+    order = jnp.argsort(~valid, axis=-1, stable=True)
+    slots_c = jnp.take_along_axis(slot, order, -1).astype(jnp.int32)
+    shift_c = jnp.take_along_axis(time_shift, order, -1)
+    count = valid.sum(-1).astype(jnp.int32)
+    if slot.shape[-1] == 0:  # keep shapes non-empty; count is 0 so nothing is read
+        slots_c = jnp.zeros((c, h, 1), jnp.int32)
+        shift_c = jnp.zeros((c, h, 1), jnp.int32)
+    plen = jnp.full((h, s_), t_f, jnp.int32) if page_len is None else page_len.astype(jnp.int32)
+    cos, sin = _unshift_tables(shift_c, dh, theta)  # [C, H, P', Dh]
+
+    qh = jnp.pad(q.transpose(0, 3, 1, 2, 4), [(0, 0)] * 3 + [(0, t_pad - t), (0, 0)])
+    kh = jnp.pad(k.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])
+    vh = jnp.pad(v.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])
+    return Prepared(qh, kh, vh, slots_c, count, plen, cos[:, :, :, None], sin[:, :, :, None], bq)
+
+
 def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=10000.0,
                     page_len=None, interpret=True, block_q=256, block_kv=512):
     """Same contract as `reference.paged_attention`.
@@ -100,28 +149,13 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
     interpret: True (CPU), a pltpu.InterpretParams (TPU semantics on CPU) or False (Mosaic).
     """
     b, c, t, h, dh = q.shape
-    s_, t_f = pool_k.shape[2], pool_k.shape[3]
+    t_f = pool_k.shape[3]
     p = slot.shape[-1]
     n = k.shape[1]
-    bq = min(block_q, _round_up(t, 8))
-    t_pad = _round_up(t, bq)
-    n_pad = _round_up(n, 8)
-
-    # Valid pages first, in any order: softmax is a sum over pages.
-    order = jnp.argsort(~valid, axis=-1, stable=True)
-    slots_c = jnp.take_along_axis(slot, order, -1).astype(jnp.int32)
-    shift_c = jnp.take_along_axis(time_shift, order, -1)
-    count = valid.sum(-1).astype(jnp.int32)
-    if p == 0:  # keep shapes non-empty; count is 0 so nothing is read
-        slots_c = jnp.zeros((c, h, 1), jnp.int32)
-        shift_c = jnp.zeros((c, h, 1), jnp.int32)
-    plen = jnp.full((h, s_), t_f, jnp.int32) if page_len is None else page_len.astype(jnp.int32)
-    cos, sin = _unshift_tables(shift_c, dh, theta)  # [C, H, P', Dh]
-    cos, sin = cos[:, :, :, None], sin[:, :, :, None]  # [C, H, P', 1, Dh]
-
-    qh = jnp.pad(q.transpose(0, 3, 1, 2, 4), [(0, 0)] * 3 + [(0, t_pad - t), (0, 0)])  # [B, H, C, Tp, Dh]
-    kh = jnp.pad(k.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])  # [B, H, Np, Dh]
-    vh = jnp.pad(v.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])
+    prep = prepare(q, k, v, pool_k, slot, time_shift, valid, theta=theta, page_len=page_len,
+                   block_q=min(block_q, _round_up(t, 8)), kv_multiple=8)
+    qh, kh, vh, slots_c, count, plen, cos, sin, bq = prep
+    n_pad, t_pad = kh.shape[2], qh.shape[3]
     pages = slots_c.shape[-1]
     last = pages - 1
 
