@@ -28,15 +28,27 @@ def sample_timesteps(key, batch: int, num_frames: int, frames_per_block: int, sc
     return jnp.repeat(t, frames_per_block, axis=1)[:, :num_frames]
 
 
-def loss_fn(model, x0, context, key, frames_per_block: int = 3, schedule: FlowSchedule = FlowSchedule()):
-    """Mean squared flow error. x0: [B, F, C, H, W] clean frames; context: [B, Lt, text_dim]."""
+def loss_fn(model, x0, context, key, frames_per_block: int = 3, schedule: FlowSchedule = FlowSchedule(),
+            clean_context_prob: float = 0.0):
+    """Mean squared flow error. x0: [B, F, C, H, W] clean frames; context: [B, Lt, text_dim].
+
+    With probability clean_context_prob a sample's chunks before a random chunk are left clean
+    (t = 0, no loss): the condition the model meets at inference, where it denoises against a
+    cache of clean frames.
+    """
     b, f = x0.shape[:2]
-    k_t, k_n = jax.random.split(key)
+    k_t, k_n, k_c, k_k = jax.random.split(key, 4)
     t = sample_timesteps(k_t, b, f, frames_per_block, schedule)
+    chunk = jnp.arange(f) // frames_per_block
+    first = jax.random.randint(k_k, (b, 1), 0, chunk[-1] + 1)
+    clean = (jax.random.uniform(k_c, (b, 1)) < clean_context_prob) & (chunk[None] < first)  # [B, F]
+    t = jnp.where(clean, 0.0, t)
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
     x_t = schedule.add_noise(x0.astype(jnp.float32), noise, t)
     flow, _ = model(x_t, t, model.text_kv(context), frame_mask=block_causal_mask(f, frames_per_block))
-    return jnp.mean(jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32))))
+    err = jnp.mean(jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32))), axis=(2, 3, 4))
+    weight = (~clean).astype(jnp.float32)
+    return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 def make_optimizer(lr: float = 3e-4, warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0):
@@ -45,12 +57,13 @@ def make_optimizer(lr: float = 3e-4, warmup: int = 100, weight_decay: float = 0.
 
 
 @functools.lru_cache(maxsize=4)
-def make_train_step(graphdef, optimizer, frames_per_block: int = 3):
+def make_train_step(graphdef, optimizer, frames_per_block: int = 3, clean_context_prob: float = 0.0):
     """jitted step(params, opt_state, x0, context, key) -> (params, opt_state, loss)."""
 
     def step(params, opt_state, x0, context, key):
         def loss_of(p):
-            return loss_fn(nnx.merge(graphdef, p), x0, context, key, frames_per_block)
+            return loss_fn(nnx.merge(graphdef, p), x0, context, key, frames_per_block,
+                           clean_context_prob=clean_context_prob)
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -81,3 +81,17 @@ def params(sd: dict, cfg: UMT5Config) -> dict:
     keep_layout = ("shared.weight", "relative_attention_bias.weight")
     return {k: (np.asarray(v) if v.ndim == 1 or k.endswith(keep_layout) else np.asarray(v).T.copy())
             for k, v in sd.items()}
+
+
+def random_t5_params(cfg: UMT5Config, seed: int = 0) -> dict:
+    """Random encoder params of a config (the demo's frozen tiny text encoder, tests)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for k, shape in expected_shapes(cfg).items():
+        if k.endswith("layer_norm.weight"):
+            sd[k] = np.ones(shape, np.float32)
+        elif k.endswith(("shared.weight", "relative_attention_bias.weight")):
+            sd[k] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            sd[k] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
+    return params(sd, cfg)
