@@ -1,28 +1,41 @@
-"""The embedded default: a tiny Wan-architecture model that runs in seconds on a CPU.
+"""The embedded default: the project's own small model, trained on procedural shapes videos.
 
-Weights are random until the project ships a trained demo model (the output says so);
-prompts become hash-seeded placeholder embeddings until the text encoder lands.
+A 6-layer Wan-architecture DiT (dim 128) working on 64x64 RGB pixels, with a tiny umT5 and a
+sentencepiece vocabulary of the caption words, all in assets/demo (tools/train_demo.py made
+them). Prompts the model knows follow the captions of pyramid_jax/data/shapes.py: "a <colour>
+<circle|square|triangle> [quickly] bouncing <left to right|right to left|upwards|downwards>
+[with N other shapes] on a <colour> <striped|checkered|speckled> background".
 """
+
+import os
 
 from pyramid_jax.config import base_config, model_fields
 from pyramid_jax.models.wan import WanConfig
 
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
+
 
 def get_config():
     c = base_config()
-    c.checkpoint = ""
-    c.model = model_fields(WanConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=2, in_channels=16,
-                                     out_channels=16, text_len=32, text_dim=64, freq_dim=64))
-    c.prompt = "a red circle bouncing left to right on a blue background"
-    c.text_encoder.kind = "placeholder"
-    c.num_frames = 21
-    c.height = 128
-    c.width = 128
+    c.checkpoint = os.path.join(ASSETS, "dit")
+    c.model = model_fields(WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=6, in_channels=3,
+                                     out_channels=3, patch_size=(1, 4, 4), text_len=32, text_dim=64,
+                                     freq_dim=64))  # the shape of assets/demo/dit
+    c.prompt = "a red circle bouncing left to right on a blue striped background"
+    c.text_encoder.kind = "umt5"
+    c.text_encoder.checkpoint = os.path.join(ASSETS, "text", "umt5")
+    c.text_encoder.tokenizer = os.path.join(ASSETS, "text", "spiece.model")
+    c.vae.kind = "pixel"
+    c.num_frames = 102           # 10.2 s at 10 fps (pixel frames: one per model frame)
+    c.fps = 10
+    # 8 steps at a low shift: this small, briefly trained model is not distilled for 4 steps,
+    # and 64x64 pixels need more low-noise steps than 480p latents (shift 5)
+    c.denoising_step_list = (1000, 875, 750, 625, 500, 375, 250, 125)
+    c.shift = 2.0
+    c.height = 64
+    c.width = 64
     c.dtype = "float32"
     c.output = "outputs/demo.mp4"
-    c.vae.random = True  # a tiny random Wan VAE: real decoding, noise pictures
-    c.vae.base_dim = 16
-    c.vae.num_res_blocks = 1
     c.cache.local_attn_size = 12
-    c.cache.sink_size = 3
+    c.cache.sink_size = 0
     return c

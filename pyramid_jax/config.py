@@ -45,9 +45,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.save_replay = ""           # write the context and noise this run drew, as a replay file
     c.cache = ml_collections.ConfigDict(dict(
         policy="window", local_attn_size=21, sink_size=0, head_map=""))
-    # VAE: an orbax dir from `convert_checkpoint.py --kind vae`; or random=True (a random VAE of
-    # base_dim, announced); neither = no decode (latents + a latent-channel preview mp4)
-    c.vae = ml_collections.ConfigDict(dict(checkpoint="", random=False, base_dim=96, num_res_blocks=2))
+    # VAE (kind "wan"): an orbax dir from `convert_checkpoint.py --kind vae`; or random=True (a
+    # random VAE of base_dim, announced); neither = no decode (latents + a latent-channel preview
+    # mp4). kind "pixel": the DiT works on RGB pixels in [-1, 1] (the demo model), no VAE.
+    c.vae = ml_collections.ConfigDict(dict(kind="wan", checkpoint="", random=False, base_dim=96, num_res_blocks=2))
+    c.fps = 16                   # of the written mp4 (the Wan VAE's video rate)
     c.attention = ml_collections.ConfigDict(dict(backend="reference"))
     # devices: data splits the batch, model splits heads; data=0 fills all local devices
     c.mesh = ml_collections.ConfigDict(dict(data=0, model=1))

@@ -80,6 +80,10 @@ def check_config(c):
     if c.cache.policy == "pyramid" and not os.path.isfile(c.cache.head_map or ""):
         raise UserError(f"cache.head_map {c.cache.head_map!r} not found: cache.policy=pyramid needs a head map; "
                         "make one with `python tools/classify_heads.py --config=... --out MAP.csv`")
+    if c.vae.kind not in ("wan", "pixel"):
+        raise UserError(f"unknown vae.kind {c.vae.kind!r}; choose wan or pixel")
+    if c.fps <= 0:
+        raise UserError(f"fps must be positive, got {c.fps}")
     if c.vae.checkpoint and not os.path.isdir(c.vae.checkpoint):
         raise UserError(f"vae.checkpoint {c.vae.checkpoint!r} not found: convert Wan2.1_VAE.pth with "
                         "tools/convert_checkpoint.py --kind vae, or set --config.vae.checkpoint=''")
@@ -251,11 +255,17 @@ def make_sampler(c):
                    frames_per_chunk=c.num_frame_per_block, schedule=sched)
 
 
+def strides(c) -> tuple[int, int]:
+    """(time, space) frames/pixels per latent frame/pixel."""
+    return (1, 1) if c.vae.kind == "pixel" else (VAE_TIME_STRIDE, VAE_SPACE_STRIDE)
+
+
 def latent_size(c, cfg) -> tuple[int, int]:
-    step_h, step_w = VAE_SPACE_STRIDE * cfg.patch_size[1], VAE_SPACE_STRIDE * cfg.patch_size[2]
+    space = strides(c)[1]
+    step_h, step_w = space * cfg.patch_size[1], space * cfg.patch_size[2]
     if c.height % step_h or c.width % step_w:
         raise UserError(f"height/width ({c.height}x{c.width}) must be multiples of {step_h}x{step_w}")
-    return c.height // VAE_SPACE_STRIDE, c.width // VAE_SPACE_STRIDE
+    return c.height // space, c.width // space
 
 
 def build_policy(c, cfg, latent_hw, num_frames):
@@ -272,6 +282,15 @@ def build_policy(c, cfg, latent_hw, num_frames):
                            c.cache.sink_size, c.cache.head_map)
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
+
+
+class PixelFrames:
+    """The decoder of a pixel-space model: push(x0 [B, F, 3, H, W] in [-1, 1]) -> uint8 [B, F, H, W, 3]."""
+
+    def push(self, x0) -> np.ndarray:
+        from pyramid_jax.models.vae import to_uint8
+
+        return to_uint8(np.moveaxis(np.asarray(x0), 2, -1))
 
 
 def load_vae(c):
@@ -352,16 +371,23 @@ def run(c) -> int:
     text_kv = jax.jit(lambda m, ctx: m.text_kv(ctx))(model, jnp.asarray(context))
     start = time.perf_counter()
 
-    vae = load_vae(c) if c.output else None
+    pixel = c.vae.kind == "pixel"
+    if pixel and cfg.out_channels != 3:
+        raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has {cfg.out_channels}")
+    vae = None if pixel or not c.output else load_vae(c)
     decoder = writers = None
-    if vae is not None:
+    if pixel and c.output:
+        decoder = PixelFrames()
+    elif vae is not None:
         from pyramid_jax.models.vae import StreamingDecoder
 
         decoder = StreamingDecoder(vae[1], vae[0], batch, (lh, lw))
-        writers = [media.Mp4Writer(p, fps=16) for p in output_paths(c.output, batch)]
+    if decoder is not None:
+        writers = [media.Mp4Writer(p, fps=c.fps) for p in output_paths(c.output, batch)]
+    time_stride = strides(c)[0]
 
     def progress(k, x0, seconds):
-        video_frames = x0.shape[1] * VAE_TIME_STRIDE - (VAE_TIME_STRIDE - 1 if k == 0 else 0)
+        video_frames = x0.shape[1] * time_stride - (time_stride - 1 if k == 0 else 0)
         if decoder is not None:  # decode in step with generation, straight into the mp4s
             for w, video in zip(writers, decoder.push(x0)):
                 w.write(video)
@@ -388,7 +414,7 @@ def run(c) -> int:
     if writers:
         for w in writers:
             w.close()
-            log.info("wrote %s (%d frames, 16 fps, decoded)", w.path, w.frames)
+            log.info("wrote %s (%d frames, %g fps, %s)", w.path, w.frames, c.fps, "pixels" if pixel else "decoded")
     elif c.output:
         for path, lat in zip(output_paths(c.output, batch), latents):
             media.write_mp4(path, media.latent_preview(lat))

@@ -34,7 +34,7 @@ def test_single_process_records_and_resume(tmp_path):
         json.dumps({"prompt": "a cone", "num_frames": 3}),
     ]) + "\n")
     out = tmp_path / "out"
-    args = ["-m", "pyramid_jax.batch", "--config=configs/demo.py", *SMALL, f"--prompts={prompts}", f"--out={out}"]
+    args = ["-m", "pyramid_jax.batch", "--config=configs/tiny_random.py", *SMALL, f"--prompts={prompts}", f"--out={out}"]
     r = run_tool(*args)
     assert r.returncode == 1, r.stderr  # some prompts failed
     recs = _records(out)
@@ -64,7 +64,7 @@ def _free_port():
 def _launch(prompts, out, extra=()):
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return [subprocess.Popen([sys.executable, "-m", "pyramid_jax.batch", "--config=configs/demo.py",
+    return [subprocess.Popen([sys.executable, "-m", "pyramid_jax.batch", "--config=configs/tiny_random.py",
                               "--config.num_frames=30", f"--prompts={prompts}", f"--out={out}",
                               f"--coordinator=127.0.0.1:{port}", "--num-processes=2", f"--process-id={i}",
                               "--heartbeat-timeout=5", "--shutdown-timeout=10",

@@ -46,11 +46,11 @@ def test_bad_profiles(tmp_path, content, want):
 def test_demo_map_then_pyramid_generate(tmp_path):
     """The demo runs end to end with cache.policy=pyramid using a map made by the tool."""
     m = tmp_path / "demo.csv"
-    r = run_tool("tools/classify_heads.py", "--config=configs/demo.py", "--frames", "24", "--out", str(m))
+    r = run_tool("tools/classify_heads.py", "--config=configs/tiny_random.py", "--frames", "24", "--out", str(m))
     assert r.returncode == 0, r.stderr
     assert np.loadtxt(m, delimiter=",").shape == (2, 4)
     out = tmp_path / "v.mp4"
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/demo.py", "--config.cache.policy=pyramid",
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
                  f"--config.cache.head_map={m}", f"--config.output={out}")
     assert r.returncode == 0, r.stderr
     assert "cache pyramid" in r.stdout and out.exists()
@@ -59,16 +59,16 @@ def test_demo_map_then_pyramid_generate(tmp_path):
 
 
 def test_pyramid_without_head_map_is_refused(tmp_path):
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/demo.py", "--config.cache.policy=pyramid",
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
                  f"--config.output={tmp_path / 'v.mp4'}")
     assert r.returncode != 0 and "tools/classify_heads.py" in r.stderr
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/demo.py", "--config.cache.policy=pyramid",
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
                  "--config.cache.head_map=/nope.csv", f"--config.output={tmp_path / 'v.mp4'}")
     assert r.returncode != 0 and "not found" in r.stderr and "classify_heads" in r.stderr
 
 
 def test_deep_forcing_demo(tmp_path):
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/demo.py", "--config.cache.policy=deep_sink",
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.cache.policy=deep_sink",
                  "--config.cache.local_attn_size=9", "--config.cache.sink_size=3", "--config.num_frames=12",
                  "--config.output=", f"--config.save_latents={tmp_path / 'l.npz'}")
     assert r.returncode == 0, r.stderr

@@ -53,11 +53,11 @@ def test_evaluate_long_tool(tmp_path):
 
     from conftest import run_tool
 
-    r = run_tool("tools/evaluate_long.py", "--config=configs/demo.py", "--config.height=32", "--config.width=32",
+    r = run_tool("tools/evaluate_long.py", "--config=configs/tiny_random.py", "--config.height=32", "--config.width=32",
                  "--policies", "window,deep_sink", "--seconds", "1.5", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "eval.json").read_text())
     assert [m["policy"] for m in doc["means"]] == ["window", "deep_sink"]
     assert (tmp_path / "drift.png").exists() and (tmp_path / "sharpness.png").exists()
-    r = run_tool("tools/evaluate_long.py", "--config=configs/demo.py", "--policies", "pyramid", "--out", str(tmp_path))
+    r = run_tool("tools/evaluate_long.py", "--config=configs/tiny_random.py", "--policies", "pyramid", "--out", str(tmp_path))
     assert r.returncode == 2 and "--head-map" in r.stderr

@@ -107,13 +107,13 @@ def test_generate_with_umt5_end_to_end(tmp_path):
     assert convert.main(["--src", str(tmp_path / "t5src"), "--dst", str(tmp_path / "t5"), "--kind", "t5"]) == 0
     sp = make_spiece(tmp_path / "sp")
     out = tmp_path / "v.mp4"
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/demo.py", "--config.num_frames=6",
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.num_frames=6",
                  "--config.text_encoder.kind=umt5", f"--config.text_encoder.checkpoint={tmp_path / 't5'}",
                  f"--config.text_encoder.tokenizer={sp}", "--config.text_encoder.device=cpu",
                  f"--config.output={out}")
     assert r.returncode == 0, r.stderr
     assert "text encoder umT5" in r.stdout and out.exists()
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/demo.py", "--config.num_frames=6",
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.num_frames=6",
                  "--config.text_encoder.kind=umt5", f"--config.text_encoder.checkpoint={tmp_path / 't5'}",
                  f"--config.text_encoder.tokenizer={sp}", "--config.prompt=   ", f"--config.output={out}")
     assert r.returncode != 0 and "no prompt" in r.stderr

@@ -55,7 +55,14 @@ def main(argv=None) -> int:
         print("evaluate_long: error: " + (f"unknown policies {bad}" if bad else
               "--head-map is needed for the pyramid policy (tools/classify_heads.py makes one)"), file=sys.stderr)
         return 2
-    frames = int(round(args.seconds * 16 / 4 / 3)) * 3  # latent frames, a multiple of the chunk
+    try:
+        c = generate.parse_config(["generate", *cfg_args])
+    except generate.UserError as e:
+        print(f"evaluate_long: error: {e}", file=sys.stderr)
+        return 2
+    fps, stride, f = int(c.fps), generate.strides(c)[0], c.num_frame_per_block
+    chunk = f * stride  # video frames per chunk (the first is stride - 1 shorter)
+    frames = int(round(args.seconds * fps / stride / f)) * f  # latent frames, a multiple of the chunk
     os.makedirs(args.out, exist_ok=True)
     rows, curves = [], {}
     for policy in policies:
@@ -69,8 +76,9 @@ def main(argv=None) -> int:
                 if code:
                     return code
                 video = read_video(path)
-                rows.append(dict(policy=policy, prompt=pi, seed=seed, **metrics.summary(video)))
-                per_second = lambda a: a[: len(a) // 16 * 16].reshape(-1, 16).mean(1)
+                rows.append(dict(policy=policy, prompt=pi, seed=seed,
+                                 **metrics.summary(video, chunk - stride + 1, chunk, fps)))
+                per_second = lambda a: a[: len(a) // fps * fps].reshape(-1, fps).mean(1)
                 curves.setdefault(policy, []).append((per_second(metrics.color_drift(video)),
                                                       per_second(metrics.sharpness(video))))
     cols = ["color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence"]
