@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # no-libtpu probe noise
     if args.from_npz:
+        if not os.path.isfile(args.from_npz):
+            print(f"train_demo: error: --from-npz {args.from_npz!r}: no such file", file=sys.stderr)
+            return 2
         return export_npz(args.from_npz, os.path.join(os.path.abspath(args.out), "model"))
     if args.frames % 3 or args.size % 4:
         print("train_demo: error: --frames must be a multiple of 3 and --size of 4", file=sys.stderr)
