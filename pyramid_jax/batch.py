@@ -240,6 +240,24 @@ def init_distributed(args):
     return jax.process_index(), jax.process_count()
 
 
+def wait_for_peers(pidx, pcount):
+    """Hold this host until every host has finished its prompts.
+
+    Hosts finish at different times, and JAX's shutdown barrier (--shutdown-timeout) aborts a host
+    still working when another leaves that much earlier; process 0 also runs the coordination
+    service. A dead peer still ends the wait: its missed heartbeats fail the barrier.
+    """
+    if pcount <= 1:
+        return
+    from jax._src import distributed  # the runtime client's barrier has no public wrapper
+
+    client = distributed.global_state.client
+    if client is None:
+        return
+    log.info("[host %d] done; waiting for the other hosts", pidx)
+    client.wait_at_barrier("pyramid_jax.batch.done", timeout_in_ms=7 * 24 * 3600 * 1000)
+
+
 def parse_args(argv):
     cfg_args = [a for a in argv if a.startswith("--config")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,7 +269,8 @@ def parse_args(argv):
     p.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with no arguments")
     p.add_argument("--heartbeat-timeout", type=int, default=100,
                    help="seconds without heartbeats before a peer counts as dead (a killed host)")
-    p.add_argument("--shutdown-timeout", type=int, default=300, help="seconds to wait for peers at exit")
+    p.add_argument("--shutdown-timeout", type=int, default=300,
+                   help="seconds of JAX's shutdown barrier (hosts first wait for each other to finish)")
     args = p.parse_args([a for a in argv if not a.startswith("--config")])
     return args, cfg_args
 
@@ -295,6 +314,7 @@ def main(argv=None) -> int:
         failed = run_jobs(c, todo, args.out, chash, mesh, progress) if todo else 0
         counts = write_manifest(args.out, jobs, chash)
         log.info("[host %d] manifest: %s", pidx, counts)
+        wait_for_peers(pidx, pcount)
         bad = failed + sum(bool(j.error) for j in mine)
         return 1 if bad else 0
     except UserError as e:

@@ -67,19 +67,20 @@ def _launch(prompts, out, extra=()):
     return [subprocess.Popen([sys.executable, "-m", "pyramid_jax.batch", "--config=configs/tiny_random.py",
                               "--config.num_frames=30", f"--prompts={prompts}", f"--out={out}",
                               f"--coordinator=127.0.0.1:{port}", "--num-processes=2", f"--process-id={i}",
-                              "--heartbeat-timeout=5", "--shutdown-timeout=10",
+                              "--heartbeat-timeout=5", "--shutdown-timeout=1",  # hosts must not rely on it
                               *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
             for i in range(2)]
 
 
 def _wait(procs, timeout=300):
-    for p in procs:
+    for i, p in enumerate(procs):
         try:
-            p.wait(timeout=timeout)
+            output, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             p.kill()
-            p.wait()
+            output, _ = p.communicate()
+        print(f"---- process {i} (exit {p.returncode}) ----\n{output}")  # shown when the test fails
     return [p.returncode for p in procs]
 
 
