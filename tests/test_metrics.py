@@ -53,11 +53,19 @@ def test_evaluate_long_tool(tmp_path):
 
     from conftest import run_tool
 
-    r = run_tool("tools/evaluate_long.py", "--config=configs/tiny_random.py", "--config.height=32", "--config.width=32",
-                 "--policies", "window,deep_sink", "--seconds", "1.5", "--out", str(tmp_path))
+    args = ["tools/evaluate_long.py", "--config=configs/tiny_random.py", "--config.height=32", "--config.width=32",
+            "--policies", "window,deep_sink", "--seconds", "1.5", "--prompts", "a ball;a cube", "--seeds", "0,3",
+            "--paired", "--out", str(tmp_path)]
+    r = run_tool(*args)
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "eval.json").read_text())
     assert [m["policy"] for m in doc["means"]] == ["window", "deep_sink"]
+    assert [(v["prompt"], v["seed"]) for v in doc["videos"]] == [(0, 0), (1, 3)] * 2
     assert (tmp_path / "drift.png").exists() and (tmp_path / "sharpness.png").exists()
+    r = run_tool(*args, "--reuse")  # nothing generated again, the same numbers
+    assert r.returncode == 0 and r.stdout.count("reusing") == 4 and "chunk" not in r.stdout, r.stdout
+    assert json.loads((tmp_path / "eval.json").read_text())["videos"] == doc["videos"]
+    r = run_tool(*args[:-3], "--seeds", "0", "--paired")
+    assert r.returncode == 2 and "as many seeds as prompts" in r.stderr
     r = run_tool("tools/evaluate_long.py", "--config=configs/tiny_random.py", "--policies", "pyramid", "--out", str(tmp_path))
     assert r.returncode == 2 and "--head-map" in r.stderr

@@ -2,6 +2,8 @@
 
   python tools/evaluate_long.py --config=configs/demo.py --head-map MAP.csv --seconds 60 \
       --prompts "a red circle bouncing;a blue square moving" --seeds 0,1 --out runs/eval
+      [--paired]   prompt i with seed i only, not every (prompt, seed) pair
+      [--reuse]    keep the videos already in --out
 
 For each policy (window-21, deep_sink, pyramid) x prompt x seed it generates a video with the
 configured model, then reports colour/brightness drift against the first second, flicker at
@@ -47,14 +49,26 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--prompts", default="a red circle bouncing left to right on a blue striped background")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--paired", action="store_true",
+                   help="prompt i runs with seed i only (as many seeds as prompts) instead of every pair")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep videos already in --out (an interrupted comparison goes on where it stopped)")
     p.add_argument("--out", default="runs/eval_long")
     args = p.parse_args([a for a in argv if not a.startswith("--config")])
     policies = [x for x in args.policies.split(",") if x]
+    prompts = [x for x in args.prompts.split(";") if x.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
     bad = [x for x in policies if x not in POLICIES]
-    if bad or ("pyramid" in policies and not args.head_map):
-        print("evaluate_long: error: " + (f"unknown policies {bad}" if bad else
-              "--head-map is needed for the pyramid policy (tools/classify_heads.py makes one)"), file=sys.stderr)
+    error = (f"unknown policies {bad}" if bad else
+             "--head-map is needed for the pyramid policy (tools/classify_heads.py makes one)"
+             if "pyramid" in policies and not args.head_map else
+             f"--paired needs as many seeds as prompts ({len(seeds)} vs {len(prompts)})"
+             if args.paired and len(seeds) != len(prompts) else "")
+    if error:
+        print(f"evaluate_long: error: {error}", file=sys.stderr)
         return 2
+    runs = (list(zip(range(len(prompts)), seeds)) if args.paired else
+            [(pi, seed) for pi in range(len(prompts)) for seed in seeds])
     try:
         c = generate.parse_config(["generate", *cfg_args])
     except generate.UserError as e:
@@ -65,22 +79,24 @@ def main(argv=None) -> int:
     frames = int(round(args.seconds * fps / stride / f)) * f  # latent frames, a multiple of the chunk
     os.makedirs(args.out, exist_ok=True)
     rows, curves = [], {}
+    per_second = lambda a: a[: len(a) // fps * fps].reshape(-1, fps).mean(1)
     for policy in policies:
-        for pi, prompt in enumerate(x for x in args.prompts.split(";") if x.strip()):
-            for seed in [int(s) for s in args.seeds.split(",")]:
-                path = os.path.join(args.out, f"{policy}_p{pi}_s{seed}.mp4")
-                extra = POLICIES[policy] + ([f"--config.cache.head_map={args.head_map}"] if policy == "pyramid" else [])
-                code = generate.main(["generate", *cfg_args, *extra, f"--config.prompt={prompt}",
+        for pi, seed in runs:
+            path = os.path.join(args.out, f"{policy}_p{pi}_s{seed}.mp4")
+            extra = POLICIES[policy] + ([f"--config.cache.head_map={args.head_map}"] if policy == "pyramid" else [])
+            if args.reuse and os.path.exists(path):
+                print(f"reusing {path}")
+            else:
+                code = generate.main(["generate", *cfg_args, *extra, f"--config.prompt={prompts[pi]}",
                                       f"--config.seed={seed}", f"--config.num_frames={frames}",
                                       f"--config.output={path}"])
                 if code:
                     return code
-                video = read_video(path)
-                rows.append(dict(policy=policy, prompt=pi, seed=seed,
-                                 **metrics.summary(video, chunk - stride + 1, chunk, fps)))
-                per_second = lambda a: a[: len(a) // fps * fps].reshape(-1, fps).mean(1)
-                curves.setdefault(policy, []).append((per_second(metrics.color_drift(video)),
-                                                      per_second(metrics.sharpness(video))))
+            video = read_video(path)
+            rows.append(dict(policy=policy, prompt=pi, seed=seed,
+                             **metrics.summary(video, chunk - stride + 1, chunk, fps)))
+            curves.setdefault(policy, []).append((per_second(metrics.color_drift(video)),
+                                                  per_second(metrics.sharpness(video))))
     cols = ["color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence"]
     table = [dict(policy=pol, **{c: float(np.nanmean([r[c] for r in rows if r["policy"] == pol])) for c in cols})
              for pol in policies]
@@ -88,7 +104,8 @@ def main(argv=None) -> int:
     print("policy      " + "  ".join(f"{c:>16}" for c in cols))
     for t in table:
         print(f"{t['policy']:<11} " + "  ".join(f"{t[c]:16.4g}" for c in cols))
-    write_text(os.path.join(args.out, "eval.json"), json.dumps({"means": table, "videos": rows}, indent=1))
+    write_text(os.path.join(args.out, "eval.json"), json.dumps({"means": table, "videos": rows, "prompts": prompts,
+                                                                   "config_args": cfg_args}, indent=1))
     _plots(curves, args.out)
     print(f"wrote {args.out}/eval.json, drift.png, sharpness.png")
     return 0
