@@ -26,7 +26,7 @@ SIZES = {
     "tiny": (dict(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
                   text_dim=48, freq_dim=32), 3, 6, 10, 16),
     "demo": (dict(dim=128, ffn_dim=256, num_heads=4, num_layers=2, in_channels=16, out_channels=16,
-                  text_dim=64, freq_dim=64), 3, 16, 16, 32),  # configs/demo.py
+                  text_dim=64, freq_dim=64), 3, 16, 16, 32),  # configs/tiny_random.py
     "mid": (dict(dim=768, ffn_dim=3072, num_heads=6, num_layers=8, in_channels=16, out_channels=16,
                  text_dim=4096, freq_dim=256), 3, 16, 26, 512),
 }
@@ -365,33 +365,28 @@ def bench_step(size, dtype, chunks=8, backends=("reference",)):
 def bench_devices_child(n_devices, chunks=4):
     """(Run with XLA_FLAGS giving n fake devices.) Video frames/s of the sharded batch path
     for the demo model, batch = n_devices, mesh (n, 1)."""
-    import importlib.util
-
-    from pyramid_jax.cache.policies import make_policy
-    from pyramid_jax.cache.pool import PoolSpec
+    from pyramid_jax import generate
     from pyramid_jax.models.wan import WanConfig, init_model
     from pyramid_jax.parallel import make_mesh, sharded_rollout
     from pyramid_jax.sampling.rollout import RandomNoise, Sampler
 
-    spec_ = importlib.util.spec_from_file_location("demo", os.path.join(os.path.dirname(__file__), "..",
-                                                                         "configs", "demo.py"))
-    demo = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(demo)
-    c = demo.get_config()
+    c = generate.parse_config(["benchmark", "--config=" + os.path.join(os.path.dirname(__file__), "..",
+                                                                      "configs", "demo.py")])
     cfg = WanConfig.from_dict(c.model.to_dict())
-    model = init_model(cfg)
-    lh, lw = c.height // 8, c.width // 8
-    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (lh // 2, lw // 2), 3)
-    policy = make_policy("window", spec, 3 * chunks, c.cache.local_attn_size, c.cache.sink_size)
+    model = init_model(cfg)  # random weights: speed does not depend on them
+    lh, lw = generate.latent_size(c, cfg)
+    frames = c.num_frame_per_block * chunks
+    policy = generate.build_policy(c, cfg, (lh, lw), frames)
     sampler = Sampler()
     ctx = np.zeros((n_devices, cfg.text_len, cfg.text_dim), np.float32)
     mesh = make_mesh(n_devices, 1)
     times = []
-    sharded_rollout(model, policy, sampler, ctx, RandomNoise(0, (n_devices, 3 * chunks, 16, lh, lw), sampler),
-                    chunks, mesh, on_chunk=lambda k, x, sec: times.append(sec))
+    noise = RandomNoise(0, (n_devices, frames, cfg.in_channels, lh, lw), sampler)
+    sharded_rollout(model, policy, sampler, ctx, noise, chunks, mesh, on_chunk=lambda k, x, sec: times.append(sec))
     chunk_s = statistics.median(times[1:])
+    video_frames = c.num_frame_per_block * generate.strides(c)[0]  # per chunk in steady state
     return dict(section="devices", devices=n_devices, batch=n_devices, chunk_s=chunk_s,
-                video_frames_per_s=n_devices * 12 / chunk_s)
+                video_frames_per_s=n_devices * video_frames / chunk_s)
 
 
 def bench_devices(counts):
