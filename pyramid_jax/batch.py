@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from pyramid_jax import generate, media
+from pyramid_jax import generate, logs, media
 from pyramid_jax.generate import UserError
 
 log = logging.getLogger("batch")
@@ -277,8 +277,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    generate.quiet_jax_platform_probe()
+    logs.setup()
     args, cfg_args = parse_args(argv)
     try:
         c = generate.parse_config(["batch"] + cfg_args)

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from pyramid_jax import generate
+from pyramid_jax import generate, logs
 from pyramid_jax.cache.head_map import TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
 from pyramid_jax.cache.heads import ClassifyConfig, classify_heads, folded_spectrum
 
@@ -150,8 +150,7 @@ def draw_figures(stem: str, head_map, profiles, thresholds):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    generate.quiet_jax_platform_probe()
+    logs.setup()
     args, cfg_args = parse_args(argv)
     try:
         stem = os.path.splitext(args.out)[0]

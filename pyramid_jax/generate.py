@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from pyramid_jax import logs
+
 log = logging.getLogger("generate")
 
 VAE_TIME_STRIDE, VAE_SPACE_STRIDE = 4, 8
@@ -320,16 +322,9 @@ def output_paths(output: str, batch: int) -> list[str]:
     return [f"{stem}_{i}{ext}" for i in range(batch)]
 
 
-def quiet_jax_platform_probe():
-    """JAX logs a warning for every accelerator plugin it cannot load (e.g. no libtpu on a CPU
-    or GPU machine); keep stderr for our own one-line errors."""
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    quiet_jax_platform_probe()
+    logs.setup()
     try:
         return run(parse_config(argv))
     except UserError as e:

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pyramid_jax import logs
+
 log = logging.getLogger("train_demo")
 
 
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float, default=0, help="stop (and export) after this long; 0 = no limit")
     p.add_argument("--from-npz", default="", help="only write OUT/model from this model.npz")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    logs.setup()
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # no-libtpu probe noise
     if args.from_npz:

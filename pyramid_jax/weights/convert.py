@@ -12,6 +12,7 @@ import sys
 import ml_dtypes
 import numpy as np
 
+from pyramid_jax import logs
 from pyramid_jax.weights import files, wan_names
 from pyramid_jax.weights.checkpoint import CheckpointError, save_params
 from pyramid_jax.weights.wan_names import ConversionError
@@ -89,8 +90,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # no-libtpu probe noise
+    logs.setup()
     try:
         if args.kind == "dit":
             convert_dit(args.src, args.dst, args.num_heads, not args.no_ema, args.dtype)
