@@ -104,7 +104,6 @@ def load_dit(c):
             model = load_model(c.checkpoint, dtype=c.dtype, attention_backend=c.attention.backend)
         except (CheckpointError, ValueError) as e:
             raise UserError(str(e)) from None
-        log.info("loaded DiT from %s", c.checkpoint)
         return model
     fields = dict(c.model.to_dict(), dtype=c.dtype)
     try:

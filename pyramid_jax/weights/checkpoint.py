@@ -95,7 +95,7 @@ def load_model(path: str, dtype: str | None = None, attention_backend: str = "re
         raise CheckpointError(f"{path}: cannot restore params ({msg[:300]})") from None
     nnx.replace_by_pure_dict(abstract_state, params)
     model = nnx.merge(graphdef, abstract_state)
-    log.info("loaded %s (%s, %d layers, dim %d)", path, cfg.dtype, cfg.num_layers, cfg.dim)
+    log.info("loaded DiT %s (%s, %d layers, dim %d)", path, cfg.dtype, cfg.num_layers, cfg.dim)
     if dtype is not None and dtype != cfg.dtype:
         model = cast_model(model, dtype)
     return model
