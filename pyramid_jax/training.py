@@ -45,7 +45,7 @@ def loss_fn(model, x0, context, key, frames_per_block: int = 3, schedule: FlowSc
     t = jnp.where(clean, 0.0, t)
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
     x_t = schedule.add_noise(x0.astype(jnp.float32), noise, t)
-    flow, _ = model(x_t, t, model.text_kv(context), frame_mask=block_causal_mask(f, frames_per_block))
+    flow, _ = model(x_t, t, model.text_kv(context), frame_mask=block_causal_mask(f, frames_per_block), remat=True)
     err = jnp.mean(jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32))), axis=(2, 3, 4))
     weight = (~clean).astype(jnp.float32)
     return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)

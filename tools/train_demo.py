@@ -172,10 +172,11 @@ def main(argv=None) -> int:
                                           jnp.asarray(ctx[idx]), jax.random.fold_in(key, step))
         losses.append(loss)
         done = step + 1
-        if done % 100 == 0 or done == args.steps:
-            rate = len(losses) / (time.perf_counter() - t0)
-            log.info("step %d/%d  loss %.4f  %.1f steps/s", done, args.steps,
-                     float(np.mean(jax.device_get(losses[-100:]))), rate)
+        if done % 100 == 0 or done == args.steps or done - start in (1, 3):
+            mean_loss = float(np.mean(jax.device_get(losses[-100:])))  # waits for the queued steps
+            seconds = time.perf_counter() - t0
+            log.info("step %d/%d  loss %.4f  %.1f s, %.2f steps/s (incl. compile)", done, args.steps, mean_loss,
+                     seconds, len(losses) / seconds)
         if done % args.save_every == 0 or done == args.steps:
             mgr.save(done, args=ocp.args.StandardSave({"params": nnx.to_pure_dict(params), "opt": opt_state}))
         if args.max_minutes and time.perf_counter() - t_start > 60 * args.max_minutes:

@@ -299,7 +299,7 @@ class CausalWan(nnx.Module):
     # ---- forward -------------------------------------------------------------------
     def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
                  plan: attn_lib.PagePlan | None = None, *, frame_mask: jax.Array | None = None,
-                 probe_frame: int | None = None, model_axis: str | None = None):
+                 probe_frame: int | None = None, model_axis: str | None = None, remat: bool = False):
         """Predict the flow of a chunk.
 
         x: [B, F, C, H, W] noisy latents of F consecutive frames.
@@ -314,6 +314,8 @@ class CausalWan(nnx.Module):
             [L, B, T, H, Dh], for head profiling.
         model_axis: inside shard_map, the mesh axis that heads and FFN columns are split
             over (params, cache, plan and text K/V hold the local heads); psums join them.
+        remat: recompute each block in the backward pass (training): only one layer's
+            attention scores [B, H, N, N] are alive at a time instead of every layer's.
         Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
             v), each [L, B, H, F, T, Dh] with T = tokens per frame (and the probe if asked).
         """
@@ -346,7 +348,7 @@ class CausalWan(nnx.Module):
             probe = () if probe_frame is None else q[:, probe_frame * tpf:(probe_frame + 1) * tpf]
             return h, ((to_pool(k), to_pool(v)), probe)
 
-        tokens, (chunk_kv, probe) = jax.lax.scan(body, tokens, layer_xs)
+        tokens, (chunk_kv, probe) = jax.lax.scan(jax.checkpoint(body) if remat else body, tokens, layer_xs)
         flow = self.unpatchify(self.head(tokens, e), hh, ww)
         return (flow, chunk_kv) if probe_frame is None else (flow, chunk_kv, probe)
 
