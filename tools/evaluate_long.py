@@ -52,14 +52,17 @@ def main(argv=None) -> int:
     p.add_argument("--paired", action="store_true",
                    help="prompt i runs with seed i only (as many seeds as prompts) instead of every pair")
     p.add_argument("--reuse", action="store_true",
-                   help="keep videos already in --out (an interrupted comparison goes on where it stopped)")
+                   help="keep videos already in --out that have this run's length (an interrupted "
+                        "comparison with the same settings goes on where it stopped)")
     p.add_argument("--out", default="runs/eval_long")
     args = p.parse_args([a for a in argv if not a.startswith("--config")])
     policies = [x for x in args.policies.split(",") if x]
     prompts = [x for x in args.prompts.split(";") if x.strip()]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip().lstrip("-").isdigit()]
     bad = [x for x in policies if x not in POLICIES]
     error = (f"unknown policies {bad}" if bad else
+             f"--seeds must be integers separated by commas, not {args.seeds!r}"
+             if len(seeds) != len(args.seeds.split(",")) else
              "--head-map is needed for the pyramid policy (tools/classify_heads.py makes one)"
              if "pyramid" in policies and not args.head_map else
              f"--paired needs as many seeds as prompts ({len(seeds)} vs {len(prompts)})"
@@ -77,6 +80,7 @@ def main(argv=None) -> int:
     fps, stride, f = int(c.fps), generate.strides(c)[0], c.num_frame_per_block
     chunk = f * stride  # video frames per chunk (the first is stride - 1 shorter)
     frames = int(round(args.seconds * fps / stride / f)) * f  # latent frames, a multiple of the chunk
+    video_frames = 1 + stride * (frames - 1)  # what --reuse expects to find
     os.makedirs(args.out, exist_ok=True)
     rows, curves = [], {}
     per_second = lambda a: a[: len(a) // fps * fps].reshape(-1, fps).mean(1)
@@ -84,7 +88,8 @@ def main(argv=None) -> int:
         for pi, seed in runs:
             path = os.path.join(args.out, f"{policy}_p{pi}_s{seed}.mp4")
             extra = POLICIES[policy] + ([f"--config.cache.head_map={args.head_map}"] if policy == "pyramid" else [])
-            if args.reuse and os.path.exists(path):
+            video = read_video(path) if args.reuse and os.path.exists(path) else None
+            if video is not None and len(video) == video_frames:
                 print(f"reusing {path}")
             else:
                 code = generate.main(["generate", *cfg_args, *extra, f"--config.prompt={prompts[pi]}",
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
                                       f"--config.output={path}"])
                 if code:
                     return code
-            video = read_video(path)
+                video = read_video(path)
             rows.append(dict(policy=policy, prompt=pi, seed=seed,
                              **metrics.summary(video, chunk - stride + 1, chunk, fps)))
             curves.setdefault(policy, []).append((per_second(metrics.color_drift(video)),

@@ -121,8 +121,6 @@ def main(argv=None) -> int:
     p.add_argument("--from-npz", default="", help="only write OUT/model from this model.npz")
     args = p.parse_args(argv)
     logs.setup()
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)  # no-libtpu probe noise
     if args.from_npz:
         if not os.path.isfile(args.from_npz):
             print(f"train_demo: error: --from-npz {args.from_npz!r}: no such file", file=sys.stderr)
