@@ -1,10 +1,12 @@
 """Meshes and the sharded chunk step.
 
 Mesh axes: `data` splits the batch, `model` splits attention heads and FFN columns.
-Inside `jax.shard_map` the DiT sees its local heads: q/k/v and FFN-in are column-parallel,
-the attention and FFN output projections row-parallel with a psum over `model`, and the
-full-width q/k RMSNorm psums its statistic. The KV slot pool, the plans and the text K/V
-are split by head; policies (plan, commit) run on the global arrays under jit.
+The whole chunk step (`rollout.chunk_step`) runs inside `jax.shard_map`: the DiT sees its
+local heads (q/k/v and FFN-in column-parallel, the attention and FFN output projections
+row-parallel with a psum over `model`, the full-width q/k RMSNorm psums its statistic), and
+the cache policy plans, stages and commits its local heads' slots and pages: the cache is
+laid out in head groups (`policy.init(..., head_groups=mesh model size)`), so each device's
+pages form one block of the pool.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pyramid_jax.attention import KVPool, PagePlan
 from pyramid_jax.cache.pool import CacheState
-from pyramid_jax.sampling.rollout import Sampler, clean_t, denoise
+from pyramid_jax.sampling.rollout import Sampler, chunk_step
 
 DATA, MODEL = "data", "model"
 
@@ -70,11 +71,12 @@ def param_specs(params):
     return jax.tree_util.tree_map_with_path(spec, params)
 
 
-def cache_specs(cache: CacheState):
-    kv = P(None, DATA, MODEL)
-    meta = P(None, MODEL)
-    extra = jax.tree.map(lambda a: P(None, DATA, MODEL) if a.ndim >= 3 else P(), cache.extra)
-    return CacheState(kv, kv, meta, meta, extra)
+def cache_specs(cache: CacheState) -> CacheState:
+    """How each cache leaf is split: pages and accumulator rows by batch and head group, the
+    per-(layer, head) tables by head."""
+    pages, table = P(DATA, MODEL), P(None, MODEL)
+    return CacheState(k=pages, v=pages, page_len=P(MODEL), slot_time=table, slot_page=table,
+                      head_kind=table, merge_k=pages, merge_v=pages, merge_row=table)
 
 
 def shard(tree, specs, mesh):
@@ -83,41 +85,19 @@ def shard(tree, specs, mesh):
 
 @functools.lru_cache(maxsize=8)
 def make_sharded_chunk_step(graphdef, policy, sampler: Sampler, mesh: Mesh, param_spec_tree):
-    """jitted step(params, cache, text_kv, noise, renoise, chunk) -> (x0, cache), the DiT
-    passes under shard_map over `mesh`. Same contract as rollout.make_chunk_step.
+    """jitted step(params, cache, text_kv, noise, renoise, chunk) -> (x0, cache): the whole
+    chunk step under shard_map over `mesh`. Same contract as rollout.make_chunk_step.
     param_spec_tree: param_specs(params) wrapped by _freeze (hashable for the cache)."""
-    param_spec_tree = param_spec_tree.tree
     text_spec = (P(None, DATA, MODEL), P(None, DATA, MODEL))
-    plan_spec = (P(), P(None, None, MODEL), P(None, None, MODEL), P(None, None, MODEL))
-    pool_spec = (P(None, DATA, MODEL), P(None, DATA, MODEL), P(None, MODEL))
-    smap = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+    kv = cache_specs(None)
 
-    def local_model(params):
-        return nnx.merge(graphdef, params)
+    def local_step(params, cache, text_kv, noise, renoise, chunk):
+        model = nnx.merge(graphdef, params)
+        return chunk_step(model, policy, sampler, cache, text_kv, noise, renoise, chunk, model_axis=MODEL)
 
-    def denoise_local(params, pool, plan, text_kv, noise, renoise):
-        return denoise(local_model(params), sampler, text_kv, KVPool(*pool), PagePlan(*plan), noise, renoise,
-                       model_axis=MODEL)
-
-    def clean_local(params, pool, plan, text_kv, x0):
-        m = local_model(params)
-        _, kv = m(x0, clean_t(sampler, x0), text_kv, KVPool(*pool), PagePlan(*plan), model_axis=MODEL)
-        return kv
-
-    denoise_s = smap(denoise_local,
-                     in_specs=(param_spec_tree, pool_spec, plan_spec, text_spec, P(DATA), P(None, DATA)),
-                     out_specs=P(DATA))
-    kv_spec = P(None, DATA, MODEL)
-    clean_s = smap(clean_local, in_specs=(param_spec_tree, pool_spec, plan_spec, text_spec, P(DATA)),
-                   out_specs=(kv_spec, kv_spec))
-
-    def step(params, cache, text_kv, noise, renoise, chunk):
-        plan = tuple(policy.plan(cache, chunk))
-        pool = (cache.k, cache.v, cache.page_len)
-        x0 = denoise_s(params, pool, plan, text_kv, noise, renoise)
-        chunk_kv = clean_s(params, pool, plan, text_kv, x0)
-        return x0, policy.commit(cache, chunk_kv, chunk)
-
+    step = jax.shard_map(local_step, mesh=mesh, check_vma=False,
+                         in_specs=(param_spec_tree.tree, kv, text_spec, P(DATA), P(None, DATA), P()),
+                         out_specs=(P(DATA), kv))
     return jax.jit(step, donate_argnums=(1,))
 
 
@@ -145,7 +125,7 @@ def sharded_rollout(model, policy, sampler: Sampler, context, noise_source, num_
     text_kv = sharded_text_kv(model, jnp.asarray(context), mesh)
     step = make_sharded_chunk_step(graphdef, policy, sampler, mesh, _freeze(specs))
     noise0, _ = noise_source.chunk(0)
-    cache = policy.init(noise0.shape[0], model.cfg.jnp_dtype)
+    cache = policy.init(noise0.shape[0], model.cfg.jnp_dtype, head_groups=mesh.shape[MODEL])
     cache = shard(cache, cache_specs(cache), mesh)
     outs = []
     for k in range(num_chunks):

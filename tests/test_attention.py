@@ -29,20 +29,23 @@ def _softmax_attend(q, k, v):
 
 
 def test_paged_attention_matches_loop():
+    """Entries of up to a frame (6 tokens) read from 4-token pages: an entry runs on into the
+    pages after its first one."""
     rng = np.random.default_rng(0)
-    b, c, t, h, dh, s_, t_f, p_ = 2, 3, 5, 2, 32, 4, 6, 5
+    b, c, t, h, dh, n_pages, tp, p_ = 2, 3, 6, 2, 32, 10, 4, 5
     q = rng.standard_normal((b, c, t, h, dh)).astype(np.float32)
     k = rng.standard_normal((b, c * t, h, dh)).astype(np.float32)
     v = rng.standard_normal((b, c * t, h, dh)).astype(np.float32)
-    pool_k = rng.standard_normal((b, h, s_, t_f, dh)).astype(np.float32)
-    pool_v = rng.standard_normal((b, h, s_, t_f, dh)).astype(np.float32)
-    slot = rng.integers(0, s_, (c, h, p_)).astype(np.int32)
+    pool_k = rng.standard_normal((b, n_pages, tp, dh)).astype(np.float32)
+    pool_v = rng.standard_normal((b, n_pages, tp, dh)).astype(np.float32)
+    slot = rng.integers(0, n_pages - 1, (c, h, p_)).astype(np.int32)
     shift = rng.integers(-30, 30, (c, h, p_)).astype(np.int32)
     valid = rng.random((c, h, p_)) < 0.6
-    valid[0, 0] = False  # a (frame, head) with no valid page
-    page_len = rng.integers(1, t_f + 1, (h, s_)).astype(np.int32)
+    valid[0, 0] = False  # a (frame, head) with no valid entry
+    page_len = rng.integers(1, t + 1, (n_pages,)).astype(np.int32)
     got = np.asarray(ref.paged_attention(*map(jnp.asarray, (q, k, v, pool_k, pool_v, slot, shift, valid)),
                                          page_len=jnp.asarray(page_len)))
+    flat_k, flat_v = pool_k.reshape(b, -1, dh), pool_v.reshape(b, -1, dh)
     for bi in range(b):
         for ci in range(c):
             for hi in range(h):
@@ -50,10 +53,11 @@ def test_paged_attention_matches_loop():
                 for pi in range(p_):
                     if not valid[ci, hi, pi]:
                         continue
-                    n = page_len[hi, slot[ci, hi, pi]]
-                    kp = pool_k[bi, hi, slot[ci, hi, pi], :n]
-                    keys.append(np.asarray(rope.shift_time(jnp.asarray(kp), jnp.int32(shift[ci, hi, pi]), dh)))
-                    vals.append(pool_v[bi, hi, slot[ci, hi, pi], :n])
+                    start = slot[ci, hi, pi] * tp
+                    stop = start + page_len[slot[ci, hi, pi]]
+                    keys.append(np.asarray(rope.shift_time(jnp.asarray(flat_k[bi, start:stop]),
+                                                           jnp.int32(shift[ci, hi, pi]), dh)))
+                    vals.append(flat_v[bi, start:stop])
                 keys.append(k[bi, :, hi])
                 vals.append(v[bi, :, hi])
                 want = _softmax_attend(q[bi, ci, :, hi], np.concatenate(keys), np.concatenate(vals))

@@ -100,5 +100,6 @@ def test_profile_fast_path_equals_brute_force(monkeypatch):
         q_last = q[0, -1]  # [T, H, Dh] tokens of the chunk's last frame
         for h in range(2):
             for t in range(6):
-                logits = q_last[:, h] @ pool_k[0, h, t].T / np.sqrt(16)  # all token pairs
+                page = int(state.slot_page[layer, h, t])  # window -1: slot t holds frame t
+                logits = q_last[:, h] @ pool_k[0, page].T / np.sqrt(16)  # all token pairs
                 np.testing.assert_allclose(profiles[0, layer, h, t], logits.mean(), rtol=1e-4, atol=1e-5)

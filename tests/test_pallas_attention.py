@@ -20,13 +20,17 @@ from pyramid_jax.models.wan import WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout
 
 
-def _case(seed, b, c, grid, h, dh, s, p, valid="random", dtype=jnp.float32, page_len=False):
+def _case(seed, b, c, grid, h, dh, s, p, valid="random", dtype=jnp.float32, page_len=False, span=1):
+    """Random q/k/v, a pool of s frames' worth of pages (a frame = `span` pages) and a plan of p
+    entries per (frame, head), starting at any page."""
     rng = np.random.default_rng(seed)
     t = grid[0] * grid[1]
+    tp = -(-t // span)
+    n_pages = (s + 1) * span
     r = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
-    slot = rng.permutation(np.tile(np.arange(s), p // s + 1))[:p].reshape(1, 1, p)
-    slot = np.broadcast_to(slot, (c, h, p)).copy()
-    slot[..., ::-1].sort(axis=-1)  # pages out of slot order
+    slot = rng.permutation(np.tile(np.arange(s), p // s + 1))[:p].reshape(1, 1, p) * span
+    slot = np.broadcast_to(slot, (c, h, p)) + rng.integers(0, span, (c, h, p))
+    slot[..., ::-1].sort(axis=-1)  # entries out of page order
     if valid == "none":
         ok = np.zeros((c, h, p), bool)
     elif valid == "one":
@@ -36,26 +40,27 @@ def _case(seed, b, c, grid, h, dh, s, p, valid="random", dtype=jnp.float32, page
         ok = np.ones((c, h, p), bool)
     else:
         ok = rng.random((c, h, p)) < 0.6
-    plen = jnp.asarray(rng.integers(1, t + 1, (h, s)), jnp.int32) if page_len else None
-    args = (r(b, c, t, h, dh), r(b, c * t, h, dh), r(b, c * t, h, dh), r(b, h, s, t, dh), r(b, h, s, t, dh),
+    plen = jnp.asarray(rng.integers(1, t + 1, (n_pages,)), jnp.int32) if page_len else None
+    args = (r(b, c, t, h, dh), r(b, c * t, h, dh), r(b, c * t, h, dh), r(b, n_pages, tp, dh), r(b, n_pages, tp, dh),
             jnp.asarray(slot, jnp.int32), jnp.asarray(rng.integers(-40, 40, (c, h, p)), jnp.int32), jnp.asarray(ok))
     return args, plen
 
 
-CASES = [  # (name, b, c, grid, h, dh, s, p, valid, page_len)
-    ("no valid page", 1, 3, (6, 10), 2, 64, 4, 4, "none", False),
-    ("one page", 1, 3, (6, 10), 2, 128, 4, 4, "one", False),
-    ("all pages, batch 2", 2, 3, (6, 10), 2, 64, 5, 5, "all", False),
-    ("random, partial pages", 2, 3, (3, 5), 3, 128, 6, 7, "random", True),
-    ("one query frame", 1, 1, (6, 10), 2, 64, 3, 2, "random", False),
-    ("no pages at all", 1, 3, (6, 10), 2, 64, 3, 0, "random", False),
+CASES = [  # (name, b, c, grid, h, dh, s, p, valid, page_len, span)
+    ("no valid page", 1, 3, (6, 10), 2, 64, 4, 4, "none", False, 1),
+    ("one page", 1, 3, (6, 10), 2, 128, 4, 4, "one", False, 1),
+    ("all pages, batch 2", 2, 3, (6, 10), 2, 64, 5, 5, "all", False, 1),
+    ("random, partial entries over 4 pages", 2, 3, (3, 5), 3, 128, 6, 7, "random", True, 4),
+    ("frames over 3 pages", 1, 3, (6, 10), 2, 64, 4, 4, "all", False, 3),
+    ("one query frame", 1, 1, (6, 10), 2, 64, 3, 2, "random", False, 1),
+    ("no pages at all", 1, 3, (6, 10), 2, 64, 3, 0, "random", False, 1),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_kernel_equals_reference_fp32(case):
-    _, b, c, grid, h, dh, s, p, valid, plen = case
-    args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen)
+    _, b, c, grid, h, dh, s, p, valid, plen, span = case
+    args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen, span=span)
     want = ref.paged_attention(*args, page_len=page_len)
     got = pk.paged_attention(*args, page_len=page_len)
     assert not np.isnan(np.asarray(got)).any()
@@ -65,8 +70,8 @@ def test_kernel_equals_reference_fp32(case):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_triton_kernel_equals_reference_fp32(case):
     """The GPU (Triton) kernel's program, interpreted on CPU: masked key blocks, dynamic page loops."""
-    _, b, c, grid, h, dh, s, p, valid, plen = case
-    args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen)
+    _, b, c, grid, h, dh, s, p, valid, plen, span = case
+    args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen, span=span)
     got = pt.paged_attention(*args, page_len=page_len, interpret=True, tiling=(16, 16, 4, 2))
     assert not np.isnan(np.asarray(got)).any()
     assert rel_err(got, ref.paged_attention(*args, page_len=page_len)) <= 1e-5
@@ -74,11 +79,11 @@ def test_triton_kernel_equals_reference_fp32(case):
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (the Triton lowering)")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("case", CASES + [("real frame", 2, 3, (30, 52), 2, 128, 4, 5, "random", True)],
+@pytest.mark.parametrize("case", CASES + [("real frame", 2, 3, (30, 52), 2, 128, 4, 5, "random", True, 4)],
                          ids=[c[0] for c in CASES] + ["real frame"])
 def test_triton_kernel_on_gpu(case, dtype):
-    _, b, c, grid, h, dh, s, p, valid, plen = case
-    args, page_len = _case(5, b, c, grid, h, dh, s, p, valid, dtype=dtype, page_len=plen)
+    _, b, c, grid, h, dh, s, p, valid, plen, span = case
+    args, page_len = _case(5, b, c, grid, h, dh, s, p, valid, dtype=dtype, page_len=plen, span=span)
     got = np.asarray(jax.jit(lambda *a: pt.paged_attention(*a, page_len=page_len))(*args), np.float32)
     with jax.default_matmul_precision("highest"):  # XLA's GPU default for fp32 is TF32
         want = np.asarray(ref.paged_attention(*[x.astype(jnp.float32) if x.dtype == dtype else x for x in args],
@@ -90,7 +95,7 @@ def test_triton_kernel_on_gpu(case, dtype):
 @pytest.mark.slow
 def test_kernel_real_frame_size():
     """30x52 latent tokens per frame (1560, not a multiple of the q block), head dim 128."""
-    args, _ = _case(1, 1, 3, (30, 52), 1, 128, 3, 3, "random")
+    args, _ = _case(1, 1, 3, (30, 52), 1, 128, 3, 3, "random", span=4)
     want = ref.paged_attention(*args)
     assert rel_err(pk.paged_attention(*args), want) <= 1e-5
     assert rel_err(pt.paged_attention(*args, interpret=True), want) <= 1e-5
@@ -107,7 +112,7 @@ def test_kernel_bf16():
 
 def test_kernel_tpu_interpreter():
     """TPU semantics (Mosaic block rules, scalar prefetch, scratch) checked by the TPU interpreter."""
-    args, _ = _case(3, 1, 3, (4, 4), 2, 128, 4, 3, "random")
+    args, _ = _case(3, 1, 3, (4, 4), 2, 128, 4, 3, "random", page_len=True, span=2)
     got = pk.paged_attention(*args, interpret=pltpu.InterpretParams())
     assert rel_err(got, ref.paged_attention(*args)) <= 1e-5
 

@@ -147,9 +147,12 @@ def test_cached_pages_equal_block_causal_forward():
     L, H = cfg.num_layers, cfg.num_heads
     first, kv = model(x[:, :F], t[:, :F], tkv)
     spec = PoolSpec(L, cfg.num_heads, cfg.head_dim, (HH // 2, WW // 2))
-    pool_k, pool_v = rope_keys(spec, kv[0], jnp.arange(F)), kv[1]  # slots 0..2 = frames 0..2
-    # Pages listed out of slot order, plus an invalid page that must be ignored.
-    slot = jnp.broadcast_to(jnp.array([2, 0, 1, 1], jnp.int32), (L, F, H, 4))
+    # one page per (layer, head, frame): page (l * H + h) * F + f holds frame f
+    pages = lambda a: a.transpose(1, 0, 2, 3, 4, 5).reshape(1, L * H * F, *a.shape[-2:])
+    pool_k, pool_v = pages(rope_keys(spec, kv[0], jnp.arange(F))), pages(kv[1])
+    # Pages listed out of frame order, plus an invalid page that must be ignored.
+    base = ((jnp.arange(L)[:, None] * H + jnp.arange(H)[None]) * F)[:, None, :, None]  # [L, 1, H, 1]
+    slot = jnp.broadcast_to(jnp.array([2, 0, 1, 1], jnp.int32) + base, (L, F, H, 4))
     valid = jnp.broadcast_to(jnp.array([True, True, True, False]), (L, F, H, 4))
     plan = PagePlan(jnp.int32(F), slot, jnp.zeros_like(slot), valid)
     second, _ = model(x[:, F:], t[:, F:], tkv, KVPool(pool_k, pool_v), plan)

@@ -24,7 +24,8 @@ def sf_frames(t0, w, s, f=F):
 
 def attended_frames(policy, state, chunk):
     plan = policy.plan(state, jnp.int32(chunk))
-    times = np.asarray(state.slot_time)[0, 0][np.asarray(plan.slot)[0, 0, 0]]
+    page_time = dict(zip(np.asarray(state.slot_page)[0, 0].tolist(), np.asarray(state.slot_time)[0, 0].tolist()))
+    times = np.array([page_time.get(int(p), -1) for p in np.asarray(plan.slot)[0, 0, 0]])
     valid = np.asarray(plan.valid)
     assert (valid == valid[:, :1]).all()  # every query frame and head sees the same pages
     got = times[valid[0, 0, 0]].tolist()
@@ -50,7 +51,7 @@ def test_window_matches_self_forcing_over_60_chunks(w, s, f):
     for k in range(chunks):
         assert attended_frames(policy, state, k) == sf_frames(k * f, w, s, f), (k, w, s)
         state = commit(state, k)
-        assert state.k.shape[3] == policy.num_slots
+        assert state.slot_time.shape[-1] == policy.num_slots
     if w != -1:
         assert policy.num_slots == w - f  # the chunk itself is never stored in advance
 
@@ -72,7 +73,7 @@ def test_committed_values_land_in_their_slots():
     for k in range(4):
         state = _commit(policy, state, k)
     times = np.asarray(state.slot_time)[0, 0]
-    vals = np.asarray(state.v)[0, 0, 0, :, 0, 0]
+    vals = np.asarray(state.v)[0, np.asarray(state.slot_page)[0, 0], 0, 0]
     np.testing.assert_array_equal(vals, times // F)  # each slot holds its frame's chunk value
 
 

@@ -167,10 +167,19 @@ def cache_bytes_real_size():
     return rows
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def published_type_map(layers=30, heads=12, counts=((1, 172), (-1, 156), (2, 32))):
-    """A head map with the published Self Forcing proportions (172 Anchor, 156 Wave, 32 Veil)."""
+    """The published Pyramid Forcing map of Self Forcing (head_maps/self_forcing.csv) at its
+    own shape; otherwise a map with its proportions (172 Anchor, 156 Wave, 32 Veil)."""
+    from pyramid_jax.cache.head_map import load_head_map
+
+    path = os.path.join(REPO, "head_maps", "self_forcing.csv")
+    if (layers, heads) == (30, 12) and os.path.isfile(path):
+        return load_head_map(path, layers, heads)
     types = np.concatenate([np.full(n, t) for t, n in counts])
-    return np.random.default_rng(0).permutation(types).reshape(layers, heads)
+    return np.random.default_rng(0).permutation(np.resize(types, layers * heads)).reshape(layers, heads)
 
 
 def proportional_row(heads, counts=((1, 172), (-1, 156), (2, 32))):
@@ -181,46 +190,79 @@ def proportional_row(heads, counts=((1, 172), (-1, 156), (2, 32))):
     return np.concatenate([np.full(w, t) for (t, _), w in zip(counts, want)])[None]
 
 
-def policy_keys(steady_chunk=40):
-    """Keys attended per query frame at steady state and cache bytes, at the 1.3B / 480x832
-    shape, from the real plans. Plans depend only on slot metadata, so the policy runs on a
-    2x2-token grid and pages are counted at 1560 tokens (390 for a merged block)."""
+def steady_plans(policy_name, layers, heads, grid, steady_chunk, **kw):
+    """A policy run to chunk `steady_chunk` with zero keys on a small grid: (policy, state,
+    noisy plan, the clean pass's layer plans, staged state). Plans depend only on slot
+    metadata, so a small grid with the real grid's pages per frame gives the real plans."""
+    from pyramid_jax.cache.policies import advance_fn, make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+
+    policy = make_policy(policy_name, PoolSpec(layers, heads, 8, grid, 3), 240, **kw)
+    state = policy.init(1, jnp.float32)
+    advance = advance_fn(policy)
+    kv = jnp.zeros((layers, 1, heads, 3, grid[0] * grid[1], 8))
+    for k in range(steady_chunk):
+        state = advance(state, (kv, kv), jnp.int32(k))
+    chunk = jnp.int32(steady_chunk)
+    plan = policy.plan(state, chunk)
+    staged, clean = state, []
+    for layer in range(layers):
+        staged, _, lp = policy.stage(staged, plan, layer, kv[layer], kv[layer], chunk)
+        clean.append(lp)
+    return policy, state, plan, clean, staged
+
+
+def _keys_per_query_frame(state, slot, valid, small_tokens, real_tokens, real_pooled):
+    """Tokens each (query frame, head) attends ([..., C, H]), entries counted at the real size
+    (a frame entry: real_tokens; a pooled block: real_pooled), the chunk's own 3 frames included."""
+    plen = np.asarray(state.page_len)[np.asarray(slot)]
+    tokens = np.where(plen < small_tokens, real_pooled, real_tokens) * np.asarray(valid)
+    return tokens.sum(-1) + 3 * real_tokens
+
+
+POLICY_SIZES = {  # name -> (layers, heads, head_dim, grid after patching, dtype, head map file)
+    "real": (30, 12, 128, (30, 52), "bfloat16", "head_maps/self_forcing.csv"),
+    "demo": (6, 4, 32, (16, 16), "float32", "assets/demo/head_map.csv"),
+}
+
+
+def policy_keys(size="real", steady_chunk=40):
+    """Keys attended per query frame at steady state (noisy and clean passes) and cache bytes
+    per policy, from the real plans and the real state shapes."""
+    from pyramid_jax.cache.head_map import load_head_map
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
-    from pyramid_jax.models.wan import WanConfig
 
-    cfg = WanConfig()
-    real_grid, f = (30, 52), 3
-    tpf = real_grid[0] * real_grid[1]
-    merged = -(-real_grid[0] // 2) * -(-real_grid[1] // 2)
-    head_map = published_type_map(cfg.num_layers, cfg.num_heads)
-    rows = []
-    for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
-                            ("deep_sink (21, 10 pinned)", "deep_sink", dict(local_attn_size=21, sink_size=10)),
-                            ("pyramid (172 A / 156 W / 32 V)", "pyramid", dict(head_map=head_map))]:
-        small = make_policy(name, PoolSpec(cfg.num_layers, cfg.num_heads, 8, (2, 2), f), 240, **kw)
-        real = make_policy(name, PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, real_grid, f), 240, **kw)
-        state = small.init(1, jnp.float32)
-        commit = jax.jit(small.commit)
-        kv = jnp.zeros((cfg.num_layers, 1, cfg.num_heads, f, 4, 8))
-        for k in range(steady_chunk):
-            state = commit(state, (kv, kv), jnp.int32(k))
-        plan = small.plan(state, jnp.int32(steady_chunk))
-        valid = np.asarray(plan.valid)  # [L, C, H, P]
-        plen = np.asarray(state.page_len)[:, None][np.arange(cfg.num_layers)[:, None, None, None],
-                                                   0, np.arange(cfg.num_heads)[None, None, :, None],
-                                                   np.asarray(plan.slot)]
-        tokens = np.where(plen < 4, merged, tpf) * valid
-        per_head = tokens.sum(-1) + f * tpf  # own chunk included
-        state_shape = jax.eval_shape(lambda: real.init(1, jnp.bfloat16))
-        row = dict(section="policy_keys", policy=label, slots=real.num_slots,
-                   keys_per_query_frame=float(per_head.mean()),
-                   vs_window21=float(per_head.mean()) / (21 * tpf),
-                   cache_GiB=_nbytes(state_shape) / 2**30)
+    layers, heads, dh, grid, dtype, map_file = POLICY_SIZES[size]
+    tpf = grid[0] * grid[1]
+    pooled = -(-grid[0] // 2) * -(-grid[1] // 2)
+    path = os.path.join(REPO, map_file)
+    head_map = (load_head_map(path, layers, heads) if os.path.isfile(path) else published_type_map(layers, heads))
+    counts = {name: int((head_map == t).sum()) for name, t in (("anchor", 1), ("wave", -1), ("veil", 2))}
+    small = (2, 2)  # 4 tokens, a pooled block 1: 4 pages per frame, as at the real grids
+    rows, window_bytes = [], None
+    cases = [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
+             ("deep_sink (21, 10 pinned)", "deep_sink", dict(local_attn_size=21, sink_size=10)),
+             (f"pyramid ({counts['anchor']} A / {counts['wave']} W / {counts['veil']} V)", "pyramid",
+              dict(head_map=head_map))]
+    if size == "demo":
+        cases.insert(1, ("window-12 (demo default)", "window", dict(local_attn_size=12, sink_size=0)))
+    for label, name, kw in cases:
+        policy, state, plan, clean, staged = steady_plans(name, layers, heads, small, steady_chunk, **kw)
+        noisy_keys = _keys_per_query_frame(state, plan.slot, plan.valid, 4, tpf, pooled)  # [L, C, H]
+        # (an entry's page keeps its length while staged: a slot holds frames or pooled blocks)
+        clean_keys = np.stack([_keys_per_query_frame(staged, lp.slot, lp.valid, 4, tpf, pooled) for lp in clean])
+        real = make_policy(name, PoolSpec(layers, heads, dh, grid, 3), 240, **kw)
+        nbytes = _nbytes(jax.eval_shape(lambda: real.init(1, jnp.dtype(dtype))))
+        window_bytes = window_bytes or nbytes
+        row = dict(section="policy_keys", size=size, policy=label, dtype=dtype, slots=real.num_slots,
+                   keys_per_query_frame=float(noisy_keys.mean()), clean_keys_per_query_frame=float(clean_keys.mean()),
+                   vs_window21=float(noisy_keys.mean()) / (21 * tpf), cache_GiB=nbytes / 2**30,
+                   bytes_vs_window21=nbytes / window_bytes)
         if name == "pyramid":
             for t, tname in ((1, "anchor"), (-1, "wave"), (2, "veil")):
-                row[f"{tname}_keys"] = float(per_head[:, :, :][np.broadcast_to(
-                    (head_map == t)[:, None, :], per_head.shape)].mean())
+                row[f"{tname}_keys"] = float(noisy_keys[np.broadcast_to((head_map == t)[:, None, :],
+                                                                        noisy_keys.shape)].mean())
         rows.append(row)
     return rows
 
@@ -229,21 +271,6 @@ ATTN_SIZES = {  # name -> (heads, head_dim, latent grid after patching)
     "mid": (6, 128, (16, 26)),
     "real": (12, 128, (30, 52)),
 }
-
-
-def _steady_plan(policy_name, layers, heads, grid_small, steady_chunk, **kw):
-    """A policy's plan and slot metadata at steady state, run on a tiny grid (plans depend only
-    on slot metadata)."""
-    from pyramid_jax.cache.policies import make_policy
-    from pyramid_jax.cache.pool import PoolSpec
-
-    small = make_policy(policy_name, PoolSpec(layers, heads, 8, grid_small, 3), 240, **kw)
-    state = small.init(1, jnp.float32)
-    commit = jax.jit(small.commit)
-    kv = jnp.zeros((layers, 1, heads, 3, grid_small[0] * grid_small[1], 8))
-    for k in range(steady_chunk):
-        state = commit(state, (kv, kv), jnp.int32(k))
-    return small, small.plan(state, jnp.int32(steady_chunk)), state
 
 
 def matmul_peak_tflops(dtype, n=8192, repeats=10):
@@ -265,7 +292,7 @@ def bench_attention(size, repeats, dtype, tilings=()):
 
     The reference backend is timed everywhere; the pallas kernel where it compiles (TPU
     Mosaic; GPU Triton, once per tiling). Interpret mode on CPU is a correctness path and is
-    not timed. TFLOP/s count only the valid pages' keys (and the chunk's own).
+    not timed. TFLOP/s count only the valid entries' keys (and the chunk's own).
     """
     from pyramid_jax.attention import pallas as pk
     from pyramid_jax.attention import pallas_triton as pt
@@ -279,21 +306,21 @@ def bench_attention(size, repeats, dtype, tilings=()):
     rows = []
     for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
                             ("pyramid", "pyramid", dict(head_map=head_map))]:
-        small, plan, state = _steady_plan(name, 1, heads, (2, 2), 40, **kw)
-        s_ = small.num_slots
-        plen = jnp.where(state.page_len[0] < 4, merged, tpf).astype(jnp.int32)  # [H, S]
+        # plans from a 2x2 grid (4 pages per frame for pyramid, one for the window, as here)
+        small, state, plan, _, _ = steady_plans(name, 1, heads, (2, 2), 40, **kw)
+        n_pages = state.k.shape[1]
+        tp = tpf if name == "window" else merged
+        plen = jnp.where(state.page_len < 4, merged, tpf).astype(jnp.int32)  # [NP] at the real size
         key = jax.random.key(0)
         ks = jax.random.split(key, 5)
         dt = jnp.dtype(dtype)
         q = jax.random.normal(ks[0], (1, 3, tpf, heads, dh), dt)
         k = jax.random.normal(ks[1], (1, 3 * tpf, heads, dh), dt)
         v = jax.random.normal(ks[2], (1, 3 * tpf, heads, dh), dt)
-        pool_k = jax.random.normal(ks[3], (1, heads, s_, tpf, dh), dt)
-        pool_v = jax.random.normal(ks[4], (1, heads, s_, tpf, dh), dt)
+        pool_k = jax.random.normal(ks[3], (1, n_pages, tp, dh), dt)
+        pool_v = jax.random.normal(ks[4], (1, n_pages, tp, dh), dt)
         args = (q, k, v, pool_k, pool_v, plan.slot[0], plan.time_shift[0], plan.valid[0])
-        valid_tokens = np.where(np.asarray(plen)[np.arange(heads)[None, :, None], np.asarray(plan.slot[0])] < tpf,
-                                merged, tpf) * np.asarray(plan.valid[0])
-        keys = valid_tokens.sum(-1) + 3 * tpf  # [C, H]
+        keys = _keys_per_query_frame(state, plan.slot[0], plan.valid[0], 4, tpf, merged)  # [C, H]
         flops = float(4 * tpf * keys.sum() * dh)
         f_ref = jax.jit(lambda *a: ref.paged_attention(*a, page_len=plen))
         want = f_ref(*args)
@@ -490,7 +517,7 @@ def main(argv=None):
     p.add_argument("--long", action="store_true",
                    help="a 60 s (240 latent frames) rollout of the mid size: per-chunk times stay flat")
     p.add_argument("--policies", action="store_true",
-                   help="keys attended per query frame and cache bytes per policy at 1.3B / 480x832")
+                   help="keys attended per query frame and cache bytes per policy at 1.3B / 480x832 and the demo size")
     p.add_argument("--attention", action="store_true",
                    help="paged attention, window-21 vs pyramid plans (reference; pallas on TPU)")
     p.add_argument("--attn-size", default="mid", choices=sorted(ATTN_SIZES))
@@ -577,12 +604,13 @@ def main(argv=None):
         print_table(cd, ["stage", "size", "shape", "seconds", "unit", "peak_MiB"])
         rows += cd
     if args.policies:
-        pk = policy_keys()
-        print("\n## keys attended per query frame at steady state (chunk 40), Wan2.1-1.3B 480x832, "
-              "cache bytes in bf16 (B=1)")
-        print_table(pk, ["policy", "slots", "keys_per_query_frame", "vs_window21", "cache_GiB",
-                         "anchor_keys", "wave_keys", "veil_keys"])
-        rows += pk
+        for size, title in (("real", "Wan2.1-1.3B 480x832, bf16"), ("demo", "the demo model (64x64 pixels), fp32")):
+            pk = policy_keys(size)
+            print(f"\n## keys attended per query frame at steady state (chunk 40; noisy passes, and the "
+                  f"cache-writing pass) and cache bytes, {title}, B=1")
+            print_table(pk, ["policy", "slots", "keys_per_query_frame", "clean_keys_per_query_frame", "vs_window21",
+                             "cache_GiB", "bytes_vs_window21", "anchor_keys", "wave_keys", "veil_keys"])
+            rows += pk
     if args.long:
         lo, times = bench_rollout(["mid"], 240)
         print("\n## 60 s rollout (240 latent frames, 80 chunks), mid size, window 21")

@@ -1,9 +1,9 @@
 """Ragged paged attention as one Pallas kernel (TPU Mosaic; interpreted on CPU for tests).
 
 Grid (B, H, C, q blocks, pages + 1). For each batch row, head and query frame the kernel
-walks only that (frame, head)'s valid pages (their slots and count arrive by scalar prefetch,
-so each page is DMA'd straight from the pool), then the chunk's own K/V, with an online
-softmax in fp32. A page's RoPE time shift s is applied to the frame part of q instead of the
+walks only the valid pages of that (frame, head)'s entries (page numbers, lengths and count
+arrive by scalar prefetch, so each page is DMA'd straight from the pool), then the chunk's
+own K/V, with an online softmax in fp32. A page's RoPE time shift s is applied to the frame part of q instead of the
 keys: q . R(s) k = (R(-s) q) . k, as q * cos + (q @ swap) * sin with per-page tables.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pyramid_jax.attention import entry_lengths, entry_span
 from pyramid_jax.models import rope
 
 _NEG = -1e30
@@ -46,7 +47,7 @@ def _unshift_tables(shift, dh, theta):
     return jnp.pad(jnp.cos(ang), pad, constant_values=1.0), jnp.pad(jnp.sin(ang), pad)
 
 
-def _kernel(slots_ref, count_ref, plen_ref,  # scalar prefetch
+def _kernel(slots_ref, count_ref, len_ref,  # scalar prefetch
             q_ref, pk_ref, pv_ref, ok_ref, ov_ref, cos_ref, sin_ref, swap_ref,  # inputs
             o_ref,  # output
             m_sc, l_sc, acc_sc,  # scratch
@@ -82,9 +83,8 @@ def _kernel(slots_ref, count_ref, plen_ref,  # scalar prefetch
     if num_pages:
         @pl.when(j < count_ref[ci, hi])
         def _page():
-            slot = slots_ref[ci, hi, j]
             qr = q * cos_ref[0] + jnp.dot(q, swap_ref[...], preferred_element_type=jnp.float32) * sin_ref[0]
-            attend(qr, pk_ref, pv_ref, plen_ref[hi, slot], pk_ref.shape[0])
+            attend(qr, pk_ref, pv_ref, len_ref[ci, hi, j], pk_ref.shape[0])
 
     @pl.when(j == num_pages)
     def _own_and_finish():
@@ -95,8 +95,9 @@ def _kernel(slots_ref, count_ref, plen_ref,  # scalar prefetch
 class Prepared(NamedTuple):
     """Kernel operands shared by the TPU and Triton kernels (heads-major, q padded to blocks).
 
-    q: [B, H, C, Tp, Dh]; k, v: [B, H, Np, Dh]; slots: [C, H, P'] valid pages first;
-    count: [C, H]; page_len: [H, S]; cos, sin: [C, H, P', 1, Dh] q's per-page unshift.
+    q: [B, H, C, Tq, Dh]; k, v: [B, H, Np, Dh]; slots: [C, H, P'] first pool page of each
+    piece, valid pieces first; count: [C, H] valid pieces; length: [C, H, P'] tokens of each
+    piece; cos, sin: [C, H, P', 1, Dh] q's per-piece unshift.
     """
 
     q: jax.Array
@@ -104,70 +105,87 @@ class Prepared(NamedTuple):
     v: jax.Array
     slots: jax.Array
     count: jax.Array
-    page_len: jax.Array
+    length: jax.Array
     cos: jax.Array
     sin: jax.Array
     block_q: int
 
 
-def prepare(q, k, v, pool_k, slot, time_shift, valid, *, theta, page_len, block_q, kv_multiple):
-    """Reorder the plan (valid pages first) and lay q/k/v out heads-major for a kernel.
+def prepare(q, k, v, pool_k, slot, time_shift, valid, *, theta, page_len, block_q, kv_multiple,
+            split_pages):
+    """Reorder the plan (valid pieces first) and lay q/k/v out heads-major for a kernel.
 
+    A piece is a planned entry (split_pages=False: the kernel walks its tokens from its first
+    page on) or one page of an entry (split_pages=True: one kernel step per page of Tp tokens).
     q is padded to a multiple of block_q tokens, k/v to a multiple of kv_multiple.
     """
     c, h = slot.shape[:2]
     t, dh = q.shape[2], q.shape[-1]
-    s_, t_f = pool_k.shape[2], pool_k.shape[3]
+    tp = pool_k.shape[2]
     n = k.shape[1]
     bq = block_q
     t_pad = _round_up(t, bq)
     n_pad = _round_up(n, kv_multiple)
 
-    # Valid pages first, in any order: softmax is a sum over pages.
+    length = entry_lengths(page_len, slot, t)
+    if split_pages:  # entry -> its pages: page i holds tokens [i * Tp, (i + 1) * Tp) of it
+        span = entry_span(t, tp)
+        i = jnp.arange(span)
+        piece_len = jnp.clip(length[..., None] - i * tp, 0, tp)
+        n_entries = slot.shape[-1]
+        pieces = lambda a: jnp.broadcast_to(a, (c, h, n_entries, span)).reshape(c, h, -1)
+        slot, time_shift = pieces(slot[..., None] + i), pieces(time_shift[..., None])
+        valid, length = pieces(valid[..., None] & (piece_len > 0)), pieces(piece_len)
+    # Valid pieces first, in any order: softmax is a sum over pieces.
     order = jnp.argsort(~valid, axis=-1, stable=True)
-    slots_c = jnp.take_along_axis(slot, order, -1).astype(jnp.int32)
-    shift_c = jnp.take_along_axis(time_shift, order, -1)
+    take = lambda a: jnp.take_along_axis(a, order, -1).astype(jnp.int32)
+    slots_c, shift_c, len_c = take(slot), take(time_shift), take(length)
     count = valid.sum(-1).astype(jnp.int32)
     if slot.shape[-1] == 0:  # keep shapes non-empty; count is 0 so nothing is read
-        slots_c = jnp.zeros((c, h, 1), jnp.int32)
-        shift_c = jnp.zeros((c, h, 1), jnp.int32)
-    plen = jnp.full((h, s_), t_f, jnp.int32) if page_len is None else page_len.astype(jnp.int32)
+        slots_c = shift_c = len_c = jnp.zeros((c, h, 1), jnp.int32)
+    # Steps past the count repeat the last valid page: no out-of-range DMA, and an unchanged
+    # block index lets the pipeline skip the copy.
+    last_valid = jnp.take_along_axis(slots_c, jnp.maximum(count - 1, 0)[..., None], -1)
+    pos = jnp.arange(slots_c.shape[-1])
+    slots_c = jnp.clip(jnp.where(pos < count[..., None], slots_c, last_valid), 0, pool_k.shape[1] - 1)
     cos, sin = _unshift_tables(shift_c, dh, theta)  # [C, H, P', Dh]
 
     qh = jnp.pad(q.transpose(0, 3, 1, 2, 4), [(0, 0)] * 3 + [(0, t_pad - t), (0, 0)])
     kh = jnp.pad(k.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])
     vh = jnp.pad(v.transpose(0, 2, 1, 3), [(0, 0)] * 2 + [(0, n_pad - n), (0, 0)])
-    return Prepared(qh, kh, vh, slots_c, count, plen, cos[:, :, :, None], sin[:, :, :, None], bq)
+    return Prepared(qh, kh, vh, slots_c, count, len_c, cos[:, :, :, None], sin[:, :, :, None], bq)
 
 
 def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=10000.0,
                     page_len=None, interpret=True, block_q=256, block_kv=512):
     """Same contract as `reference.paged_attention`.
 
-    q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, H, S, T_f, Dh];
-    slot/time_shift/valid: [C, H, P]; page_len: [H, S] or None. Returns [B, C, T, H, Dh].
+    q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, NP, Tp, Dh];
+    slot/time_shift/valid: [C, H, P]; page_len: [NP] or None. Returns [B, C, T, H, Dh].
     interpret: True (CPU), a pltpu.InterpretParams (TPU semantics on CPU) or False (Mosaic).
+    Grid (B, H, C, q blocks, pages + 1): one step per valid page of the (frame, head)'s entries,
+    DMA'd straight from the pool by its scalar-prefetched page number.
     """
     b, c, t, h, dh = q.shape
-    t_f = pool_k.shape[3]
-    p = slot.shape[-1]
+    tp = pool_k.shape[2]
     n = k.shape[1]
     prep = prepare(q, k, v, pool_k, slot, time_shift, valid, theta=theta, page_len=page_len,
-                   block_q=min(block_q, _round_up(t, 8)), kv_multiple=8)
-    qh, kh, vh, slots_c, count, plen, cos, sin, bq = prep
+                   block_q=min(block_q, _round_up(t, 8)), kv_multiple=8, split_pages=True)
+    qh, kh, vh, slots_c, count, lens, cos, sin, bq = prep
     n_pad, t_pad = kh.shape[2], qh.shape[3]
     pages = slots_c.shape[-1]
+    p = pages if slot.shape[-1] else 0
     last = pages - 1
 
-    page_map = lambda bi, hi, ci, qi, j, sl, cnt, pln: (bi, hi, sl[ci, hi, jnp.minimum(j, last)], 0, 0)
-    table_map = lambda bi, hi, ci, qi, j, sl, cnt, pln: (ci, hi, jnp.minimum(j, last), 0, 0)
+    page_map = lambda bi, hi, ci, qi, j, sl, cnt, ln: (bi, sl[ci, hi, jnp.minimum(j, last)], 0, 0)
+    table_map = lambda bi, hi, ci, qi, j, sl, cnt, ln: (ci, hi, jnp.minimum(j, last), 0, 0)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=3,
         grid=(b, h, c, t_pad // bq, p + 1),
         in_specs=[
             pl.BlockSpec((None, None, None, bq, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, ci, qi, 0)),
-            pl.BlockSpec((None, None, None, t_f, dh), page_map),
-            pl.BlockSpec((None, None, None, t_f, dh), page_map),
+            pl.BlockSpec((None, None, tp, dh), page_map),
+            pl.BlockSpec((None, None, tp, dh), page_map),
             pl.BlockSpec((None, None, n_pad, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, 0, 0)),
             pl.BlockSpec((None, None, n_pad, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, 0, 0)),
             pl.BlockSpec((None, None, None, 1, dh), table_map),
@@ -186,5 +204,5 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
         interpret=interpret,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "parallel", "arbitrary")),
-    )(slots_c, count, plen, qh, pool_k, pool_v, kh, vh, cos, sin, jnp.asarray(_swap_matrix(dh)))
+    )(slots_c, count, lens, qh, pool_k, pool_v, kh, vh, cos, sin, jnp.asarray(_swap_matrix(dh)))
     return out[:, :, :, :t].transpose(0, 2, 3, 1, 4)

@@ -1,10 +1,11 @@
 """Ragged paged attention as one Pallas kernel lowered through Triton (GPU; interpreted on CPU).
 
 Grid (B, H, C, q blocks). Triton has no scalar prefetch, so each program reads its
-(frame, head)'s page count and slots from the plan arrays itself and loops over only the
-valid pages (a dynamic-trip `fori_loop`), and within a page over the key blocks that hold
-tokens; out-of-range rows are masked loads. The RoPE time shift goes on q as in the TPU
-kernel (`pallas.py`): q_page = q * cos + (q @ swap) * sin, with q @ swap computed once.
+(frame, head)'s entry count, first pages and lengths from the plan arrays itself and loops
+over only the valid entries (a dynamic-trip `fori_loop`), and within an entry over the key
+blocks that hold its tokens, read from the pool seen as one token array (an entry's pages
+are consecutive); out-of-range rows are masked loads. The RoPE time shift goes on q as in the
+TPU kernel (`pallas.py`): q_page = q * cos + (q @ swap) * sin, with q @ swap computed once.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ FP32_TILING = (64, 64, 4, 2)
 _LOG2E = 1.4426950408889634
 
 
-def _kernel(q_ref, pk_ref, pv_ref, ok_ref, ov_ref, slots_ref, count_ref, plen_ref, cos_ref, sin_ref,
-            swap_ref, o_ref, *, n_own, block_kv, scale, precision):
+def _kernel(q_ref, pk_ref, pv_ref, ok_ref, ov_ref, slots_ref, count_ref, len_ref, cos_ref, sin_ref,
+            swap_ref, o_ref, *, n_own, page_tokens, block_kv, scale, precision):
     bi, hi, ci = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     q = q_ref[...].astype(jnp.float32) * (scale * _LOG2E)  # [bq, Dh]; softmax in base 2
     dh = q.shape[-1]
@@ -35,12 +36,13 @@ def _kernel(q_ref, pk_ref, pv_ref, ok_ref, ov_ref, slots_ref, count_ref, plen_re
     kv_rows = jax.lax.broadcasted_iota(jnp.int32, (block_kv, dh), 0)
     cols = jax.lax.broadcasted_iota(jnp.int32, (q.shape[0], block_kv), 1)
 
-    def update(carry, qc, k_ref, v_ref, lead, start, length):
-        """Online-softmax step over rows [start, start + block_kv) of k_ref/v_ref[*lead], valid below
-        length. (One indexer per load: the Triton lowering takes no nested views.)"""
+    def update(carry, qc, k_ref, v_ref, lead, base, start, length):
+        """Online-softmax step over rows base + [start, start + block_kv) of k_ref/v_ref[*lead],
+        valid while start + row < length. (One indexer per load: the Triton lowering takes no
+        nested views.)"""
         m, l, acc = carry
         row_ok = (start + kv_rows) < length
-        rows = (*lead, pl.ds(start, block_kv), slice(None))
+        rows = (*lead, pl.ds(base + start, block_kv), slice(None))
         k = plgpu.load(k_ref.at[rows], mask=row_ok, other=0.0)
         v = plgpu.load(v_ref.at[rows], mask=row_ok, other=0.0)
         s = jax.lax.dot_general(qc, k, (((1,), (1,)), ((), ())), precision=precision,
@@ -54,18 +56,18 @@ def _kernel(q_ref, pk_ref, pv_ref, ok_ref, ov_ref, slots_ref, count_ref, plen_re
                                              preferred_element_type=jnp.float32)
         return m_new, alpha * l + p.sum(-1), acc
 
-    def page(j, carry):
-        slot = slots_ref[ci, hi, j]
-        length = plen_ref[hi, slot]
+    def entry(j, carry):
+        base = slots_ref[ci, hi, j] * page_tokens
+        length = len_ref[ci, hi, j]
         qc = (q * cos_ref[ci, hi, j, :][None, :] + q_swap * sin_ref[ci, hi, j, :][None, :]).astype(pk_ref.dtype)
-        body = lambda i, c: update(c, qc, pk_ref, pv_ref, (bi, hi, slot), i * block_kv, length)
+        body = lambda i, c: update(c, qc, pk_ref, pv_ref, (bi,), base, i * block_kv, length)
         return jax.lax.fori_loop(0, pl.cdiv(length, block_kv), body, carry)
 
     carry = (jnp.full((q.shape[0],), _NEG, jnp.float32), jnp.zeros((q.shape[0],), jnp.float32),
              jnp.zeros(q.shape, jnp.float32))
-    carry = jax.lax.fori_loop(0, count_ref[ci, hi], page, carry)
+    carry = jax.lax.fori_loop(0, count_ref[ci, hi], entry, carry)
     qc = q.astype(ok_ref.dtype)
-    own = lambda i, c: update(c, qc, ok_ref, ov_ref, (bi, hi), i * block_kv, n_own)
+    own = lambda i, c: update(c, qc, ok_ref, ov_ref, (bi, hi), 0, i * block_kv, n_own)
     _, l, acc = jax.lax.fori_loop(0, pl.cdiv(n_own, block_kv), own, carry)
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
 
@@ -74,8 +76,8 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
                     page_len=None, interpret=False, tiling=None):
     """Same contract as `reference.paged_attention`.
 
-    q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, H, S, T_f, Dh];
-    slot/time_shift/valid: [C, H, P]; page_len: [H, S] or None. Returns [B, C, T, H, Dh].
+    q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, NP, Tp, Dh];
+    slot/time_shift/valid: [C, H, P]; page_len: [NP] or None. Returns [B, C, T, H, Dh].
     tiling: (block_q, block_kv, num_warps, num_stages); blocks are powers of two (Triton).
     """
     if tiling is None:
@@ -84,10 +86,11 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
     b, c, t, h, dh = q.shape
     n = k.shape[1]
     prep = prepare(q, k, v, pool_k, slot, time_shift, valid, theta=theta, page_len=page_len,
-                   block_q=max(16, min(block_q, pl.next_power_of_2(t))), kv_multiple=1)
+                   block_q=max(16, min(block_q, pl.next_power_of_2(t))), kv_multiple=1, split_pages=False)
     precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-    kernel = functools.partial(_kernel, n_own=n, block_kv=block_kv, scale=1.0 / math.sqrt(dh),
-                               precision=precision)
+    kernel = functools.partial(_kernel, n_own=n, page_tokens=pool_k.shape[2], block_kv=block_kv,
+                               scale=1.0 / math.sqrt(dh), precision=precision)
+    flat = lambda a: a.reshape(a.shape[0], -1, dh)  # free: an entry's pages are consecutive tokens
     q_spec = pl.BlockSpec((None, None, None, prep.block_q, dh), lambda bi, hi, ci, qi: (bi, hi, ci, qi, 0))
     out = pl.pallas_call(
         kernel,
@@ -97,6 +100,6 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=1
         out_shape=jax.ShapeDtypeStruct(prep.q.shape, q.dtype),
         interpret=interpret,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
-    )(prep.q, pool_k, pool_v, prep.k, prep.v, prep.slots, prep.count, prep.page_len,
+    )(prep.q, flat(pool_k), flat(pool_v), prep.k, prep.v, prep.slots, prep.count, prep.length,
       prep.cos[:, :, :, 0], prep.sin[:, :, :, 0], jnp.asarray(_swap_matrix(dh)))
     return out[:, :, :, :t].transpose(0, 2, 3, 1, 4)

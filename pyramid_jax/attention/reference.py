@@ -1,7 +1,8 @@
 """Reference ragged attention: gather the planned pages, then plain softmax attention.
 
 This backend is the oracle every other backend is tested against. It is written for
-clarity: it materialises the gathered keys of every (query frame, head). `mha` is the
+clarity: it materialises the gathered keys of every (query frame, head), each entry read as
+the whole frame's worth of pages from its first page and masked to its length. `mha` is the
 textbook softmax(q k^T / sqrt(d)) v with fp32 logits (checked against
 jax.nn.dot_product_attention in the tests), laid out head-major because that runs
 ~1.7x faster than the token-major layout on CPU.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pyramid_jax.attention import entry_lengths, entry_span
 from pyramid_jax.models import rope
 
 
@@ -44,34 +46,45 @@ def chunk_attention(q, k, v, mask=None):
     return t(mha(t(q), t(k), t(v), mask))
 
 
+def entry_tokens(pool, slot, span: int):
+    """Tokens of planned entries, each read as `span` pages from its first page.
+
+    pool: [B, NP, Tp, Dh]; slot: [...] int32 first pages -> [B, ..., span * Tp, Dh]. Reads past
+    the pool's end are clamped (callers mask them by the entry's length).
+    """
+    b, n_pages, tp, dh = pool.shape
+    flat = pool.reshape(b, n_pages * tp, dh)
+    idx = slot[..., None] * tp + jnp.arange(span * tp)
+    return jnp.take(flat, idx, axis=1, mode="clip")
+
+
 def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=10000.0,
                     page_len=None):
-    """Attention of each query frame over its planned cache pages plus the chunk's tokens.
+    """Attention of each query frame over its planned cache entries plus the chunk's tokens.
 
     q: [B, C, T, H, Dh] queries (post-RoPE), C query frames of T tokens.
     k, v: [B, N, H, Dh] the chunk's own keys (post-RoPE) and values; always attended.
-    pool_k, pool_v: [B, H, S, T_f, Dh] cached frame slots (keys post-RoPE at their stored time).
-    slot, time_shift, valid: [C, H, P] the plan for this layer: which slot each page reads,
+    pool_k, pool_v: [B, NP, Tp, Dh] cache pages (keys post-RoPE at their stored time).
+    slot, time_shift, valid: [C, H, P] the plan for this layer: the first page of each entry,
         how many frames its RoPE time moves, and whether it is used.
-    page_len: optional [H, S] int, number of valid tokens in each slot (default: all T_f).
+    page_len: optional [NP] int, tokens of the entry starting at each page (default: a frame, T).
     Returns [B, C, T, H, Dh].
     """
     b, c, t, h, dh = q.shape
-    t_f = pool_k.shape[3]
     p = slot.shape[-1]
-    heads = jnp.arange(h)[None, :, None]
-    # [B, C, H, P, T_f, Dh]: page p of (frame c, head h) reads pool[:, h, slot[c, h, p]]
-    pk = rope.shift_time(pool_k[:, heads, slot], time_shift[None, :, :, :, None], dh, theta)
-    pv = pool_v[:, heads, slot]
+    span = entry_span(t, pool_k.shape[2])
+    n_e = span * pool_k.shape[2]  # tokens read per entry
+    # [B, C, H, P, n_e, Dh]: entry p of (frame c, head h) starts at page slot[c, h, p]
+    pk = rope.shift_time(entry_tokens(pool_k, slot, span), time_shift[None, :, :, :, None], dh, theta)
+    pv = entry_tokens(pool_v, slot, span)
     own_k = jnp.broadcast_to(k.transpose(0, 2, 1, 3)[:, None], (b, c, h, k.shape[1], dh))
     own_v = jnp.broadcast_to(v.transpose(0, 2, 1, 3)[:, None], (b, c, h, v.shape[1], dh))
-    kk = jnp.concatenate([pk.reshape(b, c, h, p * t_f, dh), own_k], axis=3)  # [B, C, H, S_all, Dh]
-    vv = jnp.concatenate([pv.reshape(b, c, h, p * t_f, dh), own_v], axis=3)
+    kk = jnp.concatenate([pk.reshape(b, c, h, p * n_e, dh), own_k], axis=3)  # [B, C, H, S_all, Dh]
+    vv = jnp.concatenate([pv.reshape(b, c, h, p * n_e, dh), own_v], axis=3)
 
-    page_ok = jnp.broadcast_to(valid[..., None], valid.shape + (t_f,))  # [C, H, P, T_f]
-    if page_len is not None:
-        page_ok = page_ok & (jnp.arange(t_f) < page_len[heads, slot][..., None])
-    mask = jnp.concatenate([page_ok.reshape(c, h, p * t_f), jnp.ones((c, h, k.shape[1]), bool)], -1)
+    length = entry_lengths(page_len, slot, t)  # [C, H, P]
+    page_ok = valid[..., None] & (jnp.arange(n_e) < length[..., None])  # [C, H, P, n_e]
+    mask = jnp.concatenate([page_ok.reshape(c, h, p * n_e), jnp.ones((c, h, k.shape[1]), bool)], -1)
 
     out = mha(q.transpose(0, 1, 3, 2, 4), kk, vv, mask[None, :, :, None, :])  # [B, C, H, T, Dh]
     return out.transpose(0, 1, 3, 2, 4)

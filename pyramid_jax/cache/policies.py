@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+
 from pyramid_jax.cache.head_map import HeadMapError, load_head_map
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
@@ -33,3 +35,21 @@ def make_policy(name: str, spec: PoolSpec, num_frames: int, local_attn_size: int
             head_map = load_head_map(head_map, spec.num_layers, spec.num_heads)
         return PyramidPolicy(spec, head_map)
     raise ValueError(f"unknown cache.policy {name!r}; choose one of {', '.join(POLICIES)}")
+
+
+def advance(policy, state, chunk_kv, chunk):
+    """Commit a chunk without a model: stage every layer with the chunk's keys, then commit.
+
+    chunk_kv: (k before RoPE, v), each [L, B, H, F, T, Dh]. For tests and benchmarks that
+    drive a policy's stores; a rollout stages inside the model's clean pass instead.
+    """
+    k, v = chunk_kv
+    plan = policy.plan(state, chunk)
+    for layer in range(k.shape[0]):
+        state, _, _ = policy.stage(state, plan, layer, k[layer], v[layer], chunk)
+    return policy.commit(state, chunk_kv, chunk)
+
+
+def advance_fn(policy):
+    """`advance` jitted for one policy: fn(state, chunk_kv, chunk) -> state."""
+    return jax.jit(lambda state, kv, chunk: advance(policy, state, kv, chunk))

@@ -1,9 +1,15 @@
-"""The KV slot pool: fixed-shape per-layer, per-head frame slots with metadata.
+"""The KV page pool: one fixed-shape pool of pages shared by every layer and head.
 
-A slot holds the keys (post-RoPE, at the slot's RoPE time) and values of one latent frame
-(or a pooled block, with fewer valid tokens) for one head. Policies decide which frames go
-to which slot (`commit`) and which slots each query frame reads (`plan`); the model only
-sees `KVPool` and `PagePlan`.
+A page holds Tp tokens. Each (layer, head) owns a static set of logical slots, and each slot
+a static run of pages: a slot for a latent frame fills ceil(T / Tp) pages, a slot for a pooled
+block one page, so every head owns exactly the pages its policy needs. Policies decide which
+frame goes to which slot (`commit`, `stage`) and which slots each query frame reads (`plan`);
+the model only sees `KVPool` and `PagePlan`.
+
+Under a mesh whose `model` axis splits the heads into G groups, each group's pages (and merge
+accumulator rows) form one contiguous block of the pool, padded to the largest group, and the
+page numbers in `slot_page` / `merge_row` count from the start of their group's block: what a
+device holding that group sees. With G = 1 they are plain pool indices.
 """
 
 from __future__ import annotations
@@ -13,20 +19,35 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from pyramid_jax.attention import KVPool
+from pyramid_jax.attention import KVPool, entry_span
 from pyramid_jax.models import rope
 
 
 class CacheState(NamedTuple):
-    """k, v: [L, B, H, S, T_f, Dh]; slot_time: [L, H, S] int32 absolute frame time of the
-    content (-1 = empty); page_len: [L, H, S] int32 valid tokens; extra: policy state."""
+    """A policy's cache; every leaf has a static shape.
+
+    k, v: [B, NP, Tp, Dh] pages (keys post-RoPE at the content's stored time).
+    page_len: [NP] int32 tokens of the entry starting at each page.
+    slot_time: [L, H, S] int32 absolute frame time of each logical slot's content (-1 empty).
+    slot_page: [L, H, S] int32 first page of each logical slot (the block size when the head has
+        no such slot). Static; an array so it is split with the heads.
+    head_kind: [L, H] int32 the policy's type of each head (0 for uniform policies). Static.
+    merge_k, merge_v: [B, NA, Tq, Dh] float32 running sums of the blocks being pooled (merging
+        heads only; NA = 0 for other policies).
+    merge_row: [L, H] int32 accumulator row of each head (NA for heads that do not merge). Static.
+    """
 
     k: jax.Array
     v: jax.Array
-    slot_time: jax.Array
     page_len: jax.Array
-    extra: dict
+    slot_time: jax.Array
+    slot_page: jax.Array
+    head_kind: jax.Array
+    merge_k: jax.Array
+    merge_v: jax.Array
+    merge_row: jax.Array
 
     def pool(self) -> KVPool:
         return KVPool(self.k, self.v, self.page_len)
@@ -52,42 +73,104 @@ class PoolSpec:
         return self.grid[0] * self.grid[1]
 
 
-def empty_state(spec: PoolSpec, batch: int, num_slots: int, dtype, extra=None) -> CacheState:
-    shape = (spec.num_layers, batch, spec.num_heads, num_slots, spec.tokens_per_frame, spec.head_dim)
-    meta = (spec.num_layers, spec.num_heads, num_slots)
+def allocate(units: np.ndarray, head_groups: int = 1) -> tuple[np.ndarray, int]:
+    """Number the units (pages, accumulator rows) each (layer, head, slot) needs.
+
+    units: [L, H, S] how many consecutive units each slot takes (0: no such slot). Heads are
+    split into `head_groups` contiguous groups; a group's units are numbered from 0 inside its
+    block. Returns (first unit [L, H, S] int32, the block size where units == 0; block size).
+    """
+    n_l, n_h, _ = units.shape
+    if n_h % head_groups:
+        raise ValueError(f"{n_h} heads cannot be split into {head_groups} equal groups")
+    hg = n_h // head_groups
+    first = np.zeros(units.shape, np.int64)
+    sizes = []
+    for g in range(head_groups):
+        u = units[:, g * hg:(g + 1) * hg].reshape(-1)
+        first[:, g * hg:(g + 1) * hg] = (np.cumsum(u) - u).reshape(n_l, hg, -1)
+        sizes.append(int(u.sum()))
+    block = max(sizes)
+    return np.where(units > 0, first, block).astype(np.int32), block
+
+
+def empty_state(spec: PoolSpec, batch: int, dtype, slot_pages: np.ndarray, page_tokens: int,
+                head_kind: np.ndarray | None = None, merge_heads: np.ndarray | None = None,
+                merge_tokens: int = 0, head_groups: int = 1) -> CacheState:
+    """An empty cache. slot_pages [L, H, S]: pages each logical slot takes (0 = none);
+    merge_heads [L, H] bool: heads that pool blocks (an accumulator row each, merge_tokens wide)."""
+    n_l, n_h = spec.num_layers, spec.num_heads
+    first, block = allocate(np.asarray(slot_pages), head_groups)
+    n_pages = max(block, 1) * head_groups  # one (never valid) page keeps shapes non-empty
+    merge_heads = np.zeros((n_l, n_h), bool) if merge_heads is None else np.asarray(merge_heads, bool)
+    rows, rows_block = allocate(merge_heads[..., None].astype(np.int64), head_groups)
+    acc = (batch, rows_block * head_groups, merge_tokens, spec.head_dim)
+    kind = np.zeros((n_l, n_h), np.int32) if head_kind is None else np.asarray(head_kind, np.int32)
+    pages = (batch, n_pages, page_tokens, spec.head_dim)
     return CacheState(
-        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-        slot_time=jnp.full(meta, -1, jnp.int32),
-        page_len=jnp.full(meta, spec.tokens_per_frame, jnp.int32),
-        extra={} if extra is None else extra)
+        k=jnp.zeros(pages, dtype), v=jnp.zeros(pages, dtype),
+        page_len=jnp.full((n_pages,), spec.tokens_per_frame, jnp.int32),
+        slot_time=jnp.full(first.shape, -1, jnp.int32), slot_page=jnp.asarray(first),
+        head_kind=jnp.asarray(kind), merge_k=jnp.zeros(acc, jnp.float32), merge_v=jnp.zeros(acc, jnp.float32),
+        merge_row=jnp.asarray(rows[..., 0]))
 
 
 def rope_keys(spec: PoolSpec, k: jax.Array, times: jax.Array) -> jax.Array:
     """RoPE pre-RoPE chunk keys at the given absolute frame times.
 
-    k: [L, B, H, F, T, Dh]; times: [F] int32 (traced ok) -> [L, B, H, F, T, Dh].
+    k: [..., F, T, Dh]; times: [F] int32 (traced ok) -> same shape.
     """
     gh, gw = spec.grid
     cos, sin = rope.grid_tables(times, jnp.arange(gh), jnp.arange(gw), spec.head_dim, spec.theta)
-    f, t = k.shape[3], k.shape[4]
+    f, t = k.shape[-3], k.shape[-2]
     cos, sin = cos.reshape(f, t, -1), sin.reshape(f, t, -1)
     return rope.apply_rope(k, cos, sin)
 
 
-def write_frames(state: CacheState, k: jax.Array, v: jax.Array, slots: jax.Array,
-                 times: jax.Array) -> CacheState:
-    """Write frame f of the chunk into slot slots[l, h, f] of every (layer, head).
+def write_entries(state: CacheState, k: jax.Array, v: jax.Array, slots: jax.Array, times: jax.Array,
+                  layer=None) -> CacheState:
+    """Write entries of n tokens into logical slots.
 
-    k, v: [L, B, H, F, T, Dh] (k post-RoPE); slots: [L, H, F] int32, out-of-range = skip
-    (targets must be distinct per (l, h)); times: [L, H, F] int32 recorded as slot_time.
+    k, v: [L, B, H, E, n, Dh] (or [B, H, E, n, Dh] with `layer`), keys post-RoPE; slots:
+    [L, H, E] (or [H, E]) int32 targets, >= S to skip (targets distinct per head); times: same
+    shape as slots, recorded as slot_time. An entry takes ceil(n / Tp) pages from its slot's
+    first page. `layer` (may be traced) writes one layer's slots.
     """
-    n_l, _, n_h = k.shape[:3]
-    li = jnp.arange(n_l)[:, None, None]
-    hi = jnp.arange(n_h)[None, :, None]
-    # advanced indices (l, h, slot) around a slice -> value layout [L, H, F, B, T, Dh]
-    to_idx = lambda a: jnp.moveaxis(a, 1, 3).astype(state.k.dtype)
-    new_k = state.k.at[li, :, hi, slots].set(to_idx(k), mode="drop")
-    new_v = state.v.at[li, :, hi, slots].set(to_idx(v), mode="drop")
-    slot_time = state.slot_time.at[li, hi, slots].set(times, mode="drop")
-    page_len = state.page_len.at[li, hi, slots].set(k.shape[4], mode="drop")
-    return state._replace(k=new_k, v=new_v, slot_time=slot_time, page_len=page_len)
+    tp = state.k.shape[2]
+    n = k.shape[-2]
+    span = entry_span(n, tp)
+    if layer is None:
+        slot_page, vals = state.slot_page, lambda a: jnp.moveaxis(a, 1, 0)
+    else:
+        slot_page, vals = state.slot_page[layer], lambda a: a
+    s = slot_page.shape[-1]
+    skip = slots >= s
+    first = jnp.take_along_axis(slot_page, jnp.minimum(slots, s - 1), axis=-1)
+    first = jnp.where(skip, state.k.shape[1], first)  # past the pool: the write is dropped
+    pages = first[..., None] + jnp.arange(span)  # [..., H, E, span]
+
+    def paged(a):  # [..., n, Dh] -> [B, ..., span, Tp, Dh] in the pool's dtype
+        a = jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, span * tp - n), (0, 0)])
+        return vals(a.reshape(a.shape[:-2] + (span, tp, a.shape[-1]))).astype(state.k.dtype)
+
+    new_k = state.k.at[:, pages].set(paged(k), mode="drop")
+    new_v = state.v.at[:, pages].set(paged(v), mode="drop")
+    page_len = state.page_len.at[first].set(n, mode="drop")
+    heads = jnp.arange(slots.shape[-2])[:, None]
+    if layer is None:
+        at = state.slot_time.at[jnp.arange(slots.shape[0])[:, None, None], heads[None], slots]
+    else:
+        at = state.slot_time.at[layer, heads, slots]
+    slot_time = at.set(times, mode="drop")
+    return state._replace(k=new_k, v=new_v, page_len=page_len, slot_time=slot_time)
+
+
+def entry_means(state: CacheState, tokens_per_frame: int) -> jax.Array:
+    """Mean key of every logical slot's entry: [B, L, H, S, Dh] float32 (empty slots: 0)."""
+    k = state.k.astype(jnp.float32)
+    span = entry_span(tokens_per_frame, k.shape[2])
+    page_sum = k.sum(2)  # [B, NP, Dh]; unwritten token rows are zero
+    pages = state.slot_page[..., None] + jnp.arange(span)  # [L, H, S, span]
+    total = jnp.take(page_sum, pages, axis=1, mode="clip").sum(-2)
+    length = jnp.take(state.page_len, state.slot_page, mode="clip")
+    return jnp.where((state.slot_time >= 0)[None, ..., None], total / length[None, ..., None], 0.0)

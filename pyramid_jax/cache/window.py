@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pyramid_jax.attention import PagePlan
-from pyramid_jax.cache.pool import CacheState, PoolSpec, empty_state, rope_keys, write_frames
+from pyramid_jax.attention import PagePlan, layer_plan
+from pyramid_jax.cache.pool import CacheState, PoolSpec, empty_state, rope_keys, write_entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +52,11 @@ class WindowPolicy:
     def num_slots(self) -> int:
         return max(self.sinks + self.ring, 1)  # one (never valid) slot keeps shapes non-empty
 
-    def init(self, batch: int, dtype) -> CacheState:
-        return empty_state(self.spec, batch, self.num_slots, dtype)
+    def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
+        """An empty cache; head_groups: the mesh's `model` axis size (see cache.pool)."""
+        sp = self.spec
+        pages = np.ones((sp.num_layers, sp.num_heads, self.num_slots), np.int64)  # a frame per slot
+        return empty_state(sp, batch, dtype, pages, sp.tokens_per_frame, head_groups=head_groups)
 
     def attended(self, slot_time: jax.Array, frame0: jax.Array) -> jax.Array:
         """Which slots a chunk starting at frame0 reads: [..., S] bool."""
@@ -72,12 +75,18 @@ class WindowPolicy:
         return same_chunk | cached
 
     def plan(self, state: CacheState, chunk: jax.Array) -> PagePlan:
-        sp = self.spec
-        frame0 = jnp.asarray(chunk, jnp.int32) * sp.frames_per_chunk
-        shape = (sp.num_layers, sp.frames_per_chunk, sp.num_heads, self.num_slots)
-        valid = self.attended(state.slot_time, frame0)[:, None]  # same pages for every query frame
-        slot = jnp.broadcast_to(jnp.arange(self.num_slots, dtype=jnp.int32), shape)
+        """The entries every query frame of `chunk` attends: [L, C, H, S] (the same per frame)."""
+        f = self.spec.frames_per_chunk
+        frame0 = jnp.asarray(chunk, jnp.int32) * f
+        n_l, n_h, n_s = state.slot_time.shape  # local heads under a mesh
+        shape = (n_l, f, n_h, n_s)
+        valid = self.attended(state.slot_time, frame0)[:, None]
+        slot = jnp.broadcast_to(state.slot_page[:, None], shape)
         return PagePlan(frame0, slot, jnp.zeros(shape, jnp.int32), jnp.broadcast_to(valid, shape))
+
+    def stage(self, state: CacheState, plan: PagePlan, layer, k, v, chunk):
+        """The cache-writing pass reads what the noisy passes read: (state, pool, layer plan)."""
+        return state, state.pool(), layer_plan(plan, layer)
 
     def slots_for(self, times: jax.Array) -> jax.Array:
         """Target slot of each newly committed frame ([F] -> [F]; num_slots = skip)."""
@@ -91,13 +100,12 @@ class WindowPolicy:
         return jnp.where(times < s, times, jnp.where(in_ring, ring_slot, self.num_slots))
 
     def commit(self, state: CacheState, chunk_kv, chunk: jax.Array) -> CacheState:
-        """Write the chunk's clean K/V (k before RoPE) into the pool."""
+        """Write the chunk's clean K/V (k before RoPE, [L, B, H, F, T, Dh]) into the pool."""
         sp = self.spec
-        k, v = chunk_kv  # [L, B, H, F, T, Dh]
+        k, v = chunk_kv
         times = jnp.asarray(chunk, jnp.int32) * sp.frames_per_chunk + jnp.arange(sp.frames_per_chunk)
-        slots = jnp.broadcast_to(self.slots_for(times), (sp.num_layers, sp.num_heads, times.shape[0]))
-        t_all = jnp.broadcast_to(times, slots.shape)
-        return write_frames(state, rope_keys(sp, k, times), v, slots, t_all)
+        slots = jnp.broadcast_to(self.slots_for(times), (k.shape[0], k.shape[2], times.shape[0]))
+        return write_entries(state, rope_keys(sp, k, times), v, slots, jnp.broadcast_to(times, slots.shape))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -187,10 +187,11 @@ class WanBlock(nnx.Module):
 
     def __call__(self, x, e0, text_k, text_v, cos, sin, attend, axis=None):
         """x [B, F, T, D]; e0 [B, F, 6, D] float32; text_k/v [B, H, Lt, Dh];
-        cos, sin [F*T, Dh/2]; attend(q, k, v) -> [B, F*T, H, Dh] with q, k post-RoPE;
-        axis: the mesh axis heads and FFN columns are split over (inside shard_map), or None.
-        Returns x, the chunk's (k before RoPE, v), each [B, F*T, H, Dh], and the queries
-        after RoPE [B, F*T, H, Dh] (for head profiling; dropped by XLA when unused).
+        cos, sin [F*T, Dh/2]; attend(q, k, k_pre, v) -> (y [B, F*T, H, Dh], aux) with q, k
+        post-RoPE and k_pre before it; axis: the mesh axis heads and FFN columns are split
+        over (inside shard_map), or None.
+        Returns x, the chunk's (k before RoPE, v), each [B, F*T, H, Dh], the queries after
+        RoPE [B, F*T, H, Dh] (for head profiling; dropped by XLA when unused) and attend's aux.
         """
         cfg = self.cfg
         b, f, t, d = x.shape
@@ -203,7 +204,7 @@ class WanBlock(nnx.Module):
         k, v = self.self_attn.project_kv(h, axis)
         cs, sn = cos[:, None], sin[:, None]  # broadcast over heads
         q = rope.apply_rope(q, cs, sn)
-        y = attend(q, rope.apply_rope(k, cs, sn), v)
+        y, aux = attend(q, rope.apply_rope(k, cs, sn), k, v)
         y = row_parallel(self.self_attn.o, y.reshape(b, f * t, -1), axis).reshape(b, f, t, d)
         x = (_f32(x) + _f32(y) * gate_a).astype(x.dtype)
 
@@ -217,7 +218,7 @@ class WanBlock(nnx.Module):
         h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_f) + shift_f).astype(x.dtype)
         ffn = row_parallel(self.ffn.fc2, gelu_tanh(self.ffn.fc1(h)), axis)
         x = (_f32(x) + _f32(ffn) * gate_f).astype(x.dtype)
-        return x, (k, v), q
+        return x, (k, v), q, aux
 
 
 class Head(nnx.Module):
@@ -296,9 +297,9 @@ class CausalWan(nnx.Module):
         y = y.transpose(0, 1, 6, 2, 4, 3, 5)
         return y.reshape(b, f, c, hh, ww)
 
-    # ---- forward -------------------------------------------------------------------
+    # ---- forward ----------------------------------------------------------------
     def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
-                 plan: attn_lib.PagePlan | None = None, *, frame_mask: jax.Array | None = None,
+                 plan: attn_lib.PagePlan | None = None, *, stage=None, frame_mask: jax.Array | None = None,
                  probe_frame: int | None = None, model_axis: str | None = None, remat: bool = False):
         """Predict the flow of a chunk.
 
@@ -306,8 +307,12 @@ class CausalWan(nnx.Module):
         t: [B, F] per-frame timesteps (or [B], one per sample).
         text_kv: (k, v) each [L, B, H, Lt, Dh] from `text_kv`.
         cache: pool of earlier frames; None for no history.
-        plan: pages per (layer, query frame, head) and the chunk's first frame index
-            (`plan.frame0`, may be traced); None means frame0 = 0 and no pages.
+        plan: entries per (layer, query frame, head) and the chunk's first frame index
+            (`plan.frame0`, may be traced); None means frame0 = 0 and no entries.
+        stage: for the pass that writes the cache, (state, fn): before layer l attends,
+            fn(state, l, k_pre, v) -> (state, KVPool, the layer's PagePlan) puts that layer's
+            keys (k_pre before RoPE, v; [B, H, F, T, Dh]) into the cache state and says what the
+            layer attends instead of (cache, plan); the call also returns the final state.
         frame_mask: [F, F] bool, instead of a cache: query frame i attends key frame j of x
             where True (block-causal training, the full-sequence reference of a policy).
         probe_frame: also return the queries (after RoPE) of this frame of the chunk,
@@ -317,7 +322,8 @@ class CausalWan(nnx.Module):
         remat: recompute each block in the backward pass (training): only one layer's
             attention scores [B, H, N, N] are alive at a time instead of every layer's.
         Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
-            v), each [L, B, H, F, T, Dh] with T = tokens per frame (and the probe if asked).
+            v), each [L, B, H, F, T, Dh] with T = tokens per frame; then the stage's final
+            state if staged, then the probe if asked.
         """
         cfg = self.cfg
         b, f, _, hh, ww = x.shape
@@ -331,48 +337,52 @@ class CausalWan(nnx.Module):
         tokens = self.patch_embedding(self.patchify(x.astype(cfg.jnp_dtype)))  # [B, F, T, D]
         e, e0 = self.time_embed(t)
         cos, sin = rope.rope_tables(frame0, f, gh, gw, cfg.head_dim, cfg.rope_theta)
-        attend = self._attend_fn(b, f, tpf, cache, plan, frame_mask)
+        to_pool = lambda a: a.reshape(b, f, tpf, -1, cfg.head_dim).transpose(0, 3, 1, 2, 4)
+        attend, carry = self._attend_fn(f, tpf, cache, plan, stage, frame_mask, to_pool)
 
         graphdef, state = nnx.split(self.blocks)
-        layer_xs = (state, text_kv[0], text_kv[1])
-        if cache is not None:
-            layer_xs += (cache.k, cache.v, plan.slot, plan.time_shift, plan.valid)
-            if cache.page_len is not None:
-                layer_xs += (cache.page_len,)
+        layer_xs = (state, text_kv[0], text_kv[1], jnp.arange(cfg.num_layers))
 
-        def body(h, xs):
+        def body(hc, xs):
+            h, c = hc
             block = nnx.merge(graphdef, xs[0])
-            h, (k, v), q = block(h, e0, xs[1], xs[2], cos, sin, lambda q, kk, vv: attend(q, kk, vv, xs[3:]),
-                                 model_axis)
-            to_pool = lambda a: a.reshape(b, f, tpf, -1, cfg.head_dim).transpose(0, 3, 1, 2, 4)
+            layer_attend = lambda q, k, k_pre, v: attend(q, k, k_pre, v, c, xs[3])
+            h, (k, v), q, c = block(h, e0, xs[1], xs[2], cos, sin, layer_attend, model_axis)
             probe = () if probe_frame is None else q[:, probe_frame * tpf:(probe_frame + 1) * tpf]
-            return h, ((to_pool(k), to_pool(v)), probe)
+            return (h, c), ((to_pool(k), to_pool(v)), probe)
 
-        tokens, (chunk_kv, probe) = jax.lax.scan(jax.checkpoint(body) if remat else body, tokens, layer_xs)
+        (tokens, carry), (chunk_kv, probe) = jax.lax.scan(jax.checkpoint(body) if remat else body,
+                                                          (tokens, carry), layer_xs)
         flow = self.unpatchify(self.head(tokens, e), hh, ww)
-        return (flow, chunk_kv) if probe_frame is None else (flow, chunk_kv, probe)
+        out = (flow, chunk_kv) + ((carry,) if stage is not None else ())
+        return out if probe_frame is None else out + (probe,)
 
-    def _attend_fn(self, b, f, tpf, cache, plan, frame_mask):
-        """The self-attention of one layer as attend(q, k, v, layer_xs) -> [B, N, H, Dh]."""
+    def _attend_fn(self, f, tpf, cache, plan, stage, frame_mask, to_pool):
+        """One layer's self-attention as attend(q, k, k_pre, v, carry, layer) -> (y, carry)
+        ([B, N, H, Dh] tensors), and the carry it starts from (the stage's state, or ())."""
         if frame_mask is not None:
             frame = jnp.arange(f * tpf) // tpf
             mask = jnp.asarray(frame_mask)[frame[:, None], frame[None, :]]
-            return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v, mask)
-        if cache is None:
-            return lambda q, k, v, _: ref_attn.chunk_attention(q, k, v)
+            return lambda q, k, k_pre, v, c, layer: (ref_attn.chunk_attention(q, k, v, mask), c), ()
+        if cache is None and stage is None:
+            return lambda q, k, k_pre, v, c, layer: (ref_attn.chunk_attention(q, k, v), c), ()
 
-        theta = self.cfg.rope_theta
+        theta, dh = self.cfg.rope_theta, self.cfg.head_dim
         paged_attention = attn_lib.paged_attention_fn(self.attention_backend)
 
-        def paged(q, k, v, xs):
-            pool_k, pool_v, slot, shift, valid = xs[:5]
-            page_len = xs[5] if len(xs) > 5 else None
-            qf = q.reshape(b, f, tpf, q.shape[-2], q.shape[-1])
-            out = paged_attention(qf, k, v, pool_k, pool_v, slot, shift, valid,
-                                  theta=theta, page_len=page_len)
-            return out.reshape(q.shape)
+        def attend(q, k, k_pre, v, carry, layer):
+            if stage is None:
+                pool, lp = cache, attn_lib.layer_plan(plan, layer)
+            else:
+                carry, pool, lp = stage[1](carry, layer, to_pool(k_pre), to_pool(v))
+            if lp.own_shift is not None:  # [H, F] -> per token [N, H]
+                k = rope.shift_time(k, jnp.repeat(lp.own_shift.T, tpf, axis=0)[None], dh, theta)
+            b, n, h = q.shape[:3]
+            out = paged_attention(q.reshape(b, f, tpf, h, dh), k, v, pool.k, pool.v, lp.slot, lp.time_shift,
+                                  lp.valid, theta=theta, page_len=pool.page_len)
+            return out.reshape(q.shape), carry
 
-        return paged
+        return attend, (() if stage is None else stage[0])
 
 
 def block_causal_mask(num_frames: int, frames_per_block: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Calibration rollouts that record head profiles for head typing (SPEC section 6).
+"""Calibration rollouts that record head profiles for head typing (Pyramid Forcing).
 
 The rollout keeps every frame (window -1). At the last chunk's clean pass, for each layer and
 head, the profile is the mean pre-softmax logit between the tokens of the chunk's last frame
@@ -16,26 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pyramid_jax.cache.pool import PoolSpec
+from pyramid_jax.cache.pool import PoolSpec, entry_means
 from pyramid_jax.cache.window import WindowPolicy
-from pyramid_jax.sampling.rollout import Sampler, clean_t, denoise, make_chunk_step
+from pyramid_jax.sampling.rollout import Sampler, chunk_step, make_chunk_step
 
 log = logging.getLogger(__name__)
 
 
-def chunk_profile(model, policy, sampler: Sampler, text_kv, cache, x0, chunk):
+def chunk_profile(probe, cache, tokens_per_frame: int):
     """Profiles of a chunk's last frame against the cached history.
 
-    x0: [B, F, C, h, w] the chunk's clean latents; cache: the state before it commits.
-    Returns [B, L, H, S] logits per pool slot (read with cache.slot_time).
+    probe: [L, B, T, H, Dh] queries (after RoPE) of the chunk's last frame from its clean pass;
+    cache: the state before the chunk commits. Returns [B, L, H, S] logits per logical slot
+    (read with cache.slot_time).
     """
-    f = x0.shape[1]
-    plan = policy.plan(cache, chunk)
-    _, _, q = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan, probe_frame=f - 1)
-    q_mean = q.astype(jnp.float32).mean(2)  # [L, B, H, Dh]
-    k_mean = cache.k.astype(jnp.float32).mean(4)  # [L, B, H, S, Dh]
-    logits = jnp.einsum("lbhd,lbhsd->blhs", q_mean, k_mean) / np.sqrt(q.shape[-1])
-    return logits
+    q_mean = probe.astype(jnp.float32).mean(2)  # [L, B, H, Dh]
+    k_mean = entry_means(cache, tokens_per_frame)  # [B, L, H, S, Dh]
+    return jnp.einsum("lbhd,blhsd->blhs", q_mean, k_mean) / np.sqrt(probe.shape[-1])
 
 
 def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: int,
@@ -62,9 +59,8 @@ def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: 
     @jax.jit
     def last(params, cache, noise, renoise, chunk):
         m = nnx.merge(graphdef, params)
-        plan = policy.plan(cache, chunk)
-        x0 = denoise(m, sampler, text_kv, cache.pool(), plan, noise, renoise)
-        return chunk_profile(m, policy, sampler, text_kv, cache, x0, chunk)
+        *_, probe = chunk_step(m, policy, sampler, cache, text_kv, noise, renoise, chunk, probe_frame=f - 1)
+        return chunk_profile(probe, cache, spec.tokens_per_frame)
 
     noise, renoise = noise_source.chunk(chunks - 1)
     logits = np.asarray(last(params, cache, noise, renoise, jnp.int32(chunks - 1)))

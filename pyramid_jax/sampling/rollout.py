@@ -1,12 +1,15 @@
-"""Chunk-by-chunk autoregressive rollout (SPEC section 4).
+"""Chunk-by-chunk autoregressive rollout (the schedule and chunk loop of Self Forcing).
 
 Per chunk: for each denoising step i, x0 = model(x, t_i); unless last, x = add_noise(x0,
 fresh N(0, 1), t_{i+1}). The last x0 is the output; one more model pass on x0 at
-t = context_noise gives the chunk's clean K/V, which the policy commits.
+t = context_noise writes the chunk into the cache: each layer first lets the policy stage
+its keys (`policy.stage`) and attends what the policy then plans, and the policy commits the
+rest after the pass (`policy.commit`).
 
-`make_chunk_step` jits all of that as one function of (params, cache, text K/V, noise,
-re-noise, chunk index): the chunk index is traced and every shape is static, so a rollout
-of any length compiles once. The host loop only feeds chunk indices and noise.
+`chunk_step` is that whole chunk, written once for one device, a mesh (inside shard_map) and
+head calibration. `make_chunk_step` jits it as one function of (params, cache, text K/V, noise,
+re-noise, chunk index): the chunk index is traced and every shape is static, so a rollout of
+any length compiles once. The host loop only feeds chunk indices and noise.
 """
 
 from __future__ import annotations
@@ -41,19 +44,31 @@ class Sampler:
         return len(self.timesteps)
 
 
+def chunk_step(model, policy, sampler: Sampler, cache, text_kv, noise, renoise, chunk, *,
+               probe_frame: int | None = None, model_axis: str | None = None):
+    """One chunk: plan, denoise against the committed cache, the cache-writing pass, commit.
+
+    cache: the policy's CacheState; text_kv: (k, v) [L, B, H, Lt, Dh]; noise: [B, F, C, h, w];
+    renoise: [n_steps - 1, B, F, C, h, w] in draw order; chunk: int32 scalar (may be traced).
+    probe_frame: also return that frame's queries from the cache-writing pass ([L, B, T, H, Dh],
+    head calibration). model_axis: the mesh axis heads are split over, inside shard_map.
+    Returns (x0 [B, F, C, h, w], new cache) and the probe if asked.
+    """
+    plan = policy.plan(cache, chunk)
+    x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise, model_axis=model_axis)
+    stage = (cache, lambda state, layer, k, v: policy.stage(state, plan, layer, k, v, chunk))
+    out = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan, stage=stage,
+                probe_frame=probe_frame, model_axis=model_axis)
+    cache = policy.commit(out[2], out[1], chunk)
+    return (x0, cache) if probe_frame is None else (x0, cache, out[3])
+
+
 @functools.lru_cache(maxsize=8)  # same model/policy/sampler -> same compiled step
 def make_chunk_step(graphdef, policy, sampler: Sampler):
-    """Returns jitted step(params, cache, text_kv, noise, renoise, chunk) -> (x0, cache).
-
-    noise: [B, F, C, h, w] the chunk's initial noise; renoise: [n_steps - 1, B, F, C, h, w]
-    in draw order; chunk: int32 scalar. The cache argument is donated (updated in place).
-    """
+    """Returns jitted step(params, cache, text_kv, noise, renoise, chunk) -> (x0, cache), the
+    cache argument donated (updated in place). See `chunk_step`."""
     def step(params, cache, text_kv, noise, renoise, chunk):
-        model = nnx.merge(graphdef, params)
-        plan = policy.plan(cache, chunk)
-        x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise)
-        _, chunk_kv = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan)
-        return x0, policy.commit(cache, chunk_kv, chunk)
+        return chunk_step(nnx.merge(graphdef, params), policy, sampler, cache, text_kv, noise, renoise, chunk)
 
     return jax.jit(step, donate_argnums=(1,))
 
