@@ -110,3 +110,23 @@ def test_demo_assets_fit_the_repo_budget():
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
     assert 0 < size <= 20 * 2**20
+
+
+@pytest.mark.slow
+def test_pyramid_forcing_config_runs_on_a_converted_checkpoint(tmp_path):
+    """configs/pyramid_forcing.py as shipped (the published head map, 30 layers x 12 heads) on a
+    Self Forcing-style checkpoint of that shape (narrow heads), converted as a user would."""
+    from conftest import diffusers_wan, save_self_forcing_pt
+
+    pt = tmp_path / "self_forcing_dmd.pt"
+    save_self_forcing_pt(diffusers_wan(num_layers=30, num_attention_heads=12, attention_head_dim=8), pt)
+    ckpt = tmp_path / "ckpt"
+    r = run_tool("tools/convert_checkpoint.py", "--src", str(pt), "--dst", str(ckpt), "--num-heads", "12")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "v.mp4"
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/pyramid_forcing.py", f"--config.checkpoint={ckpt}",
+                 "--config.prompt=a cat", "--config.text_encoder.kind=placeholder", "--config.vae.checkpoint=",
+                 "--config.num_frames=6",
+                 "--config.height=32", "--config.width=48", "--config.dtype=float32", f"--config.output={out}")
+    assert r.returncode == 0, r.stderr
+    assert "pyramid" in r.stdout and "chunk 2/2" in r.stdout and out.exists()
