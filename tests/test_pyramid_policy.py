@@ -260,26 +260,28 @@ def test_time_shift_equals_rerotating_keys():
 
 
 def test_deep_sink_moves_sinks_before_recent():
-    spec = PoolSpec(num_layers=1, num_heads=1, head_dim=16, grid=(1, 2), frames_per_chunk=F)
+    spec = PoolSpec(num_layers=2, num_heads=2, head_dim=16, grid=(1, 2), frames_per_chunk=F)
     policy = DeepSinkPolicy(spec, num_frames=90)
     state = policy.init(1, jnp.float32)
     commit = jax.jit(policy.commit)
     for chunk in range(30):
         plan = policy.plan(state, jnp.int32(chunk))
         t0 = chunk * F
-        page_time = dict(zip(np.asarray(state.slot_page)[0, 0].tolist(), np.asarray(state.slot_time)[0, 0].tolist()))
-        v = np.asarray(plan.valid)[0, 0, 0]
-        pages = sorted((page_time[int(p)], page_time[int(p)] + int(s)) for p, s, ok in
-                       zip(np.asarray(plan.slot)[0, 0, 0], np.asarray(plan.time_shift)[0, 0, 0], v) if ok)
-        frames = [f for f, _ in pages]
-        want_frames = sorted(set(range(min(10, t0))) | set(range(max(0, t0 + F - 11), t0)))
-        assert frames == want_frames
-        r0 = t0 + F - 11
-        for f, t in pages:
-            assert t == (f if f >= max(10, r0) else f + max(0, t0 + F - 21))
-        if t0 >= 21:  # sinks sit right before the first recent frame
-            assert [t for f, t in pages if f < 10] == list(range(r0 - 10, r0))
-        kv = jnp.zeros((1, 1, 1, F, 2, 16))
+        page_time = dict(zip(np.asarray(state.slot_page).reshape(-1).tolist(),
+                             np.asarray(state.slot_time).reshape(-1).tolist()))
+        for layer, c, h in np.ndindex(2, F, 2):  # every layer, query frame and head alike
+            v = np.asarray(plan.valid)[layer, c, h]
+            pages = sorted((page_time[int(p)], page_time[int(p)] + int(s)) for p, s, ok in
+                           zip(np.asarray(plan.slot)[layer, c, h], np.asarray(plan.time_shift)[layer, c, h], v) if ok)
+            frames = [f for f, _ in pages]
+            want_frames = sorted(set(range(min(10, t0))) | set(range(max(0, t0 + F - 11), t0)))
+            assert frames == want_frames
+            r0 = t0 + F - 11
+            for f, t in pages:
+                assert t == (f if f >= max(10, r0) else f + max(0, t0 + F - 21)), (layer, h, f, t)
+            if t0 >= 21:  # sinks sit right before the first recent frame
+                assert [t for f, t in pages if f < 10] == list(range(r0 - 10, r0))
+        kv = jnp.zeros((2, 1, 2, F, 2, 16))
         state = commit(state, (kv, kv), jnp.int32(chunk))
 
 

@@ -125,5 +125,5 @@ class DeepSinkPolicy(WindowPolicy):
         plan = super().plan(state, chunk)
         # recent frames start at t0 + F - (W - S); sinks move to the S frames before that
         shift = jnp.maximum(0, plan.frame0 + self.spec.frames_per_chunk - self.local_attn_size)
-        is_sink = (plan.slot < self.sinks) & plan.valid
+        is_sink = (jnp.arange(plan.slot.shape[-1]) < self.sinks) & plan.valid  # entries in slot order
         return plan._replace(time_shift=jnp.where(is_sink, shift, 0).astype(jnp.int32))
