@@ -71,7 +71,7 @@ def param_specs(params):
     return jax.tree_util.tree_map_with_path(spec, params)
 
 
-def cache_specs(cache: CacheState) -> CacheState:
+def cache_specs() -> CacheState:
     """How each cache leaf is split: pages and accumulator rows by batch and head group, the
     per-(layer, head) tables by head."""
     pages, table = P(DATA, MODEL), P(None, MODEL)
@@ -89,7 +89,7 @@ def make_sharded_chunk_step(graphdef, policy, sampler: Sampler, mesh: Mesh, para
     chunk step under shard_map over `mesh`. Same contract as rollout.make_chunk_step.
     param_spec_tree: param_specs(params) wrapped by _freeze (hashable for the cache)."""
     text_spec = (P(None, DATA, MODEL), P(None, DATA, MODEL))
-    kv = cache_specs(None)
+    kv = cache_specs()
 
     def local_step(params, cache, text_kv, noise, renoise, chunk):
         model = nnx.merge(graphdef, params)
@@ -126,7 +126,7 @@ def sharded_rollout(model, policy, sampler: Sampler, context, noise_source, num_
     step = make_sharded_chunk_step(graphdef, policy, sampler, mesh, _freeze(specs))
     noise0, _ = noise_source.chunk(0)
     cache = policy.init(noise0.shape[0], model.cfg.jnp_dtype, head_groups=mesh.shape[MODEL])
-    cache = shard(cache, cache_specs(cache), mesh)
+    cache = shard(cache, cache_specs(), mesh)
     outs = []
     for k in range(num_chunks):
         t0 = time.perf_counter()
