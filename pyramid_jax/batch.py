@@ -3,16 +3,21 @@
   python -m pyramid_jax.batch --config=configs/NAME.py --prompts=FILE --out=DIR [--config.F=V ...]
 
 Prompts: .txt (one per line) or .jsonl ({"prompt", optional "seed", "name", "num_frames"}).
-Per prompt: NAME.npz (latents; an mp4 once a VAE is configured) and NAME.json (prompt, seed,
-config hash, status, error, timings); one DIR/manifest.json for the run. A rerun skips
-prompts whose outputs are complete and match the config hash, and redoes the rest. Writes
-are atomic. A failing prompt is recorded with its error and the run goes on; the exit code
-is 0 only if every prompt of this process succeeded.
+Per prompt: NAME.npz (latents), NAME.mp4 (decoded by the configured Wan VAE, or the pixels of
+a pixel model) and NAME.json (prompt, seed, frames, key, status, error, timings); one
+DIR/manifest.json for the run. A rerun keeps a prompt only if its record matches this run's
+key (the config and the content of every file it names) and its files open with the shapes
+the config implies; the rest is redone. Writes are atomic. A failing prompt is recorded with
+its error and the run goes on.
+
+Exit codes: 0 every prompt of this host done; 1 some failed (see their records); 2 bad input or
+an output that cannot be written; 3 this host lost the other hosts (one died, was preempted or
+stopped): what it finished is kept, and rerunning every host finishes the rest exactly once.
 
 Multi-host: jax.distributed (--coordinator/--num-processes/--process-id, the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables, or --distributed
 alone where JAX finds them itself, as on TPU pods). Prompts are split by process index; each
-host writes only its own, batching over its local devices (mesh.data x mesh.model).
+host restores the checkpoint itself and batches over its own devices (mesh.data x mesh.model).
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
 import sys
+import threading
 import time
 
 import numpy as np
@@ -35,8 +42,18 @@ from pyramid_jax.generate import UserError
 
 log = logging.getLogger("batch")
 
-_NO_HASH_FIELDS = ("prompt", "prompts_file", "prompt_embeds", "seed", "num_frames", "output",
-                   "save_latents", "save_replay", "replay", "batch_size")
+# Fields that do not change a prompt's output (or are checked per prompt, as seed, prompt
+# and num_frames are).
+_NOT_IN_KEY = ("prompt", "prompts_file", "prompt_embeds", "seed", "num_frames", "output", "save_latents",
+               "save_replay", "replay", "batch_size")
+# Fields that name files: their content is part of the key, not just their path.
+_FILE_FIELDS = ("checkpoint", "text_encoder.checkpoint", "text_encoder.tokenizer", "vae.checkpoint",
+                "cache.head_map")
+LOST_PEERS = 3
+
+
+class PeersLost(Exception):
+    """The other hosts are gone (or did not arrive in time); the message says what happened."""
 
 
 @dataclasses.dataclass
@@ -63,12 +80,10 @@ def read_jobs(path: str, c) -> list[Job]:
         lines = fh.read().splitlines()
     jsonl = path.endswith(".jsonl")
     for i, line in enumerate(lines):
-        if not jsonl and not line.strip():
+        if not line.strip():
             continue
         entry, error = {"prompt": line}, ""
         if jsonl:
-            if not line.strip():
-                continue
             try:
                 entry = json.loads(line)
                 if not isinstance(entry, dict):
@@ -105,9 +120,28 @@ def _check_entry(entry, job: Job, c) -> str:
     return ""
 
 
-# ---- records -----------------------------------------------------------------------
-def config_hash(c) -> str:
-    d = {k: v for k, v in c.to_dict().items() if k not in _NO_HASH_FIELDS}
+# ---- keys and records --------------------------------------------------------------
+def _fingerprint(path: str) -> str:
+    """Content of a file, or of a directory's files (their names, sizes and mtimes: a
+    checkpoint is too large to read for this)."""
+    if not path or not os.path.exists(path):
+        return ""
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    items = []
+    for root, _, names in sorted(os.walk(path)):
+        for n in sorted(names):
+            st = os.stat(os.path.join(root, n))
+            items.append(f"{os.path.relpath(os.path.join(root, n), path)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def run_key(c) -> str:
+    """What makes a prompt's output: every config field but the per-prompt ones, and the
+    content of the files the config names."""
+    d = {k: v for k, v in c.to_dict().items() if k not in _NOT_IN_KEY}
+    d["files"] = {f: _fingerprint(functools.reduce(lambda node, k: node[k], f.split("."), c)) for f in _FILE_FIELDS}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -115,38 +149,87 @@ def record_path(out, job):
     return os.path.join(out, job.name + ".json")
 
 
-def output_path(out, job):
+def latents_path(out, job):
     return os.path.join(out, job.name + ".npz")
 
 
-def is_complete(out, job, chash) -> bool:
+def video_path(out, job):
+    return os.path.join(out, job.name + ".mp4")
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """The shapes a finished prompt's files have under this config."""
+
+    channels: int
+    latent_hw: tuple[int, int]
+    time_stride: int
+    video: bool  # an mp4 is written
+
+    def video_frames(self, num_frames: int) -> int:
+        return 1 + self.time_stride * (num_frames - 1) if self.time_stride > 1 else num_frames
+
+
+def is_complete(out, job, key, expect: Expected) -> bool:
+    """The record says ok for this key, seed, prompt and length, and the files open with the
+    shapes that implies (a truncated or stale file is not done)."""
     try:
         with open(record_path(out, job)) as fh:
             rec = json.load(fh)
     except (OSError, ValueError):
         return False
-    return (rec.get("status") == "ok" and rec.get("config_hash") == chash and rec.get("seed") == job.seed
-            and rec.get("prompt") == job.prompt and os.path.exists(output_path(out, job)))
+    if not (rec.get("status") == "ok" and rec.get("key") == key and rec.get("seed") == job.seed
+            and rec.get("prompt") == job.prompt and rec.get("num_frames") == job.num_frames):
+        return False
+    want = (1, job.num_frames, expect.channels, *expect.latent_hw)
+    try:
+        with np.load(latents_path(out, job)) as data:
+            if tuple(data["latents"].shape) != want:
+                return False
+    except Exception:  # missing, truncated, not an npz: redo it
+        return False
+    return not expect.video or media.count_frames(video_path(out, job)) == expect.video_frames(job.num_frames)
 
 
-def write_record(out, job, chash, status, **extra):
+def write_record(out, job, key, status, **extra):
     rec = dict(name=job.name, index=job.index, prompt=job.prompt, seed=job.seed, num_frames=job.num_frames,
-               config_hash=chash, status=status, **extra)
+               key=key, status=status, **extra)
     media.write_text(record_path(out, job), json.dumps(rec, indent=1) + "\n")
 
 
+def record_error(out, job, key, message, host):
+    """An error record, best effort: it must not raise (the disk may be the problem)."""
+    try:
+        write_record(out, job, key, "error", error=message[:500], host=host)
+    except OSError as e:
+        log.error("[host %d] could not record the error of %s: %s", host, job.name, generate.os_reason(e))
+
+
 def remove_partials(out, jobs):
-    """Temporary files this process's prompts left behind (a killed run)."""
+    """Temporary files a killed run left: this host's prompts' and the manifest's."""
     mine = {j.name for j in jobs}
-    for f in os.listdir(out):
-        if f.startswith(media.PARTIAL) and any(f.startswith(f"{media.PARTIAL}{n}.") for n in mine):
-            os.remove(os.path.join(out, f))
+    with _manifest_lock(out):
+        for f in os.listdir(out):
+            if f.startswith(media.PARTIAL) and (f.startswith(f"{media.PARTIAL}manifest.json")
+                                                or any(f.startswith(f"{media.PARTIAL}{n}.") for n in mine)):
+                os.remove(os.path.join(out, f))
 
 
-def write_manifest(out, jobs, chash):
+class _manifest_lock:
+    def __init__(self, out):
+        self.path = os.path.join(out, ".manifest.lock")
+
+    def __enter__(self):
+        self.fh = open(self.path, "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+
+    def __exit__(self, *_):
+        self.fh.close()
+
+
+def write_manifest(out, jobs, key):
     """DIR/manifest.json from every prompt's record on disk (rebuilt under a lock by each host)."""
-    with open(os.path.join(out, ".manifest.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _manifest_lock(out):
         entries = []
         for j in jobs:
             try:
@@ -157,7 +240,7 @@ def write_manifest(out, jobs, chash):
             entries.append(rec)
         counts = {s: sum(e.get("status") == s for e in entries) for s in ("ok", "error", "pending")}
         media.write_text(os.path.join(out, "manifest.json"),
-                         json.dumps(dict(config_hash=chash, counts=counts, prompts=entries), indent=1) + "\n")
+                         json.dumps(dict(key=key, counts=counts, prompts=entries), indent=1) + "\n")
     return counts
 
 
@@ -174,52 +257,120 @@ def _batches(jobs, size):
         yield group
 
 
-def run_jobs(c, jobs, out, chash, mesh, progress):
+class Progress:
+    """Per-host progress lines (prompts done / left, video frames/s, ETA) and the summary."""
+
+    def __init__(self, host: int, todo: int, video_frames):
+        self.host, self.todo, self.video_frames = host, todo, video_frames
+        self.done = self.failed = self.frames = 0
+        self.start = time.perf_counter()
+
+    def batch(self, jobs, ok: bool):
+        self.done += len(jobs)
+        self.failed += 0 if ok else len(jobs)
+        self.frames += sum(self.video_frames(j.num_frames) for j in jobs) if ok else 0
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.todo - self.done)
+        log.info("[host %d] %d/%d prompts (%d left), %.1f video frames/s, ETA %s", self.host, self.done,
+                 self.todo, self.todo - self.done, self.frames / elapsed, _duration(eta))
+
+    def summary(self, skipped: int, invalid: int):
+        elapsed = time.perf_counter() - self.start
+        log.info("[host %d] summary: %d generated, %d failed, %d already done, %d invalid; %s, %.1f video "
+                 "frames/s", self.host, self.done - self.failed, self.failed, skipped, invalid, _duration(elapsed),
+                 self.frames / max(elapsed, 1e-9))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, out, expect):
+    """One batch of prompts: roll out, stream the videos, then write latents. Returns seconds."""
     import jax
 
-    from pyramid_jax.parallel import check_fit, sharded_rollout
+    from pyramid_jax.parallel import sharded_rollout
     from pyramid_jax.sampling.rollout import RandomNoise, rollout
 
+    cfg = model.cfg
+    padded = group + [group[-1]] * (bs - len(group))  # a full batch; the extras are dropped
+    frames = group[0].num_frames
+    context = encoder([j.prompt for j in padded])
+    policy = generate.build_policy(c, cfg, latent_hw, frames)
+    noise = RandomNoise([j.seed for j in padded], (bs, frames, cfg.in_channels, *latent_hw), sampler)
+    chunks = frames // c.num_frame_per_block
+    decoder = generate.video_decoder(c, bs, latent_hw, vae) if expect.video else None
+    writers = [media.Mp4Writer(video_path(out, j), fps=c.fps) for j in group] if decoder else []
+
+    def on_chunk(k, x0, seconds):
+        if decoder is not None:
+            for w, video in zip(writers, decoder.push(x0)):
+                w.write(video)
+
+    t0 = time.perf_counter()
+    try:
+        if mesh.size > 1:
+            lat = sharded_rollout(model, policy, sampler, context, noise, chunks, mesh, on_chunk=on_chunk)
+        else:
+            text_kv = jax.jit(lambda m, ctx: m.text_kv(ctx))(model, context)
+            lat = rollout(model, policy, sampler, text_kv, noise, chunks, on_chunk=on_chunk)
+        for j, x in zip(group, lat):
+            media.save_npz(latents_path(out, j), latents=x[None])
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    return time.perf_counter() - t0
+
+
+def run_jobs(c, jobs, out, key, mesh, progress: Progress, expect: Expected) -> int:
+    """Generate `jobs`; returns how many failed. A bad batch is recorded and the run goes on;
+    an output that cannot be written stops it (UserError)."""
+    import jax
+
+    from pyramid_jax.parallel import check_fit
+
+    host = jax.process_index()
     model = generate.load_dit(c)
     cfg = model.cfg
     sampler = generate.make_sampler(c)
-    lh, lw = generate.latent_size(c, cfg)
+    latent_hw = generate.latent_size(c, cfg)
     bs = c.batch_size or mesh.shape["data"]
     try:
         check_fit(mesh, bs, cfg)
     except ValueError as e:
         raise UserError(str(e)) from None
-    text_kv_fn = jax.jit(lambda m, ctx: m.text_kv(ctx))
     encoder = generate.TextEncoder(c, cfg)
+    vae = generate.load_video_weights(c, cfg)
     failed = 0
     for group in _batches(jobs, bs):
-        padded = group + [group[-1]] * (bs - len(group))  # a full batch; extras are dropped
-        t0 = time.perf_counter()
         try:
-            context = encoder([j.prompt for j in padded])
-            frames = group[0].num_frames
-            policy = generate.build_policy(c, cfg, (lh, lw), frames)
-            noise = RandomNoise([j.seed for j in padded], (bs, frames, cfg.in_channels, lh, lw), sampler)
-            chunks = frames // c.num_frame_per_block
-            if mesh.size > 1:
-                lat = sharded_rollout(model, policy, sampler, context, noise, chunks, mesh)
-            else:
-                lat = rollout(model, policy, sampler, text_kv_fn(model, context), noise, chunks)
-            seconds = time.perf_counter() - t0
-            for j, x in zip(group, lat):
-                media.save_npz(output_path(out, j), latents=x[None])
-                write_record(out, j, chash, "ok", output=os.path.basename(output_path(out, j)),
-                             seconds=round(seconds / len(group), 3),
-                             video_frames_per_s=round(len(group) * (4 * frames - 3) / seconds, 2),
-                             host=jax.process_index())
+            seconds = generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, out, expect)
+            for j in group:
+                write_record(out, j, key, "ok", seconds=round(seconds / len(group), 3), host=host,
+                             files=[os.path.basename(p(out, j)) for p in (latents_path, video_path)
+                                    if os.path.exists(p(out, j))])
+            progress.batch(group, ok=True)
+        except OSError as e:  # the disk, not the prompt: every later prompt would fail too
+            for j in group:
+                record_error(out, j, key, f"cannot write: {generate.os_reason(e)}", host)
+            raise UserError(f"writing to {out!r} failed: {generate.os_reason(e)}") from None
         except Exception as e:  # one bad batch must not stop the run
             failed += len(group)
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             for j in group:
-                write_record(out, j, chash, "error", error=msg[:500], host=jax.process_index())
-            log.error("prompts %s failed: %s", [j.name for j in group], msg)
-        progress(len(group), time.perf_counter() - t0)
+                record_error(out, j, key, logs.first_line(e, 500), host)
+            log.error("[host %d] prompts %s failed: %s", host, [j.name for j in group], logs.first_line(e))
+            progress.batch(group, ok=False)
     return failed
+
+
+# ---- hosts -------------------------------------------------------------------------
+def distributed_requested(args) -> bool:
+    return bool(args.distributed or args.coordinator or args.num_processes
+                or os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("JAX_NUM_PROCESSES"))
 
 
 def init_distributed(args):
@@ -237,30 +388,106 @@ def init_distributed(args):
                                    shutdown_timeout_seconds=args.shutdown_timeout)
     elif args.distributed:
         jax.distributed.initialize()  # TPU pods and other managed clusters find their peers
+    if jax.process_count() > 1:
+        # Set up the hosts' collective channel while they all start together, so the end
+        # barrier can wait as long as hosts take to finish.
+        barrier("pyramid_jax.batch.start", args.barrier_timeout)
     return jax.process_index(), jax.process_count()
 
 
-def wait_for_peers(pidx, pcount):
-    """Hold this host until every host has finished its prompts.
+def barrier(name: str, timeout_s: float) -> None:
+    """Wait until every host reaches `name` (jax.experimental.multihost_utils), at most
+    timeout_s seconds. Raises PeersLost when a host is gone or late."""
+    from jax.experimental import multihost_utils
 
-    Hosts finish at different times, and JAX's shutdown barrier (--shutdown-timeout) aborts a host
-    still working when another leaves that much earlier; process 0 also runs the coordination
-    service. A dead peer still ends the wait: its missed heartbeats fail the barrier.
-    """
-    if pcount <= 1:
-        return
-    from jax._src import distributed  # the runtime client's barrier has no public wrapper
+    outcome = []
 
-    client = distributed.global_state.client
-    if client is None:
-        return
-    log.info("[host %d] done; waiting for the other hosts", pidx)
-    client.wait_at_barrier("pyramid_jax.batch.done", timeout_in_ms=7 * 24 * 3600 * 1000)
+    def wait():
+        try:
+            multihost_utils.sync_global_devices(name)
+            outcome.append(None)
+        except Exception as e:  # a collective with a dead peer fails
+            outcome.append(e)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise PeersLost(f"the other hosts did not reach {name!r} within --barrier-timeout={timeout_s:g} s")
+    if outcome[0] is not None:
+        raise PeersLost(f"a host is gone ({logs.first_line(outcome[0], 160)})")
+
+
+# JAX ends a process whose peer died (a missed heartbeat, the coordinator gone) from C++: an
+# abort with a stack trace on stderr. A supervising process runs each host's work and turns
+# that into one line; the runtime's own lines go to a log file instead of the console.
+_SUPERVISED = "PYRAMID_JAX_BATCH_HOST"
+_RUNTIME_LINE = re.compile(r"^([FEWI]\d{4} \d\d:\d\d:\d\d|\s*@\s+0x|\*\*\* |PC: @|\[Gloo\] )")
+
+
+def supervise(argv, out: str, host) -> int:
+    """Run this host's batch in a child process; a crash of the JAX runtime (a lost peer)
+    becomes one line and exit code 3. Returns the exit code."""
+    import signal
+    import subprocess
+
+    env = dict(os.environ, **{_SUPERVISED: "1"})
+    child = subprocess.Popen([sys.executable, "-m", "pyramid_jax.batch", *argv], env=env,
+                             stderr=subprocess.PIPE, text=True, errors="replace", preexec_fn=_die_with_parent)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _: child.send_signal(s))
+    runtime, fatal, in_runtime = [], False, False
+    for line in child.stderr:
+        if _RUNTIME_LINE.match(line):
+            in_runtime, fatal = True, fatal or line.startswith("F")
+        elif line.startswith(("batch: ", "Traceback")) and not fatal:
+            in_runtime = False  # our own lines again (a runtime message may span lines)
+        if in_runtime:
+            runtime.append(line)
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    code = child.wait()
+    if code >= 0 and not fatal:
+        return code
+    detail = _save_runtime_log(os.path.join(out, f"runtime-host{host}.log"), runtime)
+    print(f"batch: error: this host lost the other hosts (one died, was preempted or stopped; the JAX runtime "
+          f"ended it{', see ' + detail if detail else ''}); finished prompts are kept: rerun every host to finish "
+          "the rest", file=sys.stderr)
+    return LOST_PEERS
+
+
+def _die_with_parent():
+    """(In the child, Linux) be killed when the supervisor is, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _save_runtime_log(path: str, lines) -> str:
+    """What the JAX runtime said before it ended the host, for whoever debugs it."""
+    try:
+        with open(path, "w") as fh:
+            fh.writelines(lines)
+        return path
+    except OSError:
+        return ""
+
+
+# ---- CLI ---------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the usage block
+        print(f"batch: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def parse_args(argv):
     cfg_args = [a for a in argv if a.startswith("--config")]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", required=True, help=".txt (a prompt per line) or .jsonl")
     p.add_argument("--out", required=True, help="output directory (created; reruns resume)")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
@@ -271,8 +498,15 @@ def parse_args(argv):
                    help="seconds without heartbeats before a peer counts as dead (a killed host)")
     p.add_argument("--shutdown-timeout", type=int, default=300,
                    help="seconds of JAX's shutdown barrier (hosts first wait for each other to finish)")
+    p.add_argument("--barrier-timeout", type=float, default=6 * 3600,
+                   help="seconds a host that has finished waits for the others")
     args = p.parse_args([a for a in argv if not a.startswith("--config")])
     return args, cfg_args
+
+
+def check_out_dir(out: str) -> None:
+    """The output directory exists (made if missing) and takes files: before any compute."""
+    generate.check_writable(os.path.join(out, "manifest.json"), "--out")
 
 
 def main(argv=None) -> int:
@@ -280,45 +514,71 @@ def main(argv=None) -> int:
     logs.setup()
     args, cfg_args = parse_args(argv)
     try:
-        c = generate.parse_config(["batch"] + cfg_args)
-        pidx, pcount = init_distributed(args)  # before anything touches a JAX backend
-        generate.check_config(c)
-        from pyramid_jax.parallel import ParallelError, make_mesh
-
-        try:
-            mesh = make_mesh(c.mesh.data, c.mesh.model)
-        except ParallelError as e:
-            raise UserError(str(e)) from None
-        os.makedirs(args.out, exist_ok=True)
-        jobs = read_jobs(args.prompts, c)
-        chash = config_hash(c)
-        mine = jobs[pidx::pcount]
-        remove_partials(args.out, mine)
-        todo = [j for j in mine if not j.error and not is_complete(args.out, j, chash)]
-        for j in mine:
-            if j.error:
-                write_record(args.out, j, chash, "error", error=j.error, host=pidx)
-        log.info("[host %d/%d] %d prompts: %d done already, %d invalid, %d to generate; mesh %s",
-                 pidx, pcount, len(mine), sum(is_complete(args.out, j, chash) for j in mine),
-                 sum(bool(j.error) for j in mine), len(todo), dict(mesh.shape))
-        done, start = [0], time.perf_counter()
-
-        def progress(n, seconds):
-            done[0] += n
-            elapsed = time.perf_counter() - start
-            eta = elapsed / done[0] * (len(todo) - done[0])
-            log.info("[host %d] %d/%d prompts, %.1f s for the last %d, ETA %.0f s", pidx, done[0], len(todo),
-                     seconds, n, eta)
-
-        failed = run_jobs(c, todo, args.out, chash, mesh, progress) if todo else 0
-        counts = write_manifest(args.out, jobs, chash)
-        log.info("[host %d] manifest: %s", pidx, counts)
-        wait_for_peers(pidx, pcount)
-        bad = failed + sum(bool(j.error) for j in mine)
-        return 1 if bad else 0
+        check_out_dir(args.out)
+        if distributed_requested(args) and not os.environ.get(_SUPERVISED):
+            host = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID", "")
+            return supervise(argv, args.out, host)
+        return run(args, cfg_args)
     except UserError as e:
         print(f"batch: error: {e}", file=sys.stderr)
         return 2
+    except PeersLost as e:
+        print(f"batch: error: {e}; finished prompts are kept: rerun every host to finish the rest",
+              file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(LOST_PEERS)  # JAX's exit-time barrier would wait for the lost hosts again
+
+
+def run(args, cfg_args) -> int:
+    c = generate.parse_config(["batch"] + cfg_args)
+    pidx, pcount = init_distributed(args)  # before anything touches a JAX backend
+    generate.check_config(c)
+    from pyramid_jax.parallel import ParallelError, make_mesh
+
+    try:
+        mesh = make_mesh(c.mesh.data, c.mesh.model)
+    except ParallelError as e:
+        raise UserError(str(e)) from None
+    jobs = read_jobs(args.prompts, c)
+    key = run_key(c)
+    expect = expected_outputs(c)
+    mine = jobs[pidx::pcount]
+    remove_partials(args.out, mine)
+    done = {j.name for j in mine if not j.error and is_complete(args.out, j, key, expect)}
+    todo = [j for j in mine if not j.error and j.name not in done]
+    for j in mine:
+        if j.error:
+            record_error(args.out, j, key, j.error, pidx)
+    log.info("[host %d/%d] %d prompts: %d done already, %d invalid, %d to generate; mesh %s%s", pidx, pcount,
+             len(mine), len(done), sum(bool(j.error) for j in mine), len(todo), dict(mesh.shape),
+             "" if expect.video else "; latents only (no VAE configured)")
+    progress = Progress(pidx, len(todo), expect.video_frames)
+    failed = run_jobs(c, todo, args.out, key, mesh, progress, expect) if todo else 0
+    counts = write_manifest(args.out, jobs, key)
+    progress.summary(len(done), sum(bool(j.error) for j in mine))
+    log.info("[host %d] manifest: %s", pidx, counts)
+    if pcount > 1:
+        log.info("[host %d] done; waiting for the other hosts", pidx)
+        barrier("pyramid_jax.batch.done", args.barrier_timeout)
+    return 1 if failed or any(j.error for j in mine) else 0
+
+
+def expected_outputs(c) -> Expected:
+    """Latent shape and video frames per latent frame under this config (and whether an mp4 is written)."""
+    from pyramid_jax.models.wan import WanConfig
+
+    if c.checkpoint:
+        from pyramid_jax.weights.checkpoint import CheckpointError, read_config
+
+        try:
+            _, cfg = read_config(c.checkpoint)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    else:
+        cfg = WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
+    video = c.vae.kind == "pixel" or bool(c.vae.checkpoint or c.vae.random)
+    return Expected(cfg.in_channels, generate.latent_size(c, cfg), generate.strides(c)[0], video)
 
 
 if __name__ == "__main__":

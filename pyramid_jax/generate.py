@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -42,8 +43,7 @@ def parse_config(argv):
     fv = flags.FlagValues()
     try:
         holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
-        fv(argv)
-        return holder.value
+        rest = fv(argv)[1:]
     except (OSError, SyntaxError) as e:
         raise UserError(f"cannot load config file {path!r}: {str(e).splitlines()[0]}") from None
     except (AttributeError, KeyError):
@@ -52,6 +52,10 @@ def parse_config(argv):
                         "see pyramid_jax/config.py for the fields") from None
     except flags.Error as e:
         raise UserError(str(e).splitlines()[0]) from None
+    if rest:  # e.g. the second half of a value with a space in it, split by the shell
+        raise UserError(f"unexpected argument {rest[0]!r}; every option is --config.FIELD=VALUE "
+                        "(quote a value that has spaces)")
+    return holder.value
 
 
 def check_config(c):
@@ -92,6 +96,44 @@ def check_config(c):
     if c.checkpoint and not os.path.isdir(c.checkpoint):
         raise UserError(f"checkpoint {c.checkpoint!r} not found: convert one with "
                         "tools/convert_checkpoint.py, or set --config.checkpoint='' for random weights")
+
+
+def check_outputs(c):
+    """Every file generate writes can be written (checked before any compute)."""
+    for field, path in (("output", c.output), ("save_latents", latents_path(c)), ("save_replay", c.save_replay)):
+        if path:
+            check_writable(path, field)
+
+
+def latents_path(c) -> str:
+    """Where the latents go: save_latents, or beside the mp4 (`<output>.npz`)."""
+    return c.save_latents or (os.path.splitext(c.output)[0] + ".npz" if c.output else "")
+
+
+def check_writable(path: str, what: str) -> None:
+    """Before any compute: `path` is not a directory, its directory exists (made if missing)
+    and a file can be created in it."""
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "is a directory", path)
+        parent = os.path.dirname(os.path.abspath(path))
+        existing = parent
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, "Not a directory", existing)
+        os.makedirs(parent, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{what} {path!r} cannot be written: {os_reason(e)}") from None
+
+
+def os_reason(e: OSError) -> str:
+    """'No space left on device', 'Not a directory: /a/b', ... in one short line."""
+    reason = e.strerror or logs.first_line(e)
+    return f"{reason}: {e.filename}" if e.filename else reason
 
 
 # ---- model -------------------------------------------------------------------------
@@ -314,6 +356,29 @@ def load_vae(c):
     return None
 
 
+def load_video_weights(c, cfg):
+    """The Wan VAE (cfg, params) that decodes this model's latents, or None: a pixel model's
+    outputs are its frames (it must be RGB), and without a VAE there is no decoded video."""
+    if c.vae.kind == "pixel":
+        if cfg.out_channels != 3:
+            raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has "
+                            f"{cfg.out_channels}")
+        return None
+    return load_vae(c)
+
+
+def video_decoder(c, batch: int, latent_hw, vae):
+    """What turns each chunk's x0 [B, F, C, h, w] into uint8 frames as it is generated: the
+    pixels of a pixel model, the streaming Wan VAE, or None (no decoded video)."""
+    if c.vae.kind == "pixel":
+        return PixelFrames()
+    if vae is None:
+        return None
+    from pyramid_jax.models.vae import StreamingDecoder
+
+    return StreamingDecoder(vae[1], vae[0], batch, latent_hw)
+
+
 def output_paths(output: str, batch: int) -> list[str]:
     if batch == 1:
         return [output]
@@ -339,6 +404,7 @@ def run(c) -> int:
     from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, rollout
 
     check_config(c)
+    check_outputs(c)
     model = load_dit(c)
     cfg = model.cfg
     f = c.num_frame_per_block
@@ -366,16 +432,9 @@ def run(c) -> int:
     start = time.perf_counter()
 
     pixel = c.vae.kind == "pixel"
-    if pixel and cfg.out_channels != 3:
-        raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has {cfg.out_channels}")
-    vae = None if pixel or not c.output else load_vae(c)
-    decoder = writers = None
-    if pixel and c.output:
-        decoder = PixelFrames()
-    elif vae is not None:
-        from pyramid_jax.models.vae import StreamingDecoder
-
-        decoder = StreamingDecoder(vae[1], vae[0], batch, (lh, lw))
+    vae = load_video_weights(c, cfg) if c.output else None
+    decoder = video_decoder(c, batch, (lh, lw), vae) if c.output else None
+    writers = None
     if decoder is not None:
         writers = [media.Mp4Writer(p, fps=c.fps) for p in output_paths(c.output, batch)]
     time_stride = strides(c)[0]
@@ -392,16 +451,26 @@ def run(c) -> int:
     try:
         result = rollout(model, policy, sampler, text_kv, source, num_chunks, on_chunk=progress,
                          record_noise=bool(c.save_replay))
+        latents, drawn = result if c.save_replay else (result, None)
+        log.info("done: %d latent frames in %.1f s", num_frames, time.perf_counter() - start)
+        write_outputs(c, latents, context, drawn, writers, batch, pixel)
+    except OSError as e:  # a full disk, a vanished directory: the partial files go
+        for w in writers or []:
+            w.abort()
+        raise UserError(f"writing the outputs failed: {os_reason(e)}") from None
     except BaseException:
         for w in writers or []:
             w.abort()
         raise
-    latents, drawn = result if c.save_replay else (result, None)
-    log.info("done: %d latent frames in %.1f s", num_frames, time.perf_counter() - start)
+    return 0
 
-    lat_path = c.save_latents or os.path.splitext(c.output)[0] + ".npz"
-    media.save_npz(lat_path, latents=latents)
-    log.info("wrote latents %s %s", lat_path, list(latents.shape))
+
+def write_outputs(c, latents, context, drawn, writers, batch, pixel):
+    """Latents, the replay file and the mp4s (streamed ones closed, or latent previews)."""
+    from pyramid_jax import media
+
+    media.save_npz(latents_path(c), latents=latents)
+    log.info("wrote latents %s %s", latents_path(c), list(latents.shape))
     if c.save_replay:
         media.save_npz(c.save_replay, context=context, noise=drawn[0], renoise=drawn[1])
         log.info("wrote replay %s", c.save_replay)
@@ -413,7 +482,6 @@ def run(c) -> int:
         for path, lat in zip(output_paths(c.output, batch), latents):
             media.write_mp4(path, media.latent_preview(lat))
             log.info("wrote %s (latent preview: no VAE configured)", path)
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,3 +16,11 @@ def setup() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
     for name, level in _QUIET.items():
         logging.getLogger(name).setLevel(level)
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: the first line of its message (or its type name), cut
+    to `limit` characters."""
+    text = str(e).strip()
+    text = text.splitlines()[0] if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -62,7 +62,7 @@ class Mp4Writer:
             self.tmp = _temp_beside(self.path, ".mp4")
             self.writer = imageio_ffmpeg.write_frames(self.tmp, (w, h), fps=self.fps, codec="libx264",
                                                       pix_fmt_out="yuv420p", macro_block_size=1, quality=7,
-                                                      ffmpeg_log_level="error")
+                                                      ffmpeg_log_level="quiet")  # failures surface as our one line
             with warnings.catch_warnings():  # ffmpeg is a subprocess; JAX warns about any fork
                 warnings.simplefilter("ignore", RuntimeWarning)
                 self.writer.send(None)
@@ -71,15 +71,25 @@ class Mp4Writer:
             self.frames += 1
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()  # ffmpeg finishes the file (and fails here on a full disk)
+            except BaseException:
+                self._remove_tmp()
+                raise
             os.replace(self.tmp, self.path)
-            self.writer = None
 
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # a broken ffmpeg pipe; its file goes anyway
+                pass
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
         if self.tmp and os.path.exists(self.tmp):
             os.remove(self.tmp)
 
@@ -94,6 +104,16 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 16) -> None:
     """frames [N, H, W, 3] uint8 -> path (H.264), written to a temporary name, then renamed."""
     with Mp4Writer(path, fps) as writer:
         writer.write(frames)
+
+
+def count_frames(path: str) -> int:
+    """Frames of an mp4 (decoded to count them), or -1 if it is missing or unreadable."""
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.count_frames_and_secs(path)[0]
+    except Exception:  # missing, truncated, not a video
+        return -1
 
 
 def write_text(path: str, text: str) -> None:

@@ -43,6 +43,13 @@ def _bad_file(kind, tiny_diffusers, tmp_path):
         path = tmp_path / "truncated.safetensors"
         path.write_bytes(data[: len(data) // 2])
         return path, "truncated"
+    if kind == "truncated_pt":
+        path = tmp_path / "good.pt"
+        save_self_forcing_pt(tiny_diffusers, path, wrap=False)
+        data = path.read_bytes()
+        path = tmp_path / "truncated.pt"
+        path.write_bytes(data[: len(data) // 2])
+        return path, "not a readable PyTorch checkpoint"
     if kind == "not_checkpoint":
         path = tmp_path / "notes.pt"
         path.write_text("this is not a checkpoint\n")
@@ -56,7 +63,8 @@ def _bad_file(kind, tiny_diffusers, tmp_path):
     raise AssertionError(kind)
 
 
-KINDS = ["missing", "unknown", "shape", "truncated", "not_checkpoint", "unsafe_pickle", "missing_file"]
+KINDS = ["missing", "unknown", "shape", "truncated", "truncated_pt", "not_checkpoint", "unsafe_pickle",
+         "missing_file"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -70,7 +78,15 @@ def test_refusals(kind, tiny_diffusers, tmp_path):
     err_lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(err_lines) == 1, r.stderr
     assert want in err_lines[0], err_lines[0]
+    assert len(err_lines[0].replace(str(src), "")) <= 160, err_lines[0]  # readable, whatever torch says
     assert os.listdir(out_parent) == []  # neither dst nor a temporary directory
+
+
+def test_verbose_shows_what_torch_said(tiny_diffusers, tmp_path):
+    src, _ = _bad_file("truncated_pt", tiny_diffusers, tmp_path)
+    r = run_tool("tools/convert_checkpoint.py", "--src", str(src), "--dst", str(tmp_path / "o"), "--verbose")
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) >= 2 and "not a readable PyTorch checkpoint" in lines[0]
 
 
 def test_unknown_heads_asks_for_flag(tiny_diffusers, tmp_path):

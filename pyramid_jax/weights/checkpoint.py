@@ -4,6 +4,10 @@ Layout of a checkpoint directory:
   config.json   {"kind": "dit", "format": 1, "model": {WanConfig fields}, "source": ...}
   params/       orbax StandardCheckpointer tree (the nnx Param state)
 Writes go to a temporary sibling directory that is renamed when complete.
+
+Every process reads a checkpoint on its own, onto its first local device: the hosts of a pod
+each hold the whole model (they generate different prompts), so a read needs no cross-host
+coordination and works with any number of processes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pyramid_jax import logs
 from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,28 @@ def save_model(dst: str, model: CausalWan, source: str = "") -> None:
     save_params(dst, nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.cfg, source)
 
 
+def restore_tree(path: str, target=None):
+    """Read an orbax tree on this process alone, onto its first local device.
+
+    target: a tree of arrays / ShapeDtypeStructs giving shapes and dtypes (default: the ones
+    saved). Raises CheckpointError with the first line of what went wrong.
+    """
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                               barrier_sync_key_prefix=f"pyramid_jax-read-{me}")
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+        with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
+            if target is None:
+                target = ckptr.metadata(path).item_metadata
+            target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), target)
+            return ckptr.restore(path, target)
+    except Exception as e:
+        raise CheckpointError(f"{os.path.dirname(path)}: cannot restore params ({logs.first_line(e)})") from None
+
+
 def read_config(path: str) -> tuple[dict, WanConfig]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isdir(path):
@@ -81,18 +108,11 @@ def read_config(path: str) -> tuple[dict, WanConfig]:
 
 def load_model(path: str, dtype: str | None = None, attention_backend: str = "reference") -> CausalWan:
     """Restore a CausalWan from `path`; dtype overrides the stored param dtype."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(path)
     _, cfg = read_config(path)
     stored = abstract_model(cfg, attention_backend)
     graphdef, abstract_state = nnx.split(stored)
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(os.path.join(path, "params"), nnx.to_pure_dict(abstract_state))
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: cannot restore params ({msg[:300]})") from None
+    params = restore_tree(os.path.join(path, "params"), nnx.to_pure_dict(abstract_state))
     nnx.replace_by_pure_dict(abstract_state, params)
     model = nnx.merge(graphdef, abstract_state)
     log.info("loaded DiT %s (%s, %d layers, dim %d)", path, cfg.dtype, cfg.num_layers, cfg.dim)
@@ -120,8 +140,6 @@ def model_from_params(cfg: WanConfig, params: dict, attention_backend: str = "re
 
 def load_flat(path: str, kind: str, cfg_cls, dtype: str | None = None):
     """Restore (config, flat params) of a `vae` or `t5` checkpoint from convert_checkpoint.py."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
@@ -136,12 +154,7 @@ def load_flat(path: str, kind: str, cfg_cls, dtype: str | None = None):
         raise CheckpointError(f"{cfg_path}: unreadable config ({e})") from None
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {meta.get('kind')!r} model, not {kind}")
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(os.path.join(path, "params"))
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: cannot restore params ({msg[:300]})") from None
+    params = restore_tree(os.path.join(path, "params"))
     if dtype is not None:
         cfg = dataclasses.replace(cfg, dtype=dtype)
     params = jax.tree.map(lambda a: jnp.asarray(a, cfg.dtype), params)

@@ -85,6 +85,7 @@ def parse_args(argv):
                    help="attention heads (inferred for the published 1.3B / 14B widths)")
     p.add_argument("--no-ema", action="store_true", help="use `generator` instead of `generator_ema`")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--verbose", action="store_true", help="after an error line, what the reading library said")
     return p.parse_args(argv)
 
 
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
             convert_t5(args.src, args.dst, args.dtype)
     except (ConversionError, CheckpointError) as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
+        if args.verbose and getattr(e, "detail", ""):
+            print(e.detail, file=sys.stderr)
         return 2
     print(f"wrote {args.dst}")
     return 0

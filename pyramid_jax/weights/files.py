@@ -16,6 +16,7 @@ import warnings
 import ml_dtypes
 import numpy as np
 
+from pyramid_jax.logs import first_line
 from pyramid_jax.weights.wan_names import ConversionError
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,12 @@ def read_torch(path: str, ema: bool = True) -> dict[str, np.ndarray]:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise ConversionError(
                 f"{path}: refused, the pickle needs more than tensors to load (it could run "
-                "code); re-save it as a plain state dict or safetensors") from None
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+                "code); re-save it as a plain state dict or safetensors", detail=str(e)) from None
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({first_line(e, 80)})",
+                              detail=str(e)) from None
     if isinstance(obj, dict):
         pick = ("generator_ema", "generator") if ema else ("generator",)
         for name in pick:

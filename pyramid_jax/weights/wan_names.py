@@ -15,7 +15,12 @@ from pyramid_jax.models.wan import HEADS_BY_DIM, WanConfig
 
 
 class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the problem."""
+    """A checkpoint that cannot be converted; the message names the problem in one line,
+    `detail` keeps what the reading library said (shown with --verbose)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 # (diffusers pattern, upstream replacement); applied to whole keys, first match wins.
