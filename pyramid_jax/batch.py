@@ -522,6 +522,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"batch: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the manifest on a disk that filled up
+        print(f"batch: error: {generate.os_reason(e)}", file=sys.stderr)
+        return 2
     except PeersLost as e:
         print(f"batch: error: {e}; finished prompts are kept: rerun every host to finish the rest",
               file=sys.stderr)

@@ -394,6 +394,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"generate: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that vanished or could not be read midway
+        print(f"generate: error: {os_reason(e)}", file=sys.stderr)
+        return 2
 
 
 def run(c) -> int:
