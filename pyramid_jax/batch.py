@@ -109,8 +109,8 @@ def _check_entry(entry, job: Job, c) -> str:
         return f"bad seed {seed!r}: an integer in [0, 2**32)"
     job.seed = seed
     frames = entry.get("num_frames", job.num_frames)
-    if not isinstance(frames, int) or frames <= 0 or frames % c.num_frame_per_block:
-        return f"bad num_frames {frames!r}: a positive multiple of {c.num_frame_per_block}"
+    if not isinstance(frames, int) or frames <= 0 or frames % c.frames_per_chunk:
+        return f"bad num_frames {frames!r}: a positive multiple of {c.frames_per_chunk}"
     job.num_frames = frames
     if not job.prompt.strip():
         return "empty prompt"
@@ -299,7 +299,7 @@ def generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, 
     context = encoder([j.prompt for j in padded])
     policy = generate.build_policy(c, cfg, latent_hw, frames)
     noise = RandomNoise([j.seed for j in padded], (bs, frames, cfg.in_channels, *latent_hw), sampler)
-    chunks = frames // c.num_frame_per_block
+    chunks = frames // c.frames_per_chunk
     decoder = generate.video_decoder(c, bs, latent_hw, vae) if expect.video else None
     writers = [media.Mp4Writer(video_path(out, j), fps=c.fps) for j in group] if decoder else []
 

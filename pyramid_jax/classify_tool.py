@@ -81,7 +81,7 @@ def profiles_from_config(cfg_args, frames: int):
         model = generate.load_dit(c)
         cfg = model.cfg
         context = generate.prompt_context(c, cfg)
-        f = c.num_frame_per_block
+        f = c.frames_per_chunk
         sampler = generate.make_sampler(c)
         lh, lw = generate.latent_size(c, cfg)
     except generate.UserError as e:

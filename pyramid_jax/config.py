@@ -1,4 +1,5 @@
-"""The generate config: fields every config file has (DESIGN.md, public interface).
+"""The generate config: the fields every config file has (a public interface: users' scripts
+set them by name).
 
 Config files in configs/ call `base_config()` and change what differs. Frames are latent
 frames; height/width are pixels (latents are 8x smaller).
@@ -29,10 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
     # kind: umt5 (checkpoint from `convert_checkpoint.py --kind t5`, tokenizer = spiece.model),
     # placeholder (hash-seeded embeddings, for random demos) or none; device: default | cpu
     c.text_encoder = ml_collections.ConfigDict(dict(kind="none", checkpoint="", tokenizer="", device="default"))
-    c.num_frames = 21            # latent frames, a multiple of num_frame_per_block
+    c.num_frames = 21            # latent frames, a multiple of frames_per_chunk
     c.height = 480
     c.width = 832
-    c.num_frame_per_block = 3
+    c.frames_per_chunk = 3
     c.denoising_step_list = (1000, 750, 500, 250)
     c.warp_denoising_step = True
     c.shift = 5.0

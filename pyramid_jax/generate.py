@@ -45,26 +45,34 @@ def parse_config(argv):
         holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
         rest = fv(argv)[1:]
     except (OSError, SyntaxError) as e:
-        raise UserError(f"cannot load config file {path!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load config file {path!r}: {logs.first_line(e)}") from None
     except (AttributeError, KeyError):
         bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
-        raise UserError(f"unknown config field in {', '.join('--config.' + b for b in bad)}; "
+        renamed = [f"--config.{b} is now --config.{RENAMED[b]}" for b in bad if b in RENAMED]
+        raise UserError("; ".join(renamed) if renamed else
+                        f"unknown config field in {', '.join('--config.' + b for b in bad)}; "
                         "see pyramid_jax/config.py for the fields") from None
     except flags.Error as e:
-        raise UserError(str(e).splitlines()[0]) from None
+        raise UserError(logs.first_line(e)) from None
     if rest:  # e.g. the second half of a value with a space in it, split by the shell
         raise UserError(f"unexpected argument {rest[0]!r}; every option is --config.FIELD=VALUE "
                         "(quote a value that has spaces)")
     return holder.value
 
 
+RENAMED = {"num_frame_per_block": "frames_per_chunk"}  # old config field -> its name now
+
+
 def check_config(c):
-    f = c.num_frame_per_block
+    for old in RENAMED:
+        if old in c:
+            raise UserError(f"config field {old} is now {RENAMED[old]}: rename it in the config file")
+    f = c.frames_per_chunk
     if f < 1:
-        raise UserError(f"num_frame_per_block must be >= 1, got {f}")
+        raise UserError(f"frames_per_chunk must be >= 1, got {f}")
     if not c.replay and (c.num_frames <= 0 or c.num_frames % f):
         raise UserError(f"num_frames ({c.num_frames}) must be a positive multiple of the chunk size "
-                        f"num_frame_per_block ({f})")
+                        f"frames_per_chunk ({f})")
     try:
         from pyramid_jax.attention import check_backend
 
@@ -83,9 +91,13 @@ def check_config(c):
         path = c[field]
         if path and not os.path.isfile(path):
             raise UserError(f"{field} {path!r}: no such file")
-    if c.cache.policy == "pyramid" and not os.path.isfile(c.cache.head_map or ""):
-        raise UserError(f"cache.head_map {c.cache.head_map!r} not found: cache.policy=pyramid needs a head map; "
-                        "make one with `python tools/classify_heads.py --config=... --out MAP.csv`")
+    if c.cache.policy == "pyramid":  # read it now, before any model loads
+        from pyramid_jax.cache.head_map import HeadMapError, load_head_map
+
+        try:
+            load_head_map(c.cache.head_map)
+        except HeadMapError as e:
+            raise UserError(str(e)) from None
     if c.vae.kind not in ("wan", "pixel"):
         raise UserError(f"unknown vae.kind {c.vae.kind!r}; choose wan or pixel")
     if c.fps <= 0:
@@ -166,9 +178,7 @@ def _prompts(c) -> list[str]:
         if not prompts:
             raise UserError(f"prompts_file {c.prompts_file!r} holds no prompts")
         return prompts
-    if not c.prompt.strip():
-        raise UserError("no prompt: set prompt, prompts_file, prompt_embeds or replay")
-    return [c.prompt]
+    return [c.prompt]  # check_config has made sure there is one
 
 
 def placeholder_context(prompt: str, text_len: int, text_dim: int) -> np.ndarray:
@@ -264,7 +274,7 @@ def prompt_context(c, cfg) -> np.ndarray:
     return TextEncoder(c, cfg)(prompts)
 
 
-def load_replay(path: str, cfg, f: int):
+def load_replay(path: str, cfg):
     try:
         data = np.load(path)
         context, noise, renoise = (np.asarray(data[k], np.float32) for k in ("context", "noise", "renoise"))
@@ -278,9 +288,7 @@ def load_replay(path: str, cfg, f: int):
     if noise.ndim != 5 or noise.shape[2] != cfg.in_channels or noise.shape[0] != context.shape[0]:
         raise UserError(f"replay noise has shape {list(noise.shape)}; expected [B={context.shape[0]}, F, "
                         f"{cfg.in_channels}, h, w]")
-    if noise.shape[1] % f:
-        raise UserError(f"replay noise has {noise.shape[1]} frames, not a multiple of the chunk ({f})")
-    return context, noise, renoise
+    return context, noise, renoise  # frames vs the chunk: ReplayNoise checks
 
 
 # ---- outputs -----------------------------------------------------------------------
@@ -295,7 +303,7 @@ def make_sampler(c):
     except ValueError as e:
         raise UserError(str(e)) from None
     return Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(c.context_noise),
-                   frames_per_chunk=c.num_frame_per_block, schedule=sched)
+                   frames_per_chunk=c.frames_per_chunk, schedule=sched)
 
 
 def strides(c) -> tuple[int, int]:
@@ -319,7 +327,7 @@ def build_policy(c, cfg, latent_hw, num_frames):
     if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
         raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
     spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
-                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), c.num_frame_per_block, cfg.rope_theta)
+                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), c.frames_per_chunk, cfg.rope_theta)
     try:
         return make_policy(c.cache.policy, spec, num_frames, c.cache.local_attn_size,
                            c.cache.sink_size, c.cache.head_map)
@@ -410,11 +418,11 @@ def run(c) -> int:
     check_outputs(c)
     model = load_dit(c)
     cfg = model.cfg
-    f = c.num_frame_per_block
+    f = c.frames_per_chunk
     sampler = make_sampler(c)
 
     if c.replay:
-        context, noise, renoise = load_replay(c.replay, cfg, f)
+        context, noise, renoise = load_replay(c.replay, cfg)
         try:
             source = ReplayNoise(noise, renoise, sampler)
         except ValueError as e:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pyramid_jax.attention import reference as ref
-from pyramid_jax.models import rope
+from pyramid_jax import rope
 
 
 def test_mha_equals_dot_product_attention():
@@ -44,7 +44,7 @@ def test_paged_attention_matches_loop():
     valid[0, 0] = False  # a (frame, head) with no valid entry
     page_len = rng.integers(1, t + 1, (n_pages,)).astype(np.int32)
     got = np.asarray(ref.paged_attention(*map(jnp.asarray, (q, k, v, pool_k, pool_v, slot, shift, valid)),
-                                         page_len=jnp.asarray(page_len)))
+                                         page_len=jnp.asarray(page_len), theta=rope.WAN_THETA))
     flat_k, flat_v = pool_k.reshape(b, -1, dh), pool_v.reshape(b, -1, dh)
     for bi in range(b):
         for ci in range(c):
@@ -56,7 +56,7 @@ def test_paged_attention_matches_loop():
                     start = slot[ci, hi, pi] * tp
                     stop = start + page_len[slot[ci, hi, pi]]
                     keys.append(np.asarray(rope.shift_time(jnp.asarray(flat_k[bi, start:stop]),
-                                                           jnp.int32(shift[ci, hi, pi]), dh)))
+                                                           jnp.int32(shift[ci, hi, pi]), dh, rope.WAN_THETA)))
                     vals.append(flat_v[bi, start:stop])
                 keys.append(k[bi, :, hi])
                 vals.append(v[bi, :, hi])

@@ -54,7 +54,7 @@ def test_replay_round_trip_cli(tmp_path):
 def test_prompt_embeds_and_one_frame_chunks(tmp_path):
     emb = tmp_path / "emb.npy"
     np.save(emb, np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32))
-    r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.num_frame_per_block=1",
+    r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.frames_per_chunk=1",
                  f"--config.prompt_embeds={emb}", "--config.output=", f"--config.save_latents={tmp_path / 'l.npz'}")
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "l.npz")["latents"].shape == (2, 6, 16, 8, 8)
@@ -75,6 +75,7 @@ def _bad_embeds(tmp_path):
     (["--config.replay=/nonexistent.npz"], "no such file"),
     (["--config.vae.checkpoint=/nonexistent"], "vae.checkpoint"),
     (["--config.cache.policy=fancy"], "unknown cache.policy"),
+    (["--config.num_frame_per_block=1"], "is now --config.frames_per_chunk"),
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):
     args = [a.replace("EMB", str(_bad_embeds(tmp_path))) for a in args]

@@ -9,6 +9,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from conftest import rel_err
+from pyramid_jax import rope
 from pyramid_jax.attention import check_backend
 from pyramid_jax.attention import pallas as pk
 from pyramid_jax.attention import pallas_triton as pt
@@ -18,6 +19,8 @@ from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.models.wan import WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout
+
+THETA = rope.WAN_THETA
 
 
 def _case(seed, b, c, grid, h, dh, s, p, valid="random", dtype=jnp.float32, page_len=False, span=1):
@@ -61,8 +64,8 @@ CASES = [  # (name, b, c, grid, h, dh, s, p, valid, page_len, span)
 def test_kernel_equals_reference_fp32(case):
     _, b, c, grid, h, dh, s, p, valid, plen, span = case
     args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen, span=span)
-    want = ref.paged_attention(*args, page_len=page_len)
-    got = pk.paged_attention(*args, page_len=page_len)
+    want = ref.paged_attention(*args, page_len=page_len, theta=THETA)
+    got = pk.paged_attention(*args, page_len=page_len, theta=THETA)
     assert not np.isnan(np.asarray(got)).any()
     assert rel_err(got, want) <= 1e-5
 
@@ -72,9 +75,9 @@ def test_triton_kernel_equals_reference_fp32(case):
     """The GPU (Triton) kernel's program, interpreted on CPU: masked key blocks, dynamic page loops."""
     _, b, c, grid, h, dh, s, p, valid, plen, span = case
     args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen, span=span)
-    got = pt.paged_attention(*args, page_len=page_len, interpret=True, tiling=(16, 16, 4, 2))
+    got = pt.paged_attention(*args, page_len=page_len, theta=THETA, interpret=True, tiling=(16, 16, 4, 2))
     assert not np.isnan(np.asarray(got)).any()
-    assert rel_err(got, ref.paged_attention(*args, page_len=page_len)) <= 1e-5
+    assert rel_err(got, ref.paged_attention(*args, page_len=page_len, theta=THETA)) <= 1e-5
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (the Triton lowering)")
@@ -84,10 +87,10 @@ def test_triton_kernel_equals_reference_fp32(case):
 def test_triton_kernel_on_gpu(case, dtype):
     _, b, c, grid, h, dh, s, p, valid, plen, span = case
     args, page_len = _case(5, b, c, grid, h, dh, s, p, valid, dtype=dtype, page_len=plen, span=span)
-    got = np.asarray(jax.jit(lambda *a: pt.paged_attention(*a, page_len=page_len))(*args), np.float32)
+    got = np.asarray(jax.jit(lambda *a: pt.paged_attention(*a, page_len=page_len, theta=THETA))(*args), np.float32)
     with jax.default_matmul_precision("highest"):  # XLA's GPU default for fp32 is TF32
         want = np.asarray(ref.paged_attention(*[x.astype(jnp.float32) if x.dtype == dtype else x for x in args],
-                                              page_len=page_len), np.float32)
+                                              page_len=page_len, theta=THETA), np.float32)
     assert not np.isnan(got).any()
     assert rel_err(got, want) <= (1e-5 if dtype == jnp.float32 else 1e-2)
 
@@ -96,15 +99,15 @@ def test_triton_kernel_on_gpu(case, dtype):
 def test_kernel_real_frame_size():
     """30x52 latent tokens per frame (1560, not a multiple of the q block), head dim 128."""
     args, _ = _case(1, 1, 3, (30, 52), 1, 128, 3, 3, "random", span=4)
-    want = ref.paged_attention(*args)
-    assert rel_err(pk.paged_attention(*args), want) <= 1e-5
-    assert rel_err(pt.paged_attention(*args, interpret=True), want) <= 1e-5
+    want = ref.paged_attention(*args, theta=THETA)
+    assert rel_err(pk.paged_attention(*args, theta=THETA), want) <= 1e-5
+    assert rel_err(pt.paged_attention(*args, theta=THETA, interpret=True), want) <= 1e-5
 
 
 def test_kernel_bf16():
     args, page_len = _case(2, 2, 3, (6, 10), 2, 64, 4, 5, "random", dtype=jnp.bfloat16, page_len=True)
-    got = pk.paged_attention(*args, page_len=page_len)
-    want = ref.paged_attention(*args, page_len=page_len)
+    got = pk.paged_attention(*args, page_len=page_len, theta=THETA)
+    want = ref.paged_attention(*args, page_len=page_len, theta=THETA)
     err = rel_err(np.asarray(got, np.float32), np.asarray(want, np.float32))
     print(f"bf16 rel err {err:.2e}")
     assert err <= 1e-2 and not np.isnan(np.asarray(got, np.float32)).any()
@@ -113,8 +116,8 @@ def test_kernel_bf16():
 def test_kernel_tpu_interpreter():
     """TPU semantics (Mosaic block rules, scalar prefetch, scratch) checked by the TPU interpreter."""
     args, _ = _case(3, 1, 3, (4, 4), 2, 128, 4, 3, "random", page_len=True, span=2)
-    got = pk.paged_attention(*args, interpret=pltpu.InterpretParams())
-    assert rel_err(got, ref.paged_attention(*args)) <= 1e-5
+    got = pk.paged_attention(*args, theta=THETA, interpret=pltpu.InterpretParams())
+    assert rel_err(got, ref.paged_attention(*args, theta=THETA)) <= 1e-5
 
 
 def test_backend_checks():

@@ -22,7 +22,7 @@ from pyramid_jax.cache.policies import advance_fn
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.cache.window import DeepSinkPolicy
-from pyramid_jax.models import rope
+from pyramid_jax import rope
 
 F, DH, GRID = 3, 16, (3, 5)
 HEAD_MAP = np.array([[WAVE, ANCHOR, VEIL], [VEIL, WAVE, ANCHOR]])
@@ -70,7 +70,7 @@ def _candidates():
     """Key of every source at every RoPE time, token position (0, 0): frames [T, T, Dh] and
     merged blocks [T // 4, T, Dh] (source, time)."""
     n = CHUNKS * F
-    cos, sin = rope.grid_tables(jnp.arange(n), jnp.zeros(1), jnp.zeros(1), DH)
+    cos, sin = rope.grid_tables(jnp.arange(n), jnp.zeros(1), jnp.zeros(1), DH, rope.WAN_THETA)
     blocks = U[:n // 4 * 4].reshape(-1, 4, DH).mean(1)
     at_all = lambda u: np.asarray(rope.apply_rope(jnp.broadcast_to(jnp.asarray(u)[:, None], (len(u), n, DH)), cos, sin))
     return at_all(U), at_all(blocks)
@@ -103,7 +103,7 @@ def attended_sets(pool, lplan, own_k, t0):
             for f in range(F):  # the chunk's own keys, at their own time, moved by own_shift
                 rows.append((c, h, own_k[f], own_shift[h, f], t0 + f + 1.0))
     keys = np.asarray(rope.shift_time(jnp.asarray(np.stack([r[2] for r in rows])),
-                                      jnp.asarray([r[3] for r in rows], jnp.int32), DH))
+                                      jnp.asarray([r[3] for r in rows], jnp.int32), DH, rope.WAN_THETA))
     out = {}
     for (c, h, _, _, value), key in zip(rows, keys):
         out.setdefault((int(c), int(h)), []).append(_name(value, key))
@@ -223,7 +223,7 @@ def test_merged_block_is_pooled_prerope_keys_at_block_time():
         for px in range(3):
             pooled_k.append(grid_k[:, 2 * py:2 * py + 2, 2 * px:2 * px + 2].reshape(-1, 16).mean(0))
             pooled_v.append(grid_v[:, 2 * py:2 * py + 2, 2 * px:2 * px + 2].reshape(-1, 16).mean(0))
-    cos, sin = rope.grid_tables(jnp.array([5]), jnp.array([0, 2]), jnp.array([0, 2, 4]), sp.head_dim)
+    cos, sin = rope.grid_tables(jnp.array([5]), jnp.array([0, 2]), jnp.array([0, 2, 4]), sp.head_dim, sp.theta)
     want_k = np.asarray(rope.apply_rope(jnp.asarray(np.stack(pooled_k)), cos, sin))
     slot = 3 + policy.recent_slots + blk % 4
     page = int(state.slot_page[layer, h, slot])
@@ -240,7 +240,7 @@ def test_time_shift_equals_rerotating_keys():
     t_f = gh * gw
     k_pre = rng.standard_normal((1, 3, t_f, dh)).astype(np.float32)  # [B, pages, T_f, Dh]
     stored_t = np.array([5, 40, 77])
-    cos = lambda t: rope.grid_tables(jnp.array([t]), jnp.arange(gh), jnp.arange(gw), dh)
+    cos = lambda t: rope.grid_tables(jnp.array([t]), jnp.arange(gh), jnp.arange(gw), dh, rope.WAN_THETA)
     pool_k = np.stack([np.asarray(rope.apply_rope(jnp.asarray(k_pre[:, s]), *cos(stored_t[s])))
                        for s in range(3)], axis=1)
     pool_v = rng.standard_normal(pool_k.shape).astype(np.float32)
@@ -250,12 +250,12 @@ def test_time_shift_equals_rerotating_keys():
     new_t = np.array([[0, 39, 77], [3, 3, 3]])  # per head: remapped RoPE times
     shift = (new_t - stored_t)[None].astype(np.int32)
     valid = np.ones((1, 2, 3), bool)
-    got = ref.paged_attention(*map(jnp.asarray, (q, kc, kc, pool_k, pool_v, slot, shift, valid)))
+    got = ref.paged_attention(*map(jnp.asarray, (q, kc, kc, pool_k, pool_v, slot, shift, valid)), theta=rope.WAN_THETA)
     for h in range(2):
         moved = np.stack([np.asarray(rope.apply_rope(jnp.asarray(k_pre[:, s]), *cos(new_t[h, s])))
                           for s in range(3)], axis=1)  # [B, pages, T_f, Dh]
         zero = np.zeros((1, 2, 3), np.int32)
-        want = ref.paged_attention(*map(jnp.asarray, (q, kc, kc, moved, pool_v, slot, zero, valid)))
+        want = ref.paged_attention(*map(jnp.asarray, (q, kc, kc, moved, pool_v, slot, zero, valid)), theta=rope.WAN_THETA)
         np.testing.assert_allclose(np.asarray(got)[..., h, :], np.asarray(want)[..., h, :], atol=1e-5)
 
 

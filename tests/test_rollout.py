@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import rel_err
 from pyramid_jax.cache.pool import PoolSpec
-from pyramid_jax.cache.window import WindowPolicy
+from pyramid_jax.cache.window import WindowPolicy, full_sequence_mask
 from pyramid_jax.models.wan import WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, make_chunk_step, rollout
 from pyramid_jax.sampling.schedule import FlowSchedule
@@ -40,7 +40,7 @@ def test_cached_chunks_equal_full_masked_forward(model, w, s):
     x = jax.random.normal(key, (1, n, C, HH, WW))
     t = jax.random.uniform(jax.random.key(1), (1, n), maxval=1000.0)
     tkv = model.text_kv(jax.random.normal(jax.random.key(2), (1, CFG.text_len, CFG.text_dim)))
-    full, _ = model(x, t, tkv, frame_mask=policy.frame_mask(n))
+    full, _ = model(x, t, tkv, frame_mask=full_sequence_mask(policy, n))
 
     graphdef, params = nnx.split(model)
 

@@ -296,6 +296,7 @@ def bench_attention(size, repeats, dtype, tilings=()):
     """
     from pyramid_jax.attention import pallas as pk
     from pyramid_jax.attention import pallas_triton as pt
+    from pyramid_jax import rope
     from pyramid_jax.attention import reference as ref
 
     heads, dh, grid = ATTN_SIZES[size]
@@ -322,17 +323,18 @@ def bench_attention(size, repeats, dtype, tilings=()):
         args = (q, k, v, pool_k, pool_v, plan.slot[0], plan.time_shift[0], plan.valid[0])
         keys = _keys_per_query_frame(state, plan.slot[0], plan.valid[0], 4, tpf, merged)  # [C, H]
         flops = float(4 * tpf * keys.sum() * dh)
-        f_ref = jax.jit(lambda *a: ref.paged_attention(*a, page_len=plen))
+        theta = rope.WAN_THETA
+        f_ref = jax.jit(lambda *a: ref.paged_attention(*a, page_len=plen, theta=theta))
         want = f_ref(*args)
         t_ref = _median_seconds(lambda: f_ref(*args).block_until_ready(), repeats)
         base = dict(section="attention", size=size, policy=label, dtype=dtype, heads=heads,
                     tokens_per_frame=tpf, keys_per_query_frame=float(keys.mean()),
                     reference_s=t_ref, reference_TFLOPs=flops / t_ref / 1e12)
         if backend == "tpu":
-            variants = [("mosaic", lambda *a: pk.paged_attention(*a, page_len=plen, interpret=False))]
+            variants = [("mosaic", lambda *a: pk.paged_attention(*a, page_len=plen, theta=theta, interpret=False))]
         elif backend == "gpu":
             variants = [(f"triton {','.join(map(str, tl or (pt.FP32_TILING if dtype == 'float32' else pt.DEFAULT_TILING)))}",
-                         lambda *a, tl=tl: pt.paged_attention(*a, page_len=plen, tiling=tl))
+                         lambda *a, tl=tl: pt.paged_attention(*a, page_len=plen, theta=theta, tiling=tl))
                         for tl in (tilings or [None])]
         else:
             variants = [("", None)]
@@ -402,7 +404,7 @@ def bench_devices_child(n_devices, chunks=4):
     cfg = WanConfig.from_dict(c.model.to_dict())
     model = init_model(cfg)  # random weights: speed does not depend on them
     lh, lw = generate.latent_size(c, cfg)
-    frames = c.num_frame_per_block * chunks
+    frames = c.frames_per_chunk * chunks
     policy = generate.build_policy(c, cfg, (lh, lw), frames)
     sampler = Sampler()
     ctx = np.zeros((n_devices, cfg.text_len, cfg.text_dim), np.float32)
@@ -411,7 +413,7 @@ def bench_devices_child(n_devices, chunks=4):
     noise = RandomNoise(0, (n_devices, frames, cfg.in_channels, lh, lw), sampler)
     sharded_rollout(model, policy, sampler, ctx, noise, chunks, mesh, on_chunk=lambda k, x, sec: times.append(sec))
     chunk_s = statistics.median(times[1:])
-    video_frames = c.num_frame_per_block * generate.strides(c)[0]  # per chunk in steady state
+    video_frames = c.frames_per_chunk * generate.strides(c)[0]  # per chunk in steady state
     return dict(section="devices", devices=n_devices, batch=n_devices, chunk_s=chunk_s,
                 video_frames_per_s=n_devices * video_frames / chunk_s)
 

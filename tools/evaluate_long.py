@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     except generate.UserError as e:
         print(f"evaluate_long: error: {e}", file=sys.stderr)
         return 2
-    fps, stride, f = int(c.fps), generate.strides(c)[0], c.num_frame_per_block
+    fps, stride, f = int(c.fps), generate.strides(c)[0], c.frames_per_chunk
     chunk = f * stride  # video frames per chunk (the first is stride - 1 shorter)
     frames = int(round(args.seconds * fps / stride / f)) * f  # latent frames, a multiple of the chunk
     video_frames = 1 + stride * (frames - 1)  # what --reuse expects to find

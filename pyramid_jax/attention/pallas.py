@@ -20,7 +20,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pyramid_jax.attention import entry_lengths, entry_span
-from pyramid_jax.models import rope
+from pyramid_jax import rope
 
 _NEG = -1e30
 
@@ -156,7 +156,7 @@ def prepare(q, k, v, pool_k, slot, time_shift, valid, *, theta, page_len, block_
     return Prepared(qh, kh, vh, slots_c, count, len_c, cos[:, :, :, None], sin[:, :, :, None], bq)
 
 
-def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=10000.0,
+def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
                     page_len=None, interpret=True, block_q=256, block_kv=512):
     """Same contract as `reference.paged_attention`.
 

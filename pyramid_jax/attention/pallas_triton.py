@@ -72,7 +72,7 @@ def _kernel(q_ref, pk_ref, pv_ref, ok_ref, ov_ref, slots_ref, count_ref, len_ref
     o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
 
 
-def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=10000.0,
+def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
                     page_len=None, interpret=False, tiling=None):
     """Same contract as `reference.paged_attention`.
 

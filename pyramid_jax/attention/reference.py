@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from pyramid_jax.attention import entry_lengths, entry_span
-from pyramid_jax.models import rope
+from pyramid_jax import rope
 
 
 _NEG = -1e30  # finite, so a fully masked row can never produce NaN
@@ -58,7 +58,7 @@ def entry_tokens(pool, slot, span: int):
     return jnp.take(flat, idx, axis=1, mode="clip")
 
 
-def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta=10000.0,
+def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
                     page_len=None):
     """Attention of each query frame over its planned cache entries plus the chunk's tokens.
 

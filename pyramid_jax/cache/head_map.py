@@ -8,14 +8,25 @@ CSV in the reference convention: one row per layer, one column per head, -1 Wave
 from __future__ import annotations
 
 import datetime
+import enum
 import json
 import os
 import tempfile
 
 import numpy as np
 
-WAVE, ANCHOR, VEIL = -1, 1, 2
-TYPE_NAMES = {WAVE: "Wave", ANCHOR: "Anchor", VEIL: "Veil"}
+from pyramid_jax.logs import first_line
+
+class HeadType(enum.IntEnum):
+    """A head's type; the values are the CSV codes of the published maps."""
+
+    WAVE = -1
+    ANCHOR = 1
+    VEIL = 2
+
+
+WAVE, ANCHOR, VEIL = HeadType.WAVE, HeadType.ANCHOR, HeadType.VEIL
+TYPE_NAMES = {t: t.name.title() for t in HeadType}
 
 
 class HeadMapError(ValueError):
@@ -39,6 +50,10 @@ def check_map(head_map: np.ndarray, num_layers: int | None = None, num_heads: in
 
 def load_head_map(path: str, num_layers: int | None = None, num_heads: int | None = None) -> np.ndarray:
     """Read a CSV or JSON head map and check it against the model's [L, H]."""
+    if not path:
+        raise HeadMapError("cache.policy=pyramid needs cache.head_map (a CSV/JSON head map); use "
+                           "head_maps/self_forcing.csv for Self Forcing, or make one with "
+                           "`python tools/classify_heads.py --config=... --out MAP.csv`")
     if not os.path.isfile(path):
         raise HeadMapError(f"head map {path!r} not found; make one with "
                            "`python tools/classify_heads.py --config=... --out MAP.csv`")
@@ -49,7 +64,7 @@ def load_head_map(path: str, num_layers: int | None = None, num_heads: int | Non
         else:
             m = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     except (ValueError, KeyError, json.JSONDecodeError) as e:
-        raise HeadMapError(f"head map {path!r} is unreadable ({str(e).splitlines()[0][:120]})") from None
+        raise HeadMapError(f"head map {path!r} is unreadable ({first_line(e, 120)})") from None
     return check_map(m, num_layers, num_heads, source=f"head map {path!r}")
 
 

@@ -1,4 +1,4 @@
-"""Head typing from recorded profiles (pure numpy; SPEC section 6).
+"""Head typing from recorded profiles (pure numpy; Pyramid Forcing's offline typing).
 
 A profile x[T] is, for one prompt, layer and head, the mean pre-softmax logit between the
 last query frame's tokens and those of each history frame. Per prompt:

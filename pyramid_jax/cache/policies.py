@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import jax
 
-from pyramid_jax.cache.head_map import HeadMapError, load_head_map
+from pyramid_jax.cache.head_map import load_head_map
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
-from pyramid_jax.cache.window import DeepSinkPolicy, WindowPolicy
+from pyramid_jax.cache.window import DEEP_SINK_SINKS, DEEP_SINK_WINDOW, DeepSinkPolicy, WindowPolicy
 
 POLICIES = ("window", "deep_sink", "pyramid")
 
@@ -16,22 +16,19 @@ def make_policy(name: str, spec: PoolSpec, num_frames: int, local_attn_size: int
                 sink_size: int = 0, head_map: str = ""):
     """A cache policy for a rollout of num_frames latent frames.
 
-    window: Self Forcing (local_attn_size W, sink_size S); deep_sink: W=21 with 10 pinned,
-    time-moved sinks unless set otherwise; pyramid: per-head policies from `head_map` (a
+    window: Self Forcing (local_attn_size W, sink_size S); deep_sink: Deep Forcing's 21-frame
+    window with 10 pinned, time-moved sinks unless set otherwise; pyramid: per-head policies from `head_map` (a
     CSV/JSON path or an [L, H] array).
     """
     if name == "window":
         return WindowPolicy(spec, local_attn_size=local_attn_size, sink_size=sink_size,
                             num_frames=num_frames)
     if name == "deep_sink":
-        w = 21 if local_attn_size in (-1, None) else local_attn_size
-        s = 10 if not sink_size else sink_size
+        w = DEEP_SINK_WINDOW if local_attn_size in (-1, None) else local_attn_size
+        s = sink_size or DEEP_SINK_SINKS
         return DeepSinkPolicy(spec, local_attn_size=w, sink_size=s, num_frames=num_frames)
     if name == "pyramid":
         if isinstance(head_map, str):
-            if not head_map:
-                raise HeadMapError("cache.policy=pyramid needs cache.head_map (a CSV/JSON head map); "
-                                   "make one with `python tools/classify_heads.py --config=... --out MAP.csv`")
             head_map = load_head_map(head_map, spec.num_layers, spec.num_heads)
         return PyramidPolicy(spec, head_map)
     raise ValueError(f"unknown cache.policy {name!r}; choose one of {', '.join(POLICIES)}")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pyramid_jax.attention import KVPool, entry_span
-from pyramid_jax.models import rope
+from pyramid_jax import rope
 
 
 class CacheState(NamedTuple):
@@ -66,7 +66,7 @@ class PoolSpec:
     head_dim: int
     grid: tuple[int, int]  # latent tokens per frame as (h, w) after patching
     frames_per_chunk: int = 3
-    theta: float = 10000.0
+    theta: float = rope.WAN_THETA
 
     @property
     def tokens_per_frame(self) -> int:

@@ -1,4 +1,4 @@
-"""Self Forcing's rolling window with pinned sink frames (SPEC section 5).
+"""Self Forcing's rolling window with pinned sink frames, and Deep Forcing's deep sink.
 
 With window W and sink S, a chunk of F frames starting at frame t0 attends the first S
 frames plus the most recent W - S frames counting its own F: committed frames
@@ -64,16 +64,6 @@ class WindowPolicy:
         keep = (slot_time < self.sinks) | recent
         return (slot_time >= 0) & (slot_time < frame0) & keep
 
-    def frame_mask(self, num_frames: int) -> np.ndarray:
-        """[F, F] bool, the same semantics as one full-sequence mask: query frame i attends
-        key frame j (its own chunk, plus what the cache would hold). For references/tests."""
-        f = self.spec.frames_per_chunk
-        i, j = np.arange(num_frames)[:, None], np.arange(num_frames)[None, :]
-        start = (i // f) * f
-        same_chunk = j // f == i // f
-        cached = (j < start) & ((j < self.sinks) | (j >= start - self.ring))
-        return same_chunk | cached
-
     def plan(self, state: CacheState, chunk: jax.Array) -> PagePlan:
         """The entries every query frame of `chunk` attends: [L, C, H, S] (the same per frame)."""
         f = self.spec.frames_per_chunk
@@ -108,13 +98,28 @@ class WindowPolicy:
         return write_entries(state, rope_keys(sp, k, times), v, slots, jnp.broadcast_to(times, slots.shape))
 
 
+def full_sequence_mask(policy: WindowPolicy, num_frames: int) -> np.ndarray:
+    """[F, F] bool: what a window policy's cached chunks attend, as one full-sequence mask
+    (query frame i attends key frame j: its own chunk, plus what the cache holds). A reference
+    for tests; per-head and time-moved policies have no such mask."""
+    f = policy.spec.frames_per_chunk
+    i, j = np.arange(num_frames)[:, None], np.arange(num_frames)[None, :]
+    start = (i // f) * f
+    same_chunk = j // f == i // f
+    cached = (j < start) & ((j < policy.sinks) | (j >= start - policy.ring))
+    return same_chunk | cached
+
+
+DEEP_SINK_WINDOW, DEEP_SINK_SINKS = 21, 10  # Deep Forcing's window and its pinned sinks
+
+
 @dataclasses.dataclass(frozen=True)
 class DeepSinkPolicy(WindowPolicy):
     """Deep Forcing's frame-level part: a window whose first `sink_size` frames (default 10
     of 21) are pinned and attended as if they sat right before the recent frames."""
 
-    local_attn_size: int = 21
-    sink_size: int = 10
+    local_attn_size: int = DEEP_SINK_WINDOW
+    sink_size: int = DEEP_SINK_SINKS
 
     def __post_init__(self):
         super().__post_init__()

@@ -1,4 +1,4 @@
-"""umT5 encoder (SPEC section 8) and its sentencepiece tokenizer.
+"""umT5 encoder (the text encoder of Wan2.1) and its sentencepiece tokenizer.
 
 Pure functions over a flat param dict keyed by transformers `UMT5EncoderModel` names (Linear
 weights stored [in, out]). umT5 differs from T5 in one way that matters here: every layer has

@@ -1,4 +1,4 @@
-"""Wan2.1 VAE decoder, streaming one latent frame at a time (SPEC section 7).
+"""Wan2.1 VAE decoder, streaming one latent frame at a time.
 
 Pure functions over a flat param dict keyed by the diffusers `AutoencoderKLWan` names
 (convolution kernels stored channel-last: Conv3d [kt, kh, kw, in, out], Conv2d

@@ -1,4 +1,4 @@
-"""Causal Wan2.1 diffusion transformer (flax.nnx), SPEC section 2.
+"""Causal Wan2.1 diffusion transformer (flax.nnx).
 
 One call denoises a chunk of F latent frames against cached pages of earlier frames.
 The model never mutates the cache: it returns the chunk's keys (before RoPE) and values
@@ -11,7 +11,6 @@ tensors are stacked on a leading L axis and the blocks run under one `lax.scan`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 
@@ -22,7 +21,7 @@ from flax import nnx
 
 from pyramid_jax import attention as attn_lib
 from pyramid_jax.attention import reference as ref_attn
-from pyramid_jax.models import rope
+from pyramid_jax import rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +41,7 @@ class WanConfig:
     eps: float = 1e-6
     qk_norm: bool = True
     cross_attn_norm: bool = True
-    rope_theta: float = 10000.0
+    rope_theta: float = rope.WAN_THETA
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -60,9 +59,6 @@ class WanConfig:
     @property
     def jnp_dtype(self):
         return jnp.dtype(self.dtype)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WanConfig":
@@ -385,9 +381,9 @@ class CausalWan(nnx.Module):
         return attend, (() if stage is None else stage[0])
 
 
-def block_causal_mask(num_frames: int, frames_per_block: int) -> np.ndarray:
+def block_causal_mask(num_frames: int, frames_per_chunk: int) -> np.ndarray:
     """[F, F] bool: frame i attends frame j iff j's block is not after i's."""
-    blk = np.arange(num_frames) // frames_per_block
+    blk = np.arange(num_frames) // frames_per_chunk
     return blk[:, None] >= blk[None, :]
 
 
@@ -400,6 +396,3 @@ def abstract_model(cfg: WanConfig, attention_backend: str = "reference") -> Caus
     """The model with ShapeDtypeStruct leaves: a target for loading weights."""
     return nnx.eval_shape(lambda: CausalWan(cfg, rngs=nnx.Rngs(0), attention_backend=attention_backend))
 
-
-def param_count(model: CausalWan) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

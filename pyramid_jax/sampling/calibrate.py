@@ -9,7 +9,6 @@ one more model pass, not an attention matrix.
 
 from __future__ import annotations
 
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +18,6 @@ from flax import nnx
 from pyramid_jax.cache.pool import PoolSpec, entry_means
 from pyramid_jax.cache.window import WindowPolicy
 from pyramid_jax.sampling.rollout import Sampler, chunk_step, make_chunk_step
-
-log = logging.getLogger(__name__)
-
 
 def chunk_profile(probe, cache, tokens_per_frame: int):
     """Profiles of a chunk's last frame against the cached history.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import time
 from typing import Callable
 
@@ -26,9 +25,6 @@ import numpy as np
 from flax import nnx
 
 from pyramid_jax.sampling.schedule import FlowSchedule
-
-log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:

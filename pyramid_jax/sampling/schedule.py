@@ -1,4 +1,4 @@
-"""Flow-matching schedule of Self Forcing (SPEC section 4).
+"""Flow-matching schedule of Self Forcing (shifted sigmas, warped timesteps).
 
 sigmas = shift * s / (1 + (shift - 1) * s) for s = linspace(1, 0, N + 1)[:-1], timesteps =
 N * sigmas (float32, as upstream computes them). Sigma lookups use the nearest timestep.

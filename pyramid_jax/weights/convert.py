@@ -15,7 +15,7 @@ import numpy as np
 from pyramid_jax import logs
 from pyramid_jax.weights import files, wan_names
 from pyramid_jax.weights.checkpoint import CheckpointError, save_params
-from pyramid_jax.weights.wan_names import ConversionError
+from pyramid_jax.weights.errors import ConversionError
 
 log = logging.getLogger("convert_checkpoint")
 

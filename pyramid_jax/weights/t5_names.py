@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from pyramid_jax.models.umt5 import UMT5Config
-from pyramid_jax.weights.wan_names import ConversionError, check_state_dict
+from pyramid_jax.weights.errors import ConversionError, check_state_dict
 
 OTHER_LAYOUT = "transformers"  # the non-upstream layout these names read
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from pyramid_jax.models.vae import VAEConfig
-from pyramid_jax.weights.wan_names import ConversionError, check_state_dict
+from pyramid_jax.weights.errors import ConversionError, check_state_dict
 
 OTHER_LAYOUT = "diffusers"  # the non-upstream layout these names read
 

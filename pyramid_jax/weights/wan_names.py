@@ -1,6 +1,6 @@
 """Name maps for Wan DiT weights: diffusers -> upstream Wan names -> CausalWan params.
 
-The upstream Wan / Self Forcing names (SPEC section 2) are the canonical key set: a
+The upstream Wan / Self Forcing names (docs/conversion.md) are the canonical key set: a
 diffusers state dict is renamed into them first, then checked against the keys and
 shapes the inferred config expects, then laid out as the model's nested param dict.
 """
@@ -12,15 +12,7 @@ import re
 import numpy as np
 
 from pyramid_jax.models.wan import HEADS_BY_DIM, WanConfig
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the problem in one line,
-    `detail` keeps what the reading library said (shown with --verbose)."""
-
-    def __init__(self, message: str, detail: str = ""):
-        super().__init__(message)
-        self.detail = detail
+from pyramid_jax.weights.errors import ConversionError, check_state_dict
 
 
 # (diffusers pattern, upstream replacement); applied to whole keys, first match wins.
@@ -137,23 +129,6 @@ def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
         out[p + "ffn.2.weight"] = (d, f)
         out[p + "ffn.2.bias"] = (d,)
     return out
-
-
-def check_state_dict(sd: dict, want: dict[str, tuple[int, ...]]) -> None:
-    """Raise ConversionError naming every unknown, missing and mis-shaped key of sd."""
-    problems = []
-    missing = sorted(set(want) - set(sd))
-    unknown = sorted(set(sd) - set(want))
-    shaped = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    if unknown:
-        problems.append("unknown keys: " + ", ".join(unknown))
-    if shaped:
-        problems.append("wrong shapes: " + ", ".join(
-            f"{k} {list(sd[k].shape)} (expected {list(want[k])})" for k in shaped))
-    if problems:
-        raise ConversionError("; ".join(problems))
 
 
 def check_keys(sd: dict[str, np.ndarray], cfg: WanConfig) -> None:

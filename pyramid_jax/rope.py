@@ -5,7 +5,7 @@ no 1024-frame limit. Large positions stay accurate in float32 (TPUs have no floa
 `turns` evaluates position * frequency as a fraction of a turn with an exact
 split-product, so the error is ~1e-6 rad at any position below 2**24.
 
-Layout (SPEC section 3): a head of dim d is split into real widths
+Layout (Wan's): a head of dim d is split into real widths
 d_t = d - 4 * (d // 6) (frame) and 2 * (d // 6) each (height, width); pairs are
 adjacent, (x[2i], x[2i + 1]), GPT-J style.
 """
@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+WAN_THETA = 10000.0  # Wan's RoPE base: WanConfig.rope_theta's default
+
 
 def axis_dims(head_dim: int) -> tuple[int, int, int]:
     """Real widths (frame, height, width) of the RoPE axes for one head."""
@@ -27,7 +29,7 @@ def axis_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
-def axis_frequencies(width: int, theta: float = 10000.0) -> np.ndarray:
+def axis_frequencies(width: int, theta: float) -> np.ndarray:
     """Float64 frequencies theta^(-2i/width) of the width // 2 pairs of one axis."""
     return theta ** (-np.arange(0, width, 2, dtype=np.float64) / width)
 
@@ -78,7 +80,7 @@ def angles(pos: jax.Array, freq: np.ndarray) -> jax.Array:
 
 def rope_tables(
     frame0: jax.Array, num_frames: int, height: int, width: int, head_dim: int,
-    theta: float = 10000.0,
+    theta: float,
 ) -> tuple[jax.Array, jax.Array]:
     """cos, sin for the tokens of frames frame0..frame0+F-1 of an h x w grid.
 
@@ -89,7 +91,7 @@ def rope_tables(
     return grid_tables(times, jnp.arange(height), jnp.arange(width), head_dim, theta)
 
 
-def grid_tables(times, rows, cols, head_dim: int, theta: float = 10000.0):
+def grid_tables(times, rows, cols, head_dim: int, theta: float):
     """cos, sin for the grid times x rows x cols (any positions, e.g. pooled patch corners).
 
     times [F], rows [h], cols [w] -> cos, sin [F * h * w, head_dim // 2] float32.
@@ -122,7 +124,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.reshape(x.shape).astype(x.dtype)
 
 
-def shift_time(x: jax.Array, shift: jax.Array, head_dim: int, theta: float = 10000.0) -> jax.Array:
+def shift_time(x: jax.Array, shift: jax.Array, head_dim: int, theta: float) -> jax.Array:
     """Rotate the frame part of RoPE'd vectors by `shift` frames (height/width untouched).
 
     x: [..., Dh]; shift: broadcastable to x.shape[:-1] (integers, may be negative).
