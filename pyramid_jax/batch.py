@@ -288,10 +288,7 @@ def _duration(seconds: float) -> str:
 
 def generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, out, expect):
     """One batch of prompts: roll out, stream the videos, then write latents. Returns seconds."""
-    import jax
-
-    from pyramid_jax.parallel import sharded_rollout
-    from pyramid_jax.sampling.rollout import RandomNoise, rollout
+    from pyramid_jax.sampling.rollout import RandomNoise, rollout, text_kv_of
 
     cfg = model.cfg
     padded = group + [group[-1]] * (bs - len(group))  # a full batch; the extras are dropped
@@ -310,11 +307,9 @@ def generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, 
 
     t0 = time.perf_counter()
     try:
-        if mesh.size > 1:
-            lat = sharded_rollout(model, policy, sampler, context, noise, chunks, mesh, on_chunk=on_chunk)
-        else:
-            text_kv = jax.jit(lambda m, ctx: m.text_kv(ctx))(model, context)
-            lat = rollout(model, policy, sampler, text_kv, noise, chunks, on_chunk=on_chunk)
+        on = mesh if mesh.size > 1 else None
+        lat = rollout(model, policy, sampler, text_kv_of(model, context, on), noise, chunks, on_chunk=on_chunk,
+                      mesh=on).latents
         for j, x in zip(group, lat):
             media.save_npz(latents_path(out, j), latents=x[None])
         for w in writers:

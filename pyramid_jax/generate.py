@@ -412,7 +412,7 @@ def run(c) -> int:
     import jax.numpy as jnp
 
     from pyramid_jax import media
-    from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, rollout
+    from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, rollout, text_kv_of
 
     check_config(c)
     check_outputs(c)
@@ -439,7 +439,7 @@ def run(c) -> int:
     num_chunks = num_frames // f
     log.info("generating %d x %d latent frames (%d chunks of %d) at latent %dx%d, %s, cache %s",
              batch, num_frames, num_chunks, f, lh, lw, cfg.dtype, c.cache.policy)
-    text_kv = jax.jit(lambda m, ctx: m.text_kv(ctx))(model, jnp.asarray(context))
+    text_kv = text_kv_of(model, context)
     start = time.perf_counter()
 
     pixel = c.vae.kind == "pixel"
@@ -462,7 +462,7 @@ def run(c) -> int:
     try:
         result = rollout(model, policy, sampler, text_kv, source, num_chunks, on_chunk=progress,
                          record_noise=bool(c.save_replay))
-        latents, drawn = result if c.save_replay else (result, None)
+        latents, drawn = result.latents, (result.noise, result.renoise)
         log.info("done: %d latent frames in %.1f s", num_frames, time.perf_counter() - start)
         write_outputs(c, latents, context, drawn, writers, batch, pixel)
     except OSError as e:  # a full disk, a vanished directory: the partial files go

@@ -56,20 +56,19 @@ def make_optimizer(lr: float = 3e-4, warmup: int = 100, weight_decay: float = 0.
     return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, weight_decay=weight_decay))
 
 
-@functools.lru_cache(maxsize=4)
-def make_train_step(graphdef, optimizer, frames_per_chunk: int = 3, clean_context_prob: float = 0.0):
-    """jitted step(params, opt_state, x0, context, key) -> (params, opt_state, loss)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "frames_per_chunk", "clean_context_prob"),
+                   donate_argnames=("params", "opt_state"))
+def train_step(graphdef, optimizer, params, opt_state, x0, context, key, *, frames_per_chunk: int = 3,
+               clean_context_prob: float = 0.0):
+    """One optimizer step on the block-causal loss -> (params, opt_state, loss); params and
+    opt_state are updated in place."""
+    def loss_of(p):
+        return loss_fn(nnx.merge(graphdef, p), x0, context, key, frames_per_chunk,
+                       clean_context_prob=clean_context_prob)
 
-    def step(params, opt_state, x0, context, key):
-        def loss_of(p):
-            return loss_fn(nnx.merge(graphdef, p), x0, context, key, frames_per_chunk,
-                           clean_context_prob=clean_context_prob)
-
-        loss, grads = jax.value_and_grad(loss_of)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return jax.jit(step, donate_argnums=(0, 1))
+    loss, grads = jax.value_and_grad(loss_of)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 def to_model_frames(video: np.ndarray) -> np.ndarray:

@@ -1,20 +1,45 @@
-"""Run on 8 fake CPU devices (XLA_FLAGS set by the caller): sharded rollouts vs one device.
+"""Run on 8 fake CPU devices (XLA_FLAGS set by the caller): sharded rollouts vs one device,
+and whether the compiled sharded step ever moves the page pool between devices.
 
-Prints one JSON line {case: rel_err}. Used by tests/test_parallel.py in a subprocess.
+Prints one JSON line {case: rel_err, case/pool_collectives: count}. Used by
+tests/test_parallel.py in a subprocess.
 """
 
 import json
+import re
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from pyramid_jax import sharding
 
 from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
 from pyramid_jax.cache.policies import make_policy
-from pyramid_jax.cache.pool import PoolSpec
+from pyramid_jax.cache.pool import CacheState, PoolSpec
 from pyramid_jax.models.wan import WanConfig, init_model
-from pyramid_jax.parallel import make_mesh, sharded_rollout
-from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout
+from pyramid_jax.parallel import make_mesh
+from pyramid_jax.sampling.rollout import RandomNoise, Sampler, on_mesh, rollout, step, text_kv_of
+
+
+def pool_collectives(model, policy, sampler, ctx, noise, mesh):
+    """Collectives of the compiled sharded step whose operand is the page pool (or a copy of
+    it): the compiler partitions the step well only if there are none."""
+    graphdef, params = nnx.split(model)
+    b = ctx.shape[0]
+    with on_mesh(mesh):
+        params = sharding.put(params, mesh, nnx.get_partition_spec(params))
+        cache = sharding.put(policy.init(b, jnp.float32, head_groups=mesh.shape["model"]), mesh,
+                             CacheState.logical_axes())
+        n, r = sharding.put(noise.chunk(0), mesh, (P("batch"), P(None, "batch")))
+        hlo = step.lower(graphdef, policy, sampler, params, cache, text_kv_of(model, ctx, mesh), n, r,
+                         jnp.int32(1)).compile().as_text()
+    pages = ",".join(map(str, cache.k.shape[1:]))  # the pool's [NP, Tp, Dh], whole
+    return sum(1 for line in hlo.splitlines()
+               if re.search(r"\b(all-gather|all-to-all|all-reduce|collective-permute)\b", line) and f"{pages}]" in line)
 
 
 def main(backends, meshes):
@@ -32,11 +57,14 @@ def main(backends, meshes):
         for pname, kw in (("window", dict(local_attn_size=6, sink_size=1)), ("pyramid", dict(head_map=head_map))):
             policy = make_policy(pname, spec, chunks * 3, **kw)
             noise = RandomNoise(3, (b, chunks * 3, 4, 4, 6), sampler)
-            single = rollout(model, policy, sampler, model.text_kv(ctx), noise, chunks)
+            single = rollout(model, policy, sampler, model.text_kv(ctx), noise, chunks).latents
             for d, m in meshes:
-                lat = sharded_rollout(model, policy, sampler, ctx, noise, chunks, make_mesh(d, m))
+                mesh = make_mesh(d, m)
+                lat = rollout(model, policy, sampler, text_kv_of(model, ctx, mesh), noise, chunks, mesh=mesh).latents
                 err = float(np.linalg.norm(lat - single) / np.linalg.norm(single))
                 out[f"{backend}/{pname}/mesh{d}x{m}"] = err
+                out[f"{backend}/{pname}/mesh{d}x{m}/pool_collectives"] = pool_collectives(model, policy, sampler, ctx,
+                                                                                         noise, mesh)
     print(json.dumps(out))
 
 

@@ -17,7 +17,7 @@ from pyramid_jax.models.wan import WanConfig, init_model
 from pyramid_jax.sampling import calibrate
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy
-from pyramid_jax.sampling.rollout import RandomNoise, Sampler, clean_t, denoise, make_chunk_step
+from pyramid_jax.sampling.rollout import RandomNoise, Sampler, clean_t, denoise, step
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pf_head_profiles")
 
@@ -85,10 +85,9 @@ def test_profile_fast_path_equals_brute_force(monkeypatch):
     # replay chunks 0-1 to get the cache, then the last chunk's clean pass eagerly
     state = policy.init(1, jnp.float32)
     graphdef, params = nnx.split(model)
-    step = make_chunk_step(graphdef, policy, sampler)
     for k in range(2):
         n, r = noise.chunk(k)
-        _, state = step(params, state, tkv, n, r, jnp.int32(k))
+        _, state = step(graphdef, policy, sampler, params, state, tkv, n, r, jnp.int32(k))
     n, r = noise.chunk(2)
     plan = policy.plan(state, jnp.int32(2))
     x0 = denoise(model, sampler, tkv, state.pool(), plan, n, r)

@@ -149,7 +149,7 @@ def test_pyramid_rollout_pallas_equals_reference():
         try:
             lat[backend] = rollout(model, policy, sampler, model.text_kv(ctx),
                                    RandomNoise(1, (1, 27, 4, 6, 10), sampler), 9,
-                                   on_chunk=lambda k, *_: k == 0 and after_first.append(compiles[0]))
+                                   on_chunk=lambda k, *_: k == 0 and after_first.append(compiles[0])).latents
         finally:
             jax.monitoring.clear_event_listeners()
         assert after_first == compiles

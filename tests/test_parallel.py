@@ -28,16 +28,24 @@ def _sharded(backends, meshes):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _split(out):
+    errs = {k: v for k, v in out.items() if not k.endswith("/pool_collectives")}
+    moves = {k: v for k, v in out.items() if k.endswith("/pool_collectives")}
+    return errs, moves
+
+
 @pytest.mark.slow
 def test_meshes_equal_one_device_reference():
-    errs = _sharded("reference", "8x1,2x4,1x2,4x2")
+    errs, moves = _split(_sharded("reference", "8x1,2x4,1x2,4x2"))
     assert len(errs) == 8 and max(errs.values()) <= 1e-5, errs
+    assert not any(moves.values()), moves  # the page pool never leaves its devices
 
 
 @pytest.mark.slow
 def test_meshes_equal_one_device_pallas():
-    errs = _sharded("pallas", "2x4,1x2")
+    errs, moves = _split(_sharded("pallas", "2x4,1x2"))
     assert len(errs) == 4 and max(errs.values()) <= 1e-5, errs
+    assert not any(moves.values()), moves
 
 
 def test_mesh_errors():

@@ -12,7 +12,7 @@ from conftest import rel_err
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy, full_sequence_mask
 from pyramid_jax.models.wan import WanConfig, init_model
-from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, make_chunk_step, rollout
+from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, rollout
 from pyramid_jax.sampling.schedule import FlowSchedule
 
 CFG = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
@@ -89,7 +89,7 @@ def test_jitted_rollout_equals_plain_loop(model, f):
     noise = rng.standard_normal((2, chunks * f, C, HH, WW)).astype(np.float32)
     renoise = rng.standard_normal((chunks * 3, 2, f, C, HH, WW)).astype(np.float32)
     tkv = model.text_kv(jnp.asarray(rng.standard_normal((2, CFG.text_len, CFG.text_dim)), jnp.float32))
-    got = rollout(model, policy, sampler, tkv, ReplayNoise(noise, renoise, sampler), chunks)
+    got = rollout(model, policy, sampler, tkv, ReplayNoise(noise, renoise, sampler), chunks).latents
     want = _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks)
     assert got.shape == (2, chunks * f, C, HH, WW)
     assert rel_err(got, want) <= 1e-5
@@ -127,9 +127,9 @@ def test_replay_round_trip(model):
     policy = _policy(6, 1, chunks * 3)
     tkv = model.text_kv(jnp.ones((2, CFG.text_len, CFG.text_dim)))
     drawn = RandomNoise(11, (2, chunks * 3, C, HH, WW), sampler)
-    lat, (noise, renoise) = rollout(model, policy, sampler, tkv, drawn, chunks, record_noise=True)
+    lat, noise, renoise, _ = rollout(model, policy, sampler, tkv, drawn, chunks, record_noise=True)
     assert noise.shape == (2, 9, C, HH, WW) and renoise.shape == (9, 2, 3, C, HH, WW)
-    again = rollout(model, policy, sampler, tkv, RandomNoise(11, noise.shape, sampler), chunks)
+    again = rollout(model, policy, sampler, tkv, RandomNoise(11, noise.shape, sampler), chunks).latents
     np.testing.assert_array_equal(lat, again)  # reproducible run to run
-    replayed = rollout(model, policy, sampler, tkv, ReplayNoise(noise, renoise, sampler), chunks)
+    replayed = rollout(model, policy, sampler, tkv, ReplayNoise(noise, renoise, sampler), chunks).latents
     np.testing.assert_array_equal(lat, replayed)

@@ -81,3 +81,18 @@ def test_bad_window_is_refused():
     spec = PoolSpec(num_layers=1, num_heads=1, head_dim=8, grid=(1, 1))
     with pytest.raises(ValueError, match="local_attn_size"):
         WindowPolicy(spec, local_attn_size=3, sink_size=1)
+
+
+def test_policies_implement_the_protocol_and_hash_by_value():
+    """Window, deep sink and pyramid are CachePolicy; equal policies are equal static jit args."""
+    from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
+    from pyramid_jax.cache.policies import CachePolicy, make_policy
+
+    spec = PoolSpec(num_layers=1, num_heads=3, head_dim=8, grid=(2, 2))
+    head_map = np.array([[WAVE, ANCHOR, VEIL]])
+    for name, kw in (("window", dict(local_attn_size=6, sink_size=1)), ("deep_sink", {}),
+                     ("pyramid", dict(head_map=head_map))):
+        a, b = make_policy(name, spec, 30, **kw), make_policy(name, spec, 30, **kw)
+        assert isinstance(a, CachePolicy) and a == b and hash(a) == hash(b)
+    other = make_policy("pyramid", spec, 30, head_map=head_map[:, ::-1].copy())
+    assert other != make_policy("pyramid", spec, 30, head_map=head_map)

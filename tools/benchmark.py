@@ -396,8 +396,8 @@ def bench_devices_child(n_devices, chunks=4):
     for the demo model, batch = n_devices, mesh (n, 1)."""
     from pyramid_jax import generate
     from pyramid_jax.models.wan import WanConfig, init_model
-    from pyramid_jax.parallel import make_mesh, sharded_rollout
-    from pyramid_jax.sampling.rollout import RandomNoise, Sampler
+    from pyramid_jax.parallel import make_mesh
+    from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout, text_kv_of
 
     c = generate.parse_config(["benchmark", "--config=" + os.path.join(os.path.dirname(__file__), "..",
                                                                       "configs", "demo.py")])
@@ -411,7 +411,8 @@ def bench_devices_child(n_devices, chunks=4):
     mesh = make_mesh(n_devices, 1)
     times = []
     noise = RandomNoise(0, (n_devices, frames, cfg.in_channels, lh, lw), sampler)
-    sharded_rollout(model, policy, sampler, ctx, noise, chunks, mesh, on_chunk=lambda k, x, sec: times.append(sec))
+    rollout(model, policy, sampler, text_kv_of(model, ctx, mesh), noise, chunks, mesh=mesh,
+            on_chunk=lambda k, x, sec: times.append(sec))
     chunk_s = statistics.median(times[1:])
     video_frames = c.frames_per_chunk * generate.strides(c)[0]  # per chunk in steady state
     return dict(section="devices", devices=n_devices, batch=n_devices, chunk_s=chunk_s,

@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     import orbax.checkpoint as ocp
 
     from pyramid_jax.models.wan import init_model
-    from pyramid_jax.training import make_optimizer, make_train_step
+    from pyramid_jax.training import make_optimizer, train_step
 
     t_start = time.perf_counter()
     out = os.path.abspath(args.out)
@@ -160,14 +160,14 @@ def main(argv=None) -> int:
         nnx.replace_by_pure_dict(params, restored["params"])
         opt_state = restored["opt"]
         log.info("resumed from %s at step %d", mgr.directory, start)
-    step_fn = make_train_step(graphdef, opt, clean_context_prob=args.clean_context_prob)
     to_frames = jax.jit(lambda v: (v.astype(jnp.float32) / 127.5 - 1.0).transpose(0, 1, 4, 2, 3))
     key = jax.random.key(args.seed)
     t0, losses, step = time.perf_counter(), [], start
     for step in range(start, args.steps):
         idx = np.random.default_rng([args.seed, step]).integers(0, len(videos), args.batch)  # resumable
-        params, opt_state, loss = step_fn(params, opt_state, to_frames(jnp.asarray(videos[idx])),
-                                          jnp.asarray(ctx[idx]), jax.random.fold_in(key, step))
+        params, opt_state, loss = train_step(graphdef, opt, params, opt_state, to_frames(jnp.asarray(videos[idx])),
+                                             jnp.asarray(ctx[idx]), jax.random.fold_in(key, step),
+                                             clean_context_prob=args.clean_context_prob)
         losses.append(loss)
         done = step + 1
         if done % 100 == 0 or done == args.steps or done - start in (1, 3):

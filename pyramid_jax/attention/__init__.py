@@ -14,6 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from pyramid_jax import sharding
+
 
 class PagePlan(NamedTuple):
     """Which cached entries each (layer, query frame, head) attends, for one chunk.
@@ -79,21 +81,49 @@ def paged_attention_fn(name: str):
     """The paged attention function of a backend (same contract as reference.paged_attention).
 
     pallas runs as Mosaic on TPU, through Triton on GPU and interpreted on CPU (the TPU kernel:
-    for tests, not for speed).
+    for tests, not for speed). Under a mesh (`jax.set_mesh`) the kernel runs per device on its
+    batch rows, heads and their pages (`shard_map`); everything around it is left to the
+    compiler.
     """
     from pyramid_jax.attention import reference
 
     if name == "reference":
-        return reference.paged_attention
-    platform = jax.default_backend()
-    check_backend(name, platform)
-    if platform == "gpu":
-        from pyramid_jax.attention import pallas_triton
+        kernel = reference.paged_attention
+    else:
+        platform = jax.default_backend()
+        check_backend(name, platform)
+        if platform == "gpu":
+            from pyramid_jax.attention import pallas_triton
 
-        return pallas_triton.paged_attention
-    from pyramid_jax.attention import pallas
+            kernel = pallas_triton.paged_attention
+        else:
+            from pyramid_jax.attention import pallas
 
-    return functools.partial(pallas.paged_attention, interpret=platform != "tpu")
+            kernel = functools.partial(pallas.paged_attention, interpret=platform != "tpu")
+    return functools.partial(_on_mesh, kernel)
+
+
+def _on_mesh(kernel, q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta, page_len=None):
+    """kernel(...), split over the active mesh's `data` (batch) and `model` (heads; pages
+    laid out per head group) axes. The plan's page numbers are global; each device reads its
+    own block of the pool."""
+    mesh = sharding.active_mesh()
+    if mesh is None:
+        return kernel(q, k, v, pool_k, pool_v, slot, time_shift, valid, theta=theta, page_len=page_len)
+    from jax.sharding import PartitionSpec as P
+
+    data, model = sharding.DATA, sharding.MODEL
+
+    def local(q, k, v, pool_k, pool_v, slot, time_shift, valid, page_len):
+        first_page = jax.lax.axis_index(model) * pool_k.shape[1]
+        return kernel(q, k, v, pool_k, pool_v, slot - first_page, time_shift, valid, theta=theta,
+                      page_len=page_len)
+
+    heads, plan = P(data, None, None, model), P(None, model)
+    specs = (heads, P(data, None, model), P(data, None, model), P(data, model), P(data, model), plan, plan, plan,
+             P() if page_len is None else P(model))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=heads, check_vma=False)(
+        q, k, v, pool_k, pool_v, slot, time_shift, valid, page_len)
 
 
 def entry_lengths(page_len, slot, tokens_per_frame: int):

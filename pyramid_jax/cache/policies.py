@@ -1,15 +1,45 @@
-"""Policy construction by name (the `cache.policy` config field)."""
+"""The cache-policy interface, and policies by name (the `cache.policy` config field)."""
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import jax
 
+from pyramid_jax.attention import KVPool, PagePlan
 from pyramid_jax.cache.head_map import load_head_map
-from pyramid_jax.cache.pool import PoolSpec
+from pyramid_jax.cache.pool import CacheState, PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.cache.window import DEEP_SINK_SINKS, DEEP_SINK_WINDOW, DeepSinkPolicy, WindowPolicy
 
 POLICIES = ("window", "deep_sink", "pyramid")
+
+
+@runtime_checkable
+class CachePolicy(Protocol):
+    """What a KV-cache policy is to the chunk step. Every method is a pure, jit-safe function
+    of the state (a CacheState) and the chunk index (may be traced); a policy is hashable (a
+    static argument of the jitted step). Window, deep sink and pyramid implement it.
+    """
+
+    spec: PoolSpec
+
+    @property
+    def num_slots(self) -> int:
+        """Logical slots per (layer, head) (the widest head's)."""
+
+    def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
+        """An empty cache; head_groups: how many groups the mesh splits the heads into."""
+
+    def plan(self, state: CacheState, chunk) -> PagePlan:
+        """What the noisy passes of `chunk` attend, every layer: fields [L, C, H, P]."""
+
+    def stage(self, state: CacheState, plan: PagePlan, layer, k_pre, v, chunk) -> tuple[CacheState, KVPool, PagePlan]:
+        """Inside the cache-writing pass, before `layer` attends: put what the policy keeps of
+        the layer's chunk keys (k_pre before RoPE, v: [B, H, F, T, Dh]) in, and plan the layer."""
+
+    def commit(self, state: CacheState, chunk_kv, chunk) -> CacheState:
+        """After the cache-writing pass: the rest of the chunk ([L, B, H, F, T, Dh] each)."""
 
 
 def make_policy(name: str, spec: PoolSpec, num_frames: int, local_attn_size: int = -1,

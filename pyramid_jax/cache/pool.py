@@ -7,9 +7,8 @@ frame goes to which slot (`commit`, `stage`) and which slots each query frame re
 the model only sees `KVPool` and `PagePlan`.
 
 Under a mesh whose `model` axis splits the heads into G groups, each group's pages (and merge
-accumulator rows) form one contiguous block of the pool, padded to the largest group, and the
-page numbers in `slot_page` / `merge_row` count from the start of their group's block: what a
-device holding that group sees. With G = 1 they are plain pool indices.
+accumulator rows) form one contiguous block of the pool, padded to the largest group, so the
+device that holds a group's heads holds their pages. Page numbers are global.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from pyramid_jax.attention import KVPool, entry_span
 from pyramid_jax import rope
+from pyramid_jax.attention import KVPool, entry_span
 
 
 class CacheState(NamedTuple):
@@ -52,6 +52,14 @@ class CacheState(NamedTuple):
     def pool(self) -> KVPool:
         return KVPool(self.k, self.v, self.page_len)
 
+    @staticmethod
+    def logical_axes() -> "CacheState":
+        """Each leaf's logical axes (pyramid_jax.sharding): pages and merge rows are laid out
+        per head group, so they split with the heads."""
+        pages, table = P("batch", "pages"), P(None, "heads")
+        return CacheState(k=pages, v=pages, page_len=P("pages"), slot_time=table, slot_page=table,
+                          head_kind=table, merge_k=pages, merge_v=pages, merge_row=table)
+
     @property
     def nbytes(self) -> int:
         return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(self))
@@ -77,8 +85,9 @@ def allocate(units: np.ndarray, head_groups: int = 1) -> tuple[np.ndarray, int]:
     """Number the units (pages, accumulator rows) each (layer, head, slot) needs.
 
     units: [L, H, S] how many consecutive units each slot takes (0: no such slot). Heads are
-    split into `head_groups` contiguous groups; a group's units are numbered from 0 inside its
-    block. Returns (first unit [L, H, S] int32, the block size where units == 0; block size).
+    split into `head_groups` contiguous groups; each group's units fill one block, blocks are
+    padded to the largest. Returns (first unit [L, H, S] int32, the total count where
+    units == 0; units per block).
     """
     n_l, n_h, _ = units.shape
     if n_h % head_groups:
@@ -91,7 +100,8 @@ def allocate(units: np.ndarray, head_groups: int = 1) -> tuple[np.ndarray, int]:
         first[:, g * hg:(g + 1) * hg] = (np.cumsum(u) - u).reshape(n_l, hg, -1)
         sizes.append(int(u.sum()))
     block = max(sizes)
-    return np.where(units > 0, first, block).astype(np.int32), block
+    group_start = (np.arange(n_h) // hg * block)[None, :, None]
+    return np.where(units > 0, first + group_start, block * head_groups).astype(np.int32), block
 
 
 def empty_state(spec: PoolSpec, batch: int, dtype, slot_pages: np.ndarray, page_tokens: int,
@@ -101,7 +111,10 @@ def empty_state(spec: PoolSpec, batch: int, dtype, slot_pages: np.ndarray, page_
     merge_heads [L, H] bool: heads that pool blocks (an accumulator row each, merge_tokens wide)."""
     n_l, n_h = spec.num_layers, spec.num_heads
     first, block = allocate(np.asarray(slot_pages), head_groups)
-    n_pages = max(block, 1) * head_groups  # one (never valid) page keeps shapes non-empty
+    n_pages = block * head_groups
+    if n_pages == 0:  # one (never valid) page per group keeps shapes non-empty
+        n_pages = head_groups
+        first = np.full_like(first, n_pages)
     merge_heads = np.zeros((n_l, n_h), bool) if merge_heads is None else np.asarray(merge_heads, bool)
     rows, rows_block = allocate(merge_heads[..., None].astype(np.int64), head_groups)
     acc = (batch, rows_block * head_groups, merge_tokens, spec.head_dim)

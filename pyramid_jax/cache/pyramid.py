@@ -67,17 +67,17 @@ class PyramidParams:
     clamp_hi: int = 21
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class PyramidPolicy:
     spec: PoolSpec
-    head_map: np.ndarray  # [L, H] of WAVE / ANCHOR / VEIL
+    head_map: tuple  # [L][H] head types (an array or nested lists in; kept as tuples: hashable)
     params: PyramidParams = PyramidParams()
 
     def __post_init__(self):
         sp, p = self.spec, self.params
         f = sp.frames_per_chunk
-        object.__setattr__(self, "head_map",
-                           check_map(self.head_map, sp.num_layers, sp.num_heads, "cache.head_map"))
+        m = check_map(self.head_map, sp.num_layers, sp.num_heads, "cache.head_map")
+        object.__setattr__(self, "head_map", tuple(tuple(int(v) for v in row) for row in m))
         if p.recent < f:
             raise ValueError(f"recent ({p.recent}) must cover the chunk ({f} frames)")
         if p.stride_cap * p.stride < f or p.merge_cap < 1 or p.bucket < 1:
@@ -88,15 +88,12 @@ class PyramidPolicy:
             raise ValueError(f"clamp_hi ({p.clamp_hi}) must be >= {last - 1}: the chunks that hold sink "
                              "frames need one sync time")
 
-    # Hash by value: jit caches compiled steps per policy.
-    def __hash__(self):
-        return hash((self.spec, self.params, self.head_map.tobytes()))
-
-    def __eq__(self, other):
-        return (isinstance(other, PyramidPolicy) and self.spec == other.spec
-                and self.params == other.params and np.array_equal(self.head_map, other.head_map))
-
     # ---- static layout -------------------------------------------------------------
+    @property
+    def types(self) -> np.ndarray:
+        """The head map as an [L, H] int32 array."""
+        return np.asarray(self.head_map, np.int32)
+
     @property
     def recent_slots(self) -> int:
         """Committed frames the recent ring keeps (the chunk's own are attended directly)."""
@@ -116,7 +113,7 @@ class PyramidPolicy:
     @property
     def page_tokens(self) -> int:
         """A pooled block per page when there are Veil heads, else a frame per page."""
-        return self.pooled_tokens if (self.head_map == VEIL).any() else self.spec.tokens_per_frame
+        return self.pooled_tokens if (self.types == VEIL).any() else self.spec.tokens_per_frame
 
     def by_type(self, kind, wave, anchor, veil):
         """Per-head value by type; kind: numpy or traced head types."""
@@ -132,27 +129,27 @@ class PyramidPolicy:
 
     @property
     def num_slots(self) -> int:
-        n_sink, n_mid, _ = self._counts(self.head_map)
+        n_sink, n_mid, _ = self._counts(self.types)
         return int((n_sink + self.recent_slots + n_mid).max())
 
     @property
     def max_pages(self) -> int:
         """Most entries any (query frame, head) attends: sinks + recent + middle."""
-        n_sink, _, mid = self._counts(self.head_map)
+        n_sink, _, mid = self._counts(self.types)
         return int((n_sink + self.recent_slots + mid).max())
 
     def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
         """An empty cache: each head owns exactly its type's pages (see cache.pool)."""
         sp = self.spec
         span = entry_span(sp.tokens_per_frame, self.page_tokens)
-        n_sink, n_mid, _ = self._counts(self.head_map)
+        n_sink, n_mid, _ = self._counts(self.types)
         used = (n_sink + self.recent_slots + n_mid)[..., None]
         idx = np.arange(self.num_slots)
-        veil = (self.head_map == VEIL)[..., None]
+        veil = (self.types == VEIL)[..., None]
         pooled = veil & (idx >= (n_sink + self.recent_slots)[..., None])
         pages = np.where(idx < used, np.where(pooled, 1, span), 0)
-        return empty_state(sp, batch, dtype, pages, self.page_tokens, head_kind=self.head_map,
-                           merge_heads=self.head_map == VEIL, merge_tokens=self.pooled_tokens,
+        return empty_state(sp, batch, dtype, pages, self.page_tokens, head_kind=self.types,
+                           merge_heads=self.types == VEIL, merge_tokens=self.pooled_tokens,
                            head_groups=head_groups)
 
     # ---- plan ----------------------------------------------------------------------

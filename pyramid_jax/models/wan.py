@@ -22,6 +22,7 @@ from flax import nnx
 from pyramid_jax import attention as attn_lib
 from pyramid_jax.attention import reference as ref_attn
 from pyramid_jax import rope
+from pyramid_jax.sharding import param_meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,44 +96,31 @@ def layer_norm(x, eps, scale=None, bias=None):
     return y.astype(x.dtype)
 
 
-def rms_norm(x, scale, eps, axis=None, full_dim=None):
-    """RMS statistic in float32, cast to x.dtype, then times the weight.
-
-    With `axis` (a mesh axis the last dim is split over) the statistic is psum'd over it and
-    divided by full_dim, so a head-sharded q/k is normalised over the full width.
-    """
+def rms_norm(x, scale, eps):
+    """RMS statistic over the last axis in float32, cast to x.dtype, then times the weight."""
     xf = _f32(x)
-    ss = jnp.square(xf).sum(-1, keepdims=True)
-    if axis is not None:
-        ss = jax.lax.psum(ss, axis)
-    ms = ss / (full_dim if axis is not None else x.shape[-1])
+    ms = jnp.square(xf).sum(-1, keepdims=True) / x.shape[-1]
     y = (xf * jax.lax.rsqrt(ms + eps)).astype(x.dtype)
     return y * scale.astype(x.dtype)
-
-
-def row_parallel(linear: nnx.Linear, x, axis=None):
-    """x @ W (+ psum over `axis` when W's input rows are split over it) + b."""
-    if axis is None:
-        return linear(x)
-    y = jnp.dot(x, linear.kernel[...], precision=jax.lax.Precision.HIGHEST)
-    return jax.lax.psum(y, axis) + linear.bias[...]
 
 
 def gelu_tanh(x):
     return jax.nn.gelu(x, approximate=True)
 
 
-def _linear(cfg: WanConfig, din: int, dout: int, rngs: nnx.Rngs, bias: bool = True) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_dtype,
-                      precision=jax.lax.Precision.HIGHEST, rngs=rngs)
+def _linear(cfg: WanConfig, din: int, dout: int, rngs: nnx.Rngs, axes=(None, None)) -> nnx.Linear:
+    """A Linear whose kernel [din, dout] has logical axes `axes` (its bias: axes[1])."""
+    return nnx.Linear(din, dout, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_dtype,
+                      precision=jax.lax.Precision.HIGHEST, rngs=rngs,
+                      kernel_metadata=param_meta(*axes), bias_metadata=param_meta(axes[1]))
 
 
 class MLP(nnx.Module):
     """Linear -> act -> Linear (text embedding, time embedding, FFN)."""
 
-    def __init__(self, cfg: WanConfig, din: int, dhidden: int, dout: int, act, rngs: nnx.Rngs):
-        self.fc1 = _linear(cfg, din, dhidden, rngs)
-        self.fc2 = _linear(cfg, dhidden, dout, rngs)
+    def __init__(self, cfg: WanConfig, din: int, dhidden: int, dout: int, act, rngs: nnx.Rngs, hidden_axis=None):
+        self.fc1 = _linear(cfg, din, dhidden, rngs, (None, hidden_axis))
+        self.fc2 = _linear(cfg, dhidden, dout, rngs, (hidden_axis, None))
         self.act = act
 
     def __call__(self, x):
@@ -144,22 +132,23 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: WanConfig, rngs: nnx.Rngs):
         d = cfg.dim
-        self.q, self.k, self.v, self.o = (_linear(cfg, d, d, rngs) for _ in range(4))
-        self.norm_q = nnx.Param(jnp.ones((d,), cfg.jnp_dtype))
-        self.norm_k = nnx.Param(jnp.ones((d,), cfg.jnp_dtype))
+        self.q, self.k, self.v = (_linear(cfg, d, d, rngs, (None, "heads")) for _ in range(3))
+        self.o = _linear(cfg, d, d, rngs, ("heads", None))
+        self.norm_q = nnx.Param(jnp.ones((d,), cfg.jnp_dtype), **param_meta("heads"))
+        self.norm_k = nnx.Param(jnp.ones((d,), cfg.jnp_dtype), **param_meta("heads"))
         self.cfg = cfg
 
-    def heads(self, x):  # local heads when the width is sharded
-        return x.reshape(x.shape[:-1] + (-1, self.cfg.head_dim))
+    def heads(self, x):
+        return x.reshape(x.shape[:-1] + (self.cfg.num_heads, self.cfg.head_dim))
 
-    def _norm(self, x, scale, axis):
-        return rms_norm(x, scale[...], self.cfg.eps, axis, self.cfg.dim) if self.cfg.qk_norm else x
+    def _norm(self, x, scale):
+        return rms_norm(x, scale[...], self.cfg.eps) if self.cfg.qk_norm else x
 
-    def project_q(self, x, axis=None):
-        return self.heads(self._norm(self.q(x), self.norm_q, axis))
+    def project_q(self, x):
+        return self.heads(self._norm(self.q(x), self.norm_q))
 
-    def project_kv(self, x, axis=None):
-        return self.heads(self._norm(self.k(x), self.norm_k, axis)), self.heads(self.v(x))
+    def project_kv(self, x):
+        return self.heads(self._norm(self.k(x), self.norm_k)), self.heads(self.v(x))
 
 
 class WanBlock(nnx.Module):
@@ -173,19 +162,18 @@ class WanBlock(nnx.Module):
         self.cross_attn = Attention(cfg, rngs)
         self.norm3_scale = nnx.Param(jnp.ones((d,), cfg.jnp_dtype))
         self.norm3_bias = nnx.Param(jnp.zeros((d,), cfg.jnp_dtype))
-        self.ffn = MLP(cfg, d, cfg.ffn_dim, d, gelu_tanh, rngs)
+        self.ffn = MLP(cfg, d, cfg.ffn_dim, d, gelu_tanh, rngs, hidden_axis="mlp")
         self.cfg = cfg
 
-    def text_kv(self, ctx, axis=None):
+    def text_kv(self, ctx):
         """ctx [B, Lt, D] (embedded text) -> k, v [B, H, Lt, Dh] (head-major)."""
-        k, v = self.cross_attn.project_kv(ctx, axis)
+        k, v = self.cross_attn.project_kv(ctx)
         return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
-    def __call__(self, x, e0, text_k, text_v, cos, sin, attend, axis=None):
+    def __call__(self, x, e0, text_k, text_v, cos, sin, attend):
         """x [B, F, T, D]; e0 [B, F, 6, D] float32; text_k/v [B, H, Lt, Dh];
         cos, sin [F*T, Dh/2]; attend(q, k, k_pre, v) -> (y [B, F*T, H, Dh], aux) with q, k
-        post-RoPE and k_pre before it; axis: the mesh axis heads and FFN columns are split
-        over (inside shard_map), or None.
+        post-RoPE and k_pre before it.
         Returns x, the chunk's (k before RoPE, v), each [B, F*T, H, Dh], the queries after
         RoPE [B, F*T, H, Dh] (for head profiling; dropped by XLA when unused) and attend's aux.
         """
@@ -196,23 +184,23 @@ class WanBlock(nnx.Module):
 
         h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_a) + shift_a).astype(x.dtype)
         h = h.reshape(b, f * t, d)
-        q = self.self_attn.project_q(h, axis)
-        k, v = self.self_attn.project_kv(h, axis)
+        q = self.self_attn.project_q(h)
+        k, v = self.self_attn.project_kv(h)
         cs, sn = cos[:, None], sin[:, None]  # broadcast over heads
         q = rope.apply_rope(q, cs, sn)
         y, aux = attend(q, rope.apply_rope(k, cs, sn), k, v)
-        y = row_parallel(self.self_attn.o, y.reshape(b, f * t, -1), axis).reshape(b, f, t, d)
+        y = self.self_attn.o(y.reshape(b, f * t, d)).reshape(b, f, t, d)
         x = (_f32(x) + _f32(y) * gate_a).astype(x.dtype)
 
         hc = x.reshape(b, f * t, d)
         if cfg.cross_attn_norm:
             hc = layer_norm(hc, cfg.eps, self.norm3_scale[...], self.norm3_bias[...])
-        qc = self.cross_attn.project_q(hc, axis).transpose(0, 2, 1, 3)
+        qc = self.cross_attn.project_q(hc).transpose(0, 2, 1, 3)
         yc = ref_attn.mha(qc, text_k, text_v).transpose(0, 2, 1, 3)
-        x = x + row_parallel(self.cross_attn.o, yc.reshape(b, f * t, -1), axis).reshape(b, f, t, d)
+        x = x + self.cross_attn.o(yc.reshape(b, f * t, d)).reshape(b, f, t, d)
 
         h = (_f32(layer_norm(x, cfg.eps)) * (1 + scale_f) + shift_f).astype(x.dtype)
-        ffn = row_parallel(self.ffn.fc2, gelu_tanh(self.ffn.fc1(h)), axis)
+        ffn = self.ffn(h)
         x = (_f32(x) + _f32(ffn) * gate_f).astype(x.dtype)
         return x, (k, v), q, aux
 
@@ -247,7 +235,7 @@ class CausalWan(nnx.Module):
         self.time_projection = _linear(cfg, d, 6 * d, rngs)
 
         @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
         def make_blocks(r):
             return WanBlock(cfg, r)
 
@@ -255,15 +243,14 @@ class CausalWan(nnx.Module):
         self.head = Head(cfg, rngs)
 
     # ---- text ----------------------------------------------------------------------
-    def text_kv(self, context: jax.Array, model_axis: str | None = None) -> tuple[jax.Array, jax.Array]:
+    def text_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Per-layer cross-attention K/V, computed once per prompt.
 
-        context: [B, Lt, text_dim] -> (k, v) each [L, B, H, Lt, Dh] in cfg.dtype (local heads
-        when called inside shard_map with model_axis).
+        context: [B, Lt, text_dim] -> (k, v) each [L, B, H, Lt, Dh] in cfg.dtype.
         """
         ctx = self.text_embedding(context.astype(self.cfg.jnp_dtype))
         graphdef, state = nnx.split(self.blocks)
-        return jax.vmap(lambda s: nnx.merge(graphdef, s).text_kv(ctx, model_axis))(state)
+        return jax.vmap(lambda s: nnx.merge(graphdef, s).text_kv(ctx))(state)
 
     # ---- time ----------------------------------------------------------------------
     def time_embed(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -296,7 +283,7 @@ class CausalWan(nnx.Module):
     # ---- forward ----------------------------------------------------------------
     def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
                  plan: attn_lib.PagePlan | None = None, *, stage=None, frame_mask: jax.Array | None = None,
-                 probe_frame: int | None = None, model_axis: str | None = None, remat: bool = False):
+                 probe_frame: int | None = None, remat: bool = False):
         """Predict the flow of a chunk.
 
         x: [B, F, C, H, W] noisy latents of F consecutive frames.
@@ -313,8 +300,6 @@ class CausalWan(nnx.Module):
             where True (block-causal training, the full-sequence reference of a policy).
         probe_frame: also return the queries (after RoPE) of this frame of the chunk,
             [L, B, T, H, Dh], for head profiling.
-        model_axis: inside shard_map, the mesh axis that heads and FFN columns are split
-            over (params, cache, plan and text K/V hold the local heads); psums join them.
         remat: recompute each block in the backward pass (training): only one layer's
             attention scores [B, H, N, N] are alive at a time instead of every layer's.
         Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
@@ -343,7 +328,7 @@ class CausalWan(nnx.Module):
             h, c = hc
             block = nnx.merge(graphdef, xs[0])
             layer_attend = lambda q, k, k_pre, v: attend(q, k, k_pre, v, c, xs[3])
-            h, (k, v), q, c = block(h, e0, xs[1], xs[2], cos, sin, layer_attend, model_axis)
+            h, (k, v), q, c = block(h, e0, xs[1], xs[2], cos, sin, layer_attend)
             probe = () if probe_frame is None else q[:, probe_frame * tpf:(probe_frame + 1) * tpf]
             return (h, c), ((to_pool(k), to_pool(v)), probe)
 

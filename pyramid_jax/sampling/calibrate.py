@@ -9,6 +9,7 @@ one more model pass, not an attention matrix.
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from flax import nnx
 
 from pyramid_jax.cache.pool import PoolSpec, entry_means
 from pyramid_jax.cache.window import WindowPolicy
-from pyramid_jax.sampling.rollout import Sampler, chunk_step, make_chunk_step
+from pyramid_jax.sampling.rollout import Sampler, chunk_step, rollout
 
 def chunk_profile(probe, cache, tokens_per_frame: int):
     """Profiles of a chunk's last frame against the cached history.
@@ -31,6 +32,15 @@ def chunk_profile(probe, cache, tokens_per_frame: int):
     return jnp.einsum("lbhd,blhsd->blhs", q_mean, k_mean) / np.sqrt(probe.shape[-1])
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"))
+def _last_chunk_profile(graphdef, policy, sampler, params, cache, text_kv, noise, renoise, chunk):
+    """The last chunk, with the profile of its last frame against the cache before it."""
+    model = nnx.merge(graphdef, params)
+    f = sampler.frames_per_chunk
+    *_, probe = chunk_step(model, policy, sampler, cache, text_kv, noise, renoise, chunk, probe_frame=f - 1)
+    return chunk_profile(probe, cache, policy.spec.tokens_per_frame)
+
+
 def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: int,
                     grid: tuple[int, int], on_chunk=None) -> np.ndarray:
     """Roll out num_frames latent frames with nothing evicted; return profiles [B, L, H, T]
@@ -41,25 +51,14 @@ def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: 
         raise ValueError(f"calibration needs a multiple of {f} frames and at least two chunks, got {num_frames}")
     spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, grid, f, cfg.rope_theta)
     policy = WindowPolicy(spec, local_attn_size=-1, num_frames=num_frames)
-    graphdef, params = nnx.split(model)
-    step = make_chunk_step(graphdef, policy, sampler)
     chunks = num_frames // f
-    noise0, _ = noise_source.chunk(0)
-    cache = policy.init(noise0.shape[0], cfg.jnp_dtype)
-    for k in range(chunks - 1):
-        noise, renoise = noise_source.chunk(k)
-        x0, cache = step(params, cache, text_kv, noise, renoise, jnp.int32(k))
-        if on_chunk is not None:
-            on_chunk(k, chunks)
-
-    @jax.jit
-    def last(params, cache, noise, renoise, chunk):
-        m = nnx.merge(graphdef, params)
-        *_, probe = chunk_step(m, policy, sampler, cache, text_kv, noise, renoise, chunk, probe_frame=f - 1)
-        return chunk_profile(probe, cache, spec.tokens_per_frame)
-
+    progress = None if on_chunk is None else lambda k, *_: on_chunk(k, chunks)
+    cache = rollout(model, policy, sampler, text_kv, noise_source, chunks - 1, on_chunk=progress,
+                    keep_cache=True).cache
+    graphdef, params = nnx.split(model)
     noise, renoise = noise_source.chunk(chunks - 1)
-    logits = np.asarray(last(params, cache, noise, renoise, jnp.int32(chunks - 1)))
+    logits = np.asarray(_last_chunk_profile(graphdef, policy, sampler, params, cache, text_kv, noise, renoise,
+                                            jnp.int32(chunks - 1)))
     if on_chunk is not None:
         on_chunk(chunks - 1, chunks)
     history = num_frames - f

@@ -6,25 +6,33 @@ t = context_noise writes the chunk into the cache: each layer first lets the pol
 its keys (`policy.stage`) and attends what the policy then plans, and the policy commits the
 rest after the pass (`policy.commit`).
 
-`chunk_step` is that whole chunk, written once for one device, a mesh (inside shard_map) and
-head calibration. `make_chunk_step` jits it as one function of (params, cache, text K/V, noise,
-re-noise, chunk index): the chunk index is traced and every shape is static, so a rollout of
-any length compiles once. The host loop only feeds chunk indices and noise.
+`chunk_step` is that whole chunk, written once. `step` jits it as one function of (params,
+cache, text K/V, noise, re-noise, chunk index) with the model's graph, the policy and the
+sampler static and the cache donated: the chunk index is traced and every shape is static,
+so a rollout of any length compiles once. `rollout` is the one host loop: one device, a mesh
+(arrays placed by their declared layouts, the compiler partitions the step) or calibration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from pyramid_jax import sharding
+from pyramid_jax.cache.pool import CacheState
 from pyramid_jax.sampling.schedule import FlowSchedule
+
+TEXT_KV_AXES = P(None, "batch", "heads")  # [L, B, H, Lt, Dh]
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
@@ -41,32 +49,49 @@ class Sampler:
 
 
 def chunk_step(model, policy, sampler: Sampler, cache, text_kv, noise, renoise, chunk, *,
-               probe_frame: int | None = None, model_axis: str | None = None):
+               probe_frame: int | None = None):
     """One chunk: plan, denoise against the committed cache, the cache-writing pass, commit.
 
     cache: the policy's CacheState; text_kv: (k, v) [L, B, H, Lt, Dh]; noise: [B, F, C, h, w];
     renoise: [n_steps - 1, B, F, C, h, w] in draw order; chunk: int32 scalar (may be traced).
     probe_frame: also return that frame's queries from the cache-writing pass ([L, B, T, H, Dh],
-    head calibration). model_axis: the mesh axis heads are split over, inside shard_map.
+    head calibration).
     Returns (x0 [B, F, C, h, w], new cache) and the probe if asked.
     """
     plan = policy.plan(cache, chunk)
-    x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise, model_axis=model_axis)
+    x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise)
     stage = (cache, lambda state, layer, k, v: policy.stage(state, plan, layer, k, v, chunk))
-    out = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan, stage=stage,
-                probe_frame=probe_frame, model_axis=model_axis)
-    cache = policy.commit(out[2], out[1], chunk)
-    return (x0, cache) if probe_frame is None else (x0, cache, out[3])
+    out = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan, stage=stage, probe_frame=probe_frame)
+    new_cache = sharding.constrain(policy.commit(out[2], out[1], chunk), CacheState.logical_axes())
+    return (x0, new_cache) if probe_frame is None else (x0, new_cache, out[3])
 
 
-@functools.lru_cache(maxsize=8)  # same model/policy/sampler -> same compiled step
-def make_chunk_step(graphdef, policy, sampler: Sampler):
-    """Returns jitted step(params, cache, text_kv, noise, renoise, chunk) -> (x0, cache), the
-    cache argument donated (updated in place). See `chunk_step`."""
-    def step(params, cache, text_kv, noise, renoise, chunk):
-        return chunk_step(nnx.merge(graphdef, params), policy, sampler, cache, text_kv, noise, renoise, chunk)
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
+def step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, renoise, chunk):
+    """`chunk_step` of the model (graphdef, params), jitted; the cache is updated in place.
+    Returns (x0, cache)."""
+    return chunk_step(nnx.merge(graphdef, params), policy, sampler, cache, text_kv, noise, renoise, chunk)
 
-    return jax.jit(step, donate_argnums=(1,))
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _text_kv(graphdef, params, context):
+    return nnx.merge(graphdef, params).text_kv(context)
+
+
+def text_kv_of(model, context, mesh=None):
+    """The per-layer text K/V of encoded prompts [B, Lt, text_dim], once per prompt (on the
+    mesh when given)."""
+    graphdef, params = nnx.split(model)
+    with on_mesh(mesh):
+        if mesh is not None:
+            params = sharding.put(params, mesh, nnx.get_partition_spec(params))
+            context = sharding.put(jnp.asarray(context), mesh, P("batch"))
+        return _text_kv(graphdef, params, jnp.asarray(context))
+
+
+def on_mesh(mesh):
+    """The context the step runs in: `jax.set_mesh(mesh)`, or nothing for one device."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def clean_t(sampler: Sampler, x):
@@ -74,11 +99,10 @@ def clean_t(sampler: Sampler, x):
     return jnp.full(x.shape[:2], sampler.context_noise, jnp.float32)
 
 
-def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise, model_axis=None):
+def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise):
     """The denoising steps of one chunk against fixed cache pages. Returns the last x0.
 
-    noise: [B, F, C, h, w]; renoise: [n_steps - 1, B, F, C, h, w] in draw order;
-    model_axis: the head-sharding mesh axis when called inside shard_map.
+    noise: [B, F, C, h, w]; renoise: [n_steps - 1, B, F, C, h, w] in draw order.
     """
     sched = sampler.schedule
     ts = np.asarray(sampler.timesteps, np.float32)
@@ -88,14 +112,14 @@ def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise, model_
     eps = jnp.concatenate([renoise, jnp.zeros_like(noise)[None]], axis=0)
     t_next = np.concatenate([ts[1:], ts[-1:]])
 
-    def step(x, xs):
+    def one_step(x, xs):
         t_i, t_n, e = xs
-        flow, _ = model(x, full(t_i), text_kv, pool, plan, model_axis=model_axis)
+        flow, _ = model(x, full(t_i), text_kv, pool, plan)
         x0 = sched.flow_to_x0(x, flow, full(t_i))
         return sched.add_noise(x0, e, full(t_n)), x0
 
     dtype = model.cfg.jnp_dtype
-    _, x0s = jax.lax.scan(step, noise.astype(dtype), (jnp.asarray(ts), jnp.asarray(t_next), eps.astype(dtype)))
+    _, x0s = jax.lax.scan(one_step, noise.astype(dtype), (jnp.asarray(ts), jnp.asarray(t_next), eps.astype(dtype)))
     return x0s[-1]
 
 
@@ -110,24 +134,22 @@ class RandomNoise:
         if len(seeds) != b:
             raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
         self.seeds = jnp.asarray(np.asarray(seeds, np.uint32))
-        self._draw = _noise_drawer((c, h, w), sampler.frames_per_chunk, sampler.num_steps)
+        self.chw, self.f, self.n = (c, h, w), sampler.frames_per_chunk, sampler.num_steps
 
     def chunk(self, k: int):
-        return self._draw(self.seeds, jnp.int32(k))
+        return _draw(self.seeds, jnp.int32(k), chw=self.chw, f=self.f, n=self.n)
 
 
-@functools.lru_cache(maxsize=16)  # one compiled drawer per latent shape, across batches
-def _noise_drawer(chw, f, n):
-    def draw_one(seed, k):
+@functools.partial(jax.jit, static_argnames=("chw", "f", "n"))
+def _draw(seeds, k, *, chw, f, n):
+    """noise [B, f, *chw] and renoise [n - 1, B, f, *chw] of chunk k, per-sample seeds."""
+    def draw_one(seed):
         k0, k1 = jax.random.split(jax.random.fold_in(jax.random.key(seed), k))
         return (jax.random.normal(k0, (f, *chw), jnp.float32),
                 jax.random.normal(k1, (n - 1, f, *chw), jnp.float32))
 
-    def draw(seeds, k):
-        noise, renoise = jax.vmap(draw_one, in_axes=(0, None))(seeds, k)
-        return noise, jnp.moveaxis(renoise, 0, 1)
-
-    return jax.jit(draw)
+    noise, renoise = jax.vmap(draw_one)(seeds)
+    return noise, jnp.moveaxis(renoise, 0, 1)
 
 
 class ReplayNoise:
@@ -150,30 +172,52 @@ class ReplayNoise:
                 jnp.asarray(self.renoise[k * r:(k + 1) * r], jnp.float32))
 
 
-def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int,
-            on_chunk: Callable | None = None, record_noise: bool = False):
-    """Generate num_chunks chunks. Returns latents [B, F_total, C, h, w] float32 (numpy) and,
-    with record_noise, (noise [B, F_total, ...], renoise [N, B, F, ...]) as drawn.
+class Rollout(NamedTuple):
+    """What `rollout` returns.
+
+    latents: [B, F, C, h, w] float32; noise [B, F, C, h, w] and renoise [N, B, F_chunk, C, h, w]
+    as drawn (with record_noise, else None); cache: the state after the last chunk (with
+    keep_cache, else None).
+    """
+
+    latents: np.ndarray
+    noise: np.ndarray | None = None
+    renoise: np.ndarray | None = None
+    cache: CacheState | None = None
+
+
+def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int, *,
+            on_chunk: Callable | None = None, record_noise: bool = False, keep_cache: bool = False,
+            mesh=None) -> Rollout:
+    """Generate num_chunks chunks; on a mesh (`parallel.make_mesh`) when given.
 
     on_chunk(k, x0_numpy, seconds) is called after each chunk (progress, streaming).
     """
     graphdef, params = nnx.split(model)
-    step = make_chunk_step(graphdef, policy, sampler)
     first_noise, _ = noise_source.chunk(0)
-    cache = policy.init(first_noise.shape[0], model.cfg.jnp_dtype)
+    head_groups = 1 if mesh is None else mesh.shape[sharding.MODEL]
+    cache = policy.init(first_noise.shape[0], model.cfg.jnp_dtype, head_groups=head_groups)
     outs, noises, renoises = [], [], []
-    for k in range(num_chunks):
-        t0 = time.perf_counter()
-        noise, renoise = noise_source.chunk(k)
-        x0, cache = step(params, cache, text_kv, noise, renoise, jnp.int32(k))
-        x0 = np.asarray(x0, np.float32)
-        outs.append(x0)
-        if record_noise:
-            noises.append(np.asarray(noise))
-            renoises.append(np.asarray(renoise))
-        if on_chunk is not None:
-            on_chunk(k, x0, time.perf_counter() - t0)
+    with on_mesh(mesh):
+        if mesh is not None:
+            params = sharding.put(params, mesh, nnx.get_partition_spec(params))
+            cache = sharding.put(cache, mesh, CacheState.logical_axes())
+            text_kv = sharding.put(text_kv, mesh, (TEXT_KV_AXES, TEXT_KV_AXES))
+        for k in range(num_chunks):
+            t0 = time.perf_counter()
+            noise, renoise = noise_source.chunk(k)
+            if mesh is not None:
+                noise, renoise = sharding.put((noise, renoise), mesh, (P("batch"), P(None, "batch")))
+            x0, cache = step(graphdef, policy, sampler, params, cache, text_kv, noise, renoise, jnp.int32(k))
+            x0 = np.asarray(x0, np.float32)
+            outs.append(x0)
+            if record_noise:
+                noises.append(np.asarray(noise))
+                renoises.append(np.asarray(renoise))
+            if on_chunk is not None:
+                on_chunk(k, x0, time.perf_counter() - t0)
     latents = np.concatenate(outs, axis=1)
     if record_noise:
-        return latents, (np.concatenate(noises, axis=1), np.concatenate(renoises, axis=0))
-    return latents
+        return Rollout(latents, np.concatenate(noises, axis=1), np.concatenate(renoises, axis=0),
+                       cache if keep_cache else None)
+    return Rollout(latents, cache=cache if keep_cache else None)
