@@ -23,6 +23,7 @@ host restores the checkpoint itself and batches over its own devices (mesh.data 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import fcntl
 import functools
@@ -31,14 +32,23 @@ import json
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-from pyramid_jax import generate, logs, media
-from pyramid_jax.generate import UserError
+from pyramid_jax import logs, media, pipeline, video
+from pyramid_jax.config import parse_config
+from pyramid_jax.errors import UserError, first_line, os_reason
+from pyramid_jax.models.wan import WanConfig
+from pyramid_jax.parallel import ParallelError, check_fit, make_mesh
+from pyramid_jax.sampling.rollout import RandomNoise
+from pyramid_jax.weights.checkpoint import CheckpointError, read_config
 
 log = logging.getLogger("batch")
 
@@ -202,7 +212,7 @@ def record_error(out, job, key, message, host):
     try:
         write_record(out, job, key, "error", error=message[:500], host=host)
     except OSError as e:
-        log.error("[host %d] could not record the error of %s: %s", host, job.name, generate.os_reason(e))
+        log.error("[host %d] could not record the error of %s: %s", host, job.name, os_reason(e))
 
 
 def remove_partials(out, jobs):
@@ -286,37 +296,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, out, expect):
+def generate_batch(c, models: pipeline.Models, group, bs, latent_hw, mesh, out, expect) -> float:
     """One batch of prompts: roll out, stream the videos, then write latents. Returns seconds."""
-    from pyramid_jax.sampling.rollout import RandomNoise, rollout, text_kv_of
-
-    cfg = model.cfg
     padded = group + [group[-1]] * (bs - len(group))  # a full batch; the extras are dropped
-    frames = group[0].num_frames
-    context = encoder([j.prompt for j in padded])
-    policy = generate.build_policy(c, cfg, latent_hw, frames)
-    noise = RandomNoise([j.seed for j in padded], (bs, frames, cfg.in_channels, *latent_hw), sampler)
-    chunks = frames // c.frames_per_chunk
-    decoder = generate.video_decoder(c, bs, latent_hw, vae) if expect.video else None
-    writers = [media.Mp4Writer(video_path(out, j), fps=c.fps) for j in group] if decoder else []
-
-    def on_chunk(k, x0, seconds):
-        if decoder is not None:
-            for w, video in zip(writers, decoder.push(x0)):
-                w.write(video)
-
+    frames, cfg = group[0].num_frames, models.dit.cfg
+    noise = RandomNoise([j.seed for j in padded], (bs, frames, cfg.in_channels, *latent_hw), models.sampler)
+    job = pipeline.Inputs(models.text([j.prompt for j in padded]), noise, frames, latent_hw)
+    decoder = video.video_decoder(c, bs, latent_hw, models.vae) if expect.video else None
+    sink = video.VideoSink(c, [video_path(out, j) for j in group], decoder) if decoder else None
     t0 = time.perf_counter()
     try:
-        on = mesh if mesh.size > 1 else None
-        lat = rollout(model, policy, sampler, text_kv_of(model, context, on), noise, chunks, on_chunk=on_chunk,
-                      mesh=on).latents
+        lat = pipeline.generate(c, models, job, sink, mesh=mesh if mesh.size > 1 else None).latents
         for j, x in zip(group, lat):
             media.save_npz(latents_path(out, j), latents=x[None])
-        for w in writers:
-            w.close()
+        if sink is not None:
+            sink.close(lat)
     except BaseException:
-        for w in writers:
-            w.abort()
+        if sink is not None:
+            sink.abort()
         raise
     return time.perf_counter() - t0
 
@@ -324,26 +321,20 @@ def generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, 
 def run_jobs(c, jobs, out, key, mesh, progress: Progress, expect: Expected) -> int:
     """Generate `jobs`; returns how many failed. A bad batch is recorded and the run goes on;
     an output that cannot be written stops it (UserError)."""
-    import jax
-
-    from pyramid_jax.parallel import check_fit
-
     host = jax.process_index()
-    model = generate.load_dit(c)
-    cfg = model.cfg
-    sampler = generate.make_sampler(c)
-    latent_hw = generate.latent_size(c, cfg)
+    models = pipeline.load(c, decoder=expect.video)
+    if models.text is None:
+        raise UserError("batch generates from prompts: unset prompt_embeds and replay")
+    latent_hw = pipeline.latent_size(c, models.dit.cfg)
     bs = c.batch_size or mesh.shape["data"]
     try:
-        check_fit(mesh, bs, cfg)
+        check_fit(mesh, bs, models.dit.cfg)
     except ValueError as e:
         raise UserError(str(e)) from None
-    encoder = generate.TextEncoder(c, cfg)
-    vae = generate.load_video_weights(c, cfg)
     failed = 0
     for group in _batches(jobs, bs):
         try:
-            seconds = generate_batch(c, model, sampler, encoder, vae, group, bs, latent_hw, mesh, out, expect)
+            seconds = generate_batch(c, models, group, bs, latent_hw, mesh, out, expect)
             for j in group:
                 write_record(out, j, key, "ok", seconds=round(seconds / len(group), 3), host=host,
                              files=[os.path.basename(p(out, j)) for p in (latents_path, video_path)
@@ -351,13 +342,13 @@ def run_jobs(c, jobs, out, key, mesh, progress: Progress, expect: Expected) -> i
             progress.batch(group, ok=True)
         except OSError as e:  # the disk, not the prompt: every later prompt would fail too
             for j in group:
-                record_error(out, j, key, f"cannot write: {generate.os_reason(e)}", host)
-            raise UserError(f"writing to {out!r} failed: {generate.os_reason(e)}") from None
+                record_error(out, j, key, f"cannot write: {os_reason(e)}", host)
+            raise UserError(f"writing to {out!r} failed: {os_reason(e)}") from None
         except Exception as e:  # one bad batch must not stop the run
             failed += len(group)
             for j in group:
-                record_error(out, j, key, logs.first_line(e, 500), host)
-            log.error("[host %d] prompts %s failed: %s", host, [j.name for j in group], logs.first_line(e))
+                record_error(out, j, key, first_line(e, 500), host)
+            log.error("[host %d] prompts %s failed: %s", host, [j.name for j in group], first_line(e))
             progress.batch(group, ok=False)
     return failed
 
@@ -369,8 +360,6 @@ def distributed_requested(args) -> bool:
 
 
 def init_distributed(args):
-    import jax
-
     addr = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     nproc = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
     pid = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID")
@@ -393,8 +382,6 @@ def init_distributed(args):
 def barrier(name: str, timeout_s: float) -> None:
     """Wait until every host reaches `name` (jax.experimental.multihost_utils), at most
     timeout_s seconds. Raises PeersLost when a host is gone or late."""
-    from jax.experimental import multihost_utils
-
     outcome = []
 
     def wait():
@@ -410,7 +397,7 @@ def barrier(name: str, timeout_s: float) -> None:
     if not outcome:
         raise PeersLost(f"the other hosts did not reach {name!r} within --barrier-timeout={timeout_s:g} s")
     if outcome[0] is not None:
-        raise PeersLost(f"a host is gone ({logs.first_line(outcome[0], 160)})")
+        raise PeersLost(f"a host is gone ({first_line(outcome[0], 160)})")
 
 
 # JAX ends a process whose peer died (a missed heartbeat, the coordinator gone) from C++: an
@@ -423,9 +410,6 @@ _RUNTIME_LINE = re.compile(r"^([FEWI]\d{4} \d\d:\d\d:\d\d|\s*@\s+0x|\*\*\* |PC: 
 def supervise(argv, out: str, host) -> int:
     """Run this host's batch in a child process; a crash of the JAX runtime (a lost peer)
     becomes one line and exit code 3. Returns the exit code."""
-    import signal
-    import subprocess
-
     env = dict(os.environ, **{_SUPERVISED: "1"})
     child = subprocess.Popen([sys.executable, "-m", "pyramid_jax.batch", *argv], env=env,
                              stderr=subprocess.PIPE, text=True, errors="replace", preexec_fn=_die_with_parent)
@@ -455,9 +439,6 @@ def supervise(argv, out: str, host) -> int:
 def _die_with_parent():
     """(In the child, Linux) be killed when the supervisor is, even by SIGKILL."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -501,7 +482,7 @@ def parse_args(argv):
 
 def check_out_dir(out: str) -> None:
     """The output directory exists (made if missing) and takes files: before any compute."""
-    generate.check_writable(os.path.join(out, "manifest.json"), "--out")
+    video.check_writable(os.path.join(out, "manifest.json"), "--out")
 
 
 def main(argv=None) -> int:
@@ -518,7 +499,7 @@ def main(argv=None) -> int:
         print(f"batch: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. the manifest on a disk that filled up
-        print(f"batch: error: {generate.os_reason(e)}", file=sys.stderr)
+        print(f"batch: error: {os_reason(e)}", file=sys.stderr)
         return 2
     except PeersLost as e:
         print(f"batch: error: {e}; finished prompts are kept: rerun every host to finish the rest",
@@ -529,11 +510,9 @@ def main(argv=None) -> int:
 
 
 def run(args, cfg_args) -> int:
-    c = generate.parse_config(["batch"] + cfg_args)
+    c = parse_config(["batch"] + cfg_args)
     pidx, pcount = init_distributed(args)  # before anything touches a JAX backend
-    generate.check_config(c)
-    from pyramid_jax.parallel import ParallelError, make_mesh
-
+    pipeline.check_config(c)
     try:
         mesh = make_mesh(c.mesh.data, c.mesh.model)
     except ParallelError as e:
@@ -564,19 +543,15 @@ def run(args, cfg_args) -> int:
 
 def expected_outputs(c) -> Expected:
     """Latent shape and video frames per latent frame under this config (and whether an mp4 is written)."""
-    from pyramid_jax.models.wan import WanConfig
-
     if c.checkpoint:
-        from pyramid_jax.weights.checkpoint import CheckpointError, read_config
-
         try:
             _, cfg = read_config(c.checkpoint)
         except CheckpointError as e:
             raise UserError(str(e)) from None
     else:
         cfg = WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
-    video = c.vae.kind == "pixel" or bool(c.vae.checkpoint or c.vae.random)
-    return Expected(cfg.in_channels, generate.latent_size(c, cfg), generate.strides(c)[0], video)
+    writes_video = c.vae.kind == "pixel" or bool(c.vae.checkpoint or c.vae.random)
+    return Expected(cfg.in_channels, pipeline.latent_size(c, cfg), video.strides(c)[0], writes_video)
 
 
 if __name__ == "__main__":

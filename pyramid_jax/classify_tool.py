@@ -17,9 +17,15 @@ import sys
 
 import numpy as np
 
-from pyramid_jax import generate, logs
+from pyramid_jax import logs, pipeline
 from pyramid_jax.cache.head_map import TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
 from pyramid_jax.cache.heads import ClassifyConfig, classify_heads, folded_spectrum
+from pyramid_jax.config import parse_config
+from pyramid_jax.errors import UserError
+from pyramid_jax.media import save_npz
+from pyramid_jax.sampling.calibrate import record_profiles
+from pyramid_jax.sampling.rollout import RandomNoise, text_kv_of
+from pyramid_jax.text import prompt_context
 
 log = logging.getLogger("classify_heads")
 
@@ -69,29 +75,22 @@ def load_profiles(path: str, exclude_last: int):
 
 def profiles_from_config(cfg_args, frames: int):
     """Calibration rollouts of the config's prompts (window -1). Returns profiles, prompts, model name."""
-    import jax
-    import jax.numpy as jnp
-
-    from pyramid_jax.sampling.calibrate import record_profiles
-    from pyramid_jax.sampling.rollout import RandomNoise
-
     try:
-        c = generate.parse_config(["classify_heads"] + cfg_args)
-        generate.check_config(c)
-        model = generate.load_dit(c)
-        cfg = model.cfg
-        context = generate.prompt_context(c, cfg)
+        c = parse_config(["classify_heads"] + cfg_args)
+        pipeline.check_config(c)
+        models = pipeline.load(c, decoder=False)
+        model, sampler, cfg = models.dit, models.sampler, models.dit.cfg
+        context = prompt_context(c, cfg, models.text)
         f = c.frames_per_chunk
-        sampler = generate.make_sampler(c)
-        lh, lw = generate.latent_size(c, cfg)
-    except generate.UserError as e:
+        lh, lw = pipeline.latent_size(c, cfg)
+    except UserError as e:
         raise ToolError(str(e)) from None
     prompts = [c.prompt] if not c.prompts_file else open(c.prompts_file).read().split("\n")
     grid = (lh // cfg.patch_size[1], lw // cfg.patch_size[2])
     if frames % f or frames < 2 * f:
         raise ToolError(f"--frames must be a multiple of {f} and at least {2 * f}, got {frames}")
     log.info("calibration: %d prompts x %d latent frames, nothing evicted", context.shape[0], frames)
-    text_kv = jax.jit(lambda m, x: m.text_kv(x))(model, jnp.asarray(context))
+    text_kv = text_kv_of(model, context)
     noise = RandomNoise(c.seed, (context.shape[0], frames, cfg.in_channels, lh, lw), sampler)
     prof = record_profiles(model, sampler, text_kv, noise, frames, grid,
                            on_chunk=lambda k, n: log.info("calibration chunk %d/%d", k + 1, n))
@@ -159,8 +158,6 @@ def main(argv=None) -> int:
             model_name = f"profiles from {args.profiles}"
         else:
             profiles, prompts, model_name = profiles_from_config(cfg_args, args.frames)
-            from pyramid_jax.media import save_npz
-
             save_npz(stem + ".profiles.npz", profiles=profiles.astype(np.float32), prompts=np.asarray(prompts))
             log.info("wrote %s.profiles.npz %s", stem, list(profiles.shape))
         try:

@@ -8,10 +8,16 @@ frames; height/width are pixels (latents are 8x smaller).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
+from pyramid_jax.errors import UserError, first_line
 from pyramid_jax.models.wan import WanConfig
+
+RENAMED = {"num_frame_per_block": "frames_per_chunk"}  # old config field -> its name now
 
 
 def model_fields(cfg: WanConfig) -> ml_collections.ConfigDict:
@@ -67,3 +73,31 @@ def wan_1_3b_config(checkpoint: str = "checkpoints/self_forcing"):
     c.text_encoder.checkpoint = "checkpoints/umt5_xxl"
     c.text_encoder.tokenizer = "checkpoints/umt5_xxl/spiece.model"
     return c
+
+
+def parse_config(argv) -> ml_collections.ConfigDict:
+    """The config of a command line: argv[0] is the program, then --config=FILE.py and
+    --config.FIELD=VALUE overrides. Raises UserError (one line) for anything else."""
+    if not any(a.startswith("--config=") for a in argv[1:]):
+        raise UserError("--config=configs/NAME.py is required (e.g. configs/demo.py)")
+    path = next(a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config="))
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path!r}: no such file (see configs/)")
+    fv = flags.FlagValues()
+    try:
+        holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+        rest = fv(argv)[1:]
+    except (OSError, SyntaxError) as e:
+        raise UserError(f"cannot load config file {path!r}: {first_line(e)}") from None
+    except (AttributeError, KeyError):
+        bad = [a.split("=", 1)[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+        renamed = [f"--config.{b} is now --config.{RENAMED[b]}" for b in bad if b in RENAMED]
+        raise UserError("; ".join(renamed) if renamed else
+                        f"unknown config field in {', '.join('--config.' + b for b in bad)}; "
+                        "see pyramid_jax/config.py for the fields") from None
+    except flags.Error as e:
+        raise UserError(first_line(e)) from None
+    if rest:  # e.g. the second half of a value with a space in it, split by the shell
+        raise UserError(f"unexpected argument {rest[0]!r}; every option is --config.FIELD=VALUE "
+                        "(quote a value that has spaces)")
+    return holder.value

@@ -17,10 +17,3 @@ def setup() -> None:
     for name, level in _QUIET.items():
         logging.getLogger(name).setLevel(level)
 
-
-def first_line(e: BaseException, limit: int = 200) -> str:
-    """An exception as one short line: the first line of its message (or its type name), cut
-    to `limit` characters."""
-    text = str(e).strip()
-    text = text.splitlines()[0] if text else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -394,18 +394,19 @@ def bench_step(size, dtype, chunks=8, backends=("reference",)):
 def bench_devices_child(n_devices, chunks=4):
     """(Run with XLA_FLAGS giving n fake devices.) Video frames/s of the sharded batch path
     for the demo model, batch = n_devices, mesh (n, 1)."""
-    from pyramid_jax import generate
+    from pyramid_jax import pipeline, video
+    from pyramid_jax.config import parse_config
     from pyramid_jax.models.wan import WanConfig, init_model
     from pyramid_jax.parallel import make_mesh
     from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout, text_kv_of
 
-    c = generate.parse_config(["benchmark", "--config=" + os.path.join(os.path.dirname(__file__), "..",
+    c = parse_config(["benchmark", "--config=" + os.path.join(os.path.dirname(__file__), "..",
                                                                       "configs", "demo.py")])
     cfg = WanConfig.from_dict(c.model.to_dict())
     model = init_model(cfg)  # random weights: speed does not depend on them
-    lh, lw = generate.latent_size(c, cfg)
+    lh, lw = pipeline.latent_size(c, cfg)
     frames = c.frames_per_chunk * chunks
-    policy = generate.build_policy(c, cfg, (lh, lw), frames)
+    policy = pipeline.build_policy(c, cfg, (lh, lw), frames)
     sampler = Sampler()
     ctx = np.zeros((n_devices, cfg.text_len, cfg.text_dim), np.float32)
     mesh = make_mesh(n_devices, 1)
@@ -414,7 +415,7 @@ def bench_devices_child(n_devices, chunks=4):
     rollout(model, policy, sampler, text_kv_of(model, ctx, mesh), noise, chunks, mesh=mesh,
             on_chunk=lambda k, x, sec: times.append(sec))
     chunk_s = statistics.median(times[1:])
-    video_frames = c.frames_per_chunk * generate.strides(c)[0]  # per chunk in steady state
+    video_frames = c.frames_per_chunk * video.strides(c)[0]  # per chunk in steady state
     return dict(section="devices", devices=n_devices, batch=n_devices, chunk_s=chunk_s,
                 video_frames_per_s=n_devices * video_frames / chunk_s)
 

@@ -15,7 +15,7 @@ import tempfile
 
 import numpy as np
 
-from pyramid_jax.logs import first_line
+from pyramid_jax.errors import first_line
 
 class HeadType(enum.IntEnum):
     """A head's type; the values are the CSV codes of the published maps."""

@@ -59,6 +59,10 @@ class VAEConfig:
         return 2 ** (len(self.dim_mult) - 1)
 
 
+# Wan2.1's VAE: video frames per latent frame (after the first) and pixels per latent pixel.
+TIME_STRIDE, SPACE_STRIDE = VAEConfig().time_stride, VAEConfig().space_stride
+
+
 # ---- layers ------------------------------------------------------------------------
 def _conv(x, w, b, padding):
     """x [B, T, H, W, C] (3-D kernel) or [N, H, W, C] (2-D kernel), channel-last."""

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pyramid_jax import logs
+from pyramid_jax.errors import first_line
 from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def restore_tree(path: str, target=None):
             target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), target)
             return ckptr.restore(path, target)
     except Exception as e:
-        raise CheckpointError(f"{os.path.dirname(path)}: cannot restore params ({logs.first_line(e)})") from None
+        raise CheckpointError(f"{os.path.dirname(path)}: cannot restore params ({first_line(e)})") from None
 
 
 def read_config(path: str) -> tuple[dict, WanConfig]:

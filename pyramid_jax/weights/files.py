@@ -16,7 +16,7 @@ import warnings
 import ml_dtypes
 import numpy as np
 
-from pyramid_jax.logs import first_line
+from pyramid_jax.errors import first_line
 from pyramid_jax.weights.errors import ConversionError
 
 log = logging.getLogger(__name__)

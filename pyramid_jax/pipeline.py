@@ -1,0 +1,251 @@
+"""Text-to-video as a library: check a config, load what it names, encode the prompts, roll
+out, decode and write. `generate`, `batch`, `classify_heads`, the notebook and the studio
+call these; `run(c)` is the whole of `python -m pyramid_jax.generate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from pyramid_jax import media, video
+from pyramid_jax.attention import check_backend
+from pyramid_jax.cache.head_map import HeadMapError, load_head_map
+from pyramid_jax.cache.policies import make_policy
+from pyramid_jax.cache.pool import PoolSpec
+from pyramid_jax.config import RENAMED
+from pyramid_jax.errors import UserError, os_reason
+from pyramid_jax.models.wan import CausalWan, WanConfig, init_model
+from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Rollout, Sampler, rollout, text_kv_of
+from pyramid_jax.sampling.schedule import FlowSchedule
+from pyramid_jax.text import TextEncoder, prompt_context
+from pyramid_jax.weights.checkpoint import CheckpointError, load_model
+
+log = logging.getLogger("pyramid_jax")
+
+
+# ---- checks ------------------------------------------------------------------------
+def check_config(c) -> None:
+    """The config's inputs make sense (files exist, sizes fit): checked before any model loads."""
+    for old in RENAMED:
+        if old in c:
+            raise UserError(f"config field {old} is now {RENAMED[old]}: rename it in the config file")
+    f = c.frames_per_chunk
+    if f < 1:
+        raise UserError(f"frames_per_chunk must be >= 1, got {f}")
+    if not c.replay and (c.num_frames <= 0 or c.num_frames % f):
+        raise UserError(f"num_frames ({c.num_frames}) must be a positive multiple of the chunk size "
+                        f"frames_per_chunk ({f})")
+    try:
+        check_backend(c.attention.backend, jax.default_backend() if c.attention.backend == "pallas" else None)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not (c.prompt.strip() or c.prompts_file or c.prompt_embeds or c.replay):
+        raise UserError("no prompt: set prompt, prompts_file, prompt_embeds or replay")
+    if c.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
+    _check_files(c)
+
+
+def _check_files(c) -> None:
+    for field in ("replay", "prompts_file", "prompt_embeds"):
+        if c[field] and not os.path.isfile(c[field]):
+            raise UserError(f"{field} {c[field]!r}: no such file")
+    if c.cache.policy == "pyramid":  # read it now, before any model loads
+        try:
+            load_head_map(c.cache.head_map)
+        except HeadMapError as e:
+            raise UserError(str(e)) from None
+    if c.vae.kind not in ("wan", "pixel"):
+        raise UserError(f"unknown vae.kind {c.vae.kind!r}; choose wan or pixel")
+    if c.fps <= 0:
+        raise UserError(f"fps must be positive, got {c.fps}")
+    if c.vae.checkpoint and not os.path.isdir(c.vae.checkpoint):
+        raise UserError(f"vae.checkpoint {c.vae.checkpoint!r} not found: convert Wan2.1_VAE.pth with "
+                        "tools/convert_checkpoint.py --kind vae, or set --config.vae.checkpoint=''")
+    if c.checkpoint and not os.path.isdir(c.checkpoint):
+        raise UserError(f"checkpoint {c.checkpoint!r} not found: convert one with "
+                        "tools/convert_checkpoint.py, or set --config.checkpoint='' for random weights")
+
+
+# ---- what a run loads once ---------------------------------------------------------
+def load_dit(c) -> CausalWan:
+    """The DiT of the config: its checkpoint, or random weights of `c.model` (announced)."""
+    if c.checkpoint:
+        try:
+            return load_model(c.checkpoint, dtype=c.dtype, attention_backend=c.attention.backend)
+        except (CheckpointError, ValueError) as e:
+            raise UserError(str(e)) from None
+    try:
+        cfg = WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
+        model = init_model(cfg, seed=0, attention_backend=c.attention.backend)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    log.warning("NO CHECKPOINT: random weights (dim %d, %d layers); the video will show noise",
+                cfg.dim, cfg.num_layers)
+    return model
+
+
+def make_sampler(c) -> Sampler:
+    sched = FlowSchedule(shift=c.shift)
+    try:
+        steps = sched.warp(c.denoising_step_list) if c.warp_denoising_step else np.asarray(
+            c.denoising_step_list, np.float32)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(c.context_noise),
+                   frames_per_chunk=c.frames_per_chunk, schedule=sched)
+
+
+@dataclasses.dataclass
+class Models:
+    """What a run loads once: the DiT, its text encoder, its video decoder weights (None:
+    a pixel model, or no VAE configured) and the sampler."""
+
+    dit: CausalWan
+    text: TextEncoder
+    vae: tuple | None
+    sampler: Sampler
+
+
+def load(c, text: bool = True, decoder: bool = True) -> Models:
+    """Everything the config names, loaded once (text=False skips the text encoder,
+    decoder=False the VAE)."""
+    dit = load_dit(c)
+    encoder = TextEncoder(c, dit.cfg) if text and not (c.prompt_embeds or c.replay) else None
+    return Models(dit, encoder, video.load_video_weights(c, dit.cfg) if decoder else None, make_sampler(c))
+
+
+# ---- shapes and the cache ----------------------------------------------------------
+def latent_size(c, cfg) -> tuple[int, int]:
+    """The latent grid of the config's height/width (pixels for a pixel model)."""
+    space = video.strides(c)[1]
+    step_h, step_w = space * cfg.patch_size[1], space * cfg.patch_size[2]
+    if c.height % step_h or c.width % step_w:
+        raise UserError(f"height/width ({c.height}x{c.width}) must be multiples of {step_h}x{step_w}")
+    return c.height // space, c.width // space
+
+
+def build_policy(c, cfg, latent_hw, num_frames):
+    """The config's cache policy for a rollout of num_frames latent frames."""
+    lh, lw = latent_hw
+    if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
+        raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
+    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
+                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), c.frames_per_chunk, cfg.rope_theta)
+    try:
+        return make_policy(c.cache.policy, spec, num_frames, c.cache.local_attn_size,
+                           c.cache.sink_size, c.cache.head_map)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+
+
+# ---- one generation ----------------------------------------------------------------
+@dataclasses.dataclass
+class Inputs:
+    """What one generation starts from: encoded prompts [B, Lt, text_dim] and its noise."""
+
+    context: np.ndarray
+    noise: RandomNoise | ReplayNoise
+    num_frames: int
+    latent_hw: tuple[int, int]
+
+    @property
+    def batch(self) -> int:
+        return self.context.shape[0]
+
+
+def inputs(c, models: Models) -> Inputs:
+    """The config's prompts (encoded) and seed, or its replay file (context and noise)."""
+    cfg = models.dit.cfg
+    if not c.replay:
+        context = prompt_context(c, cfg, models.text)
+        hw = latent_size(c, cfg)
+        noise = RandomNoise(c.seed, (context.shape[0], c.num_frames, cfg.in_channels, *hw), models.sampler)
+        return Inputs(context, noise, c.num_frames, hw)
+    context, noise, renoise = load_replay(c.replay, cfg)
+    try:
+        source = ReplayNoise(noise, renoise, models.sampler)
+    except ValueError as e:
+        raise UserError(f"replay {c.replay!r}: {e}") from None
+    log.info("replay from %s: batch %d, %d latent frames, latent %dx%d", c.replay, *noise.shape[:2], *noise.shape[3:])
+    return Inputs(context, source, noise.shape[1], noise.shape[3:])
+
+
+def load_replay(path: str, cfg):
+    """context [B, Lt, text_dim], noise [B, F, C, h, w], renoise [N, B, F_chunk, C, h, w]."""
+    try:
+        data = np.load(path)
+        context, noise, renoise = (np.asarray(data[k], np.float32) for k in ("context", "noise", "renoise"))
+    except KeyError as e:
+        raise UserError(f"replay {path!r} lacks {e}; it needs context, noise and renoise") from None
+    except Exception as e:
+        raise UserError(f"replay {path!r}: not a readable npz ({type(e).__name__})") from None
+    if context.ndim != 3 or context.shape[-1] != cfg.text_dim:
+        raise UserError(f"replay context has shape {list(context.shape)}; the model expects "
+                        f"[B, L, {cfg.text_dim}]")
+    if noise.ndim != 5 or noise.shape[2] != cfg.in_channels or noise.shape[0] != context.shape[0]:
+        raise UserError(f"replay noise has shape {list(noise.shape)}; expected [B={context.shape[0]}, F, "
+                        f"{cfg.in_channels}, h, w]")
+    return context, noise, renoise  # frames vs the chunk: ReplayNoise checks
+
+
+def generate(c, models: Models, job: Inputs, sink: video.VideoSink | None = None, *,
+             record_noise: bool = False, mesh=None) -> Rollout:
+    """Roll out one generation, streaming each chunk into `sink`, with a progress line per chunk."""
+    cfg, f = models.dit.cfg, c.frames_per_chunk
+    chunks, start = job.num_frames // f, time.perf_counter()
+    policy = build_policy(c, cfg, job.latent_hw, job.num_frames)
+    log.info("generating %d x %d latent frames (%d chunks of %d) at latent %dx%d, %s, cache %s",
+             job.batch, job.num_frames, chunks, f, *job.latent_hw, cfg.dtype, c.cache.policy)
+    stride = video.strides(c)[0]
+
+    def progress(k, x0, seconds):
+        if sink is not None:  # decode in step with generation, straight into the mp4s
+            sink.push(x0)
+        frames = job.batch * (x0.shape[1] * stride - (stride - 1 if k == 0 else 0))
+        log.info("chunk %d/%d: frames %d-%d in %.2f s (%.1f video frames/s)%s", k + 1, chunks, k * f,
+                 (k + 1) * f - 1, seconds, frames / seconds, " incl. compile" if k == 0 else "")
+
+    result = rollout(models.dit, policy, models.sampler, text_kv_of(models.dit, job.context, mesh), job.noise,
+                     chunks, on_chunk=progress, record_noise=record_noise, mesh=mesh)
+    log.info("done: %d latent frames in %.1f s", job.num_frames, time.perf_counter() - start)
+    return result
+
+
+def run(c) -> Rollout:
+    """`python -m pyramid_jax.generate`: check, load, generate, write (mp4s, latents, replay)."""
+    check_config(c)
+    video.check_outputs(c)
+    models = load(c, decoder=bool(c.output))
+    job = inputs(c, models)
+    decoder = video.video_decoder(c, job.batch, job.latent_hw, models.vae) if c.output else None
+    sink = video.VideoSink(c, video.output_paths(c.output, job.batch), decoder) if c.output else None
+    try:
+        result = generate(c, models, job, sink, record_noise=bool(c.save_replay))
+        write_files(c, result, job.context)
+        if sink is not None:
+            sink.close(result.latents)
+    except OSError as e:  # a full disk, a vanished directory: the partial files go
+        if sink is not None:
+            sink.abort()
+        raise UserError(f"writing the outputs failed: {os_reason(e)}") from None
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    return result
+
+
+def write_files(c, result: Rollout, context) -> None:
+    """The latents and, if asked, the replay file (what this run drew)."""
+    media.save_npz(video.latents_path(c), latents=result.latents)
+    log.info("wrote latents %s %s", video.latents_path(c), list(result.latents.shape))
+    if c.save_replay:
+        media.save_npz(c.save_replay, context=context, noise=result.noise, renoise=result.renoise)
+        log.info("wrote replay %s", c.save_replay)

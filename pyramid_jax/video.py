@@ -1,0 +1,135 @@
+"""From a chunk's x0 to files: decoding (the streaming Wan VAE, or a pixel model's frames),
+the mp4 writers, and the output checks made before any compute."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from pyramid_jax import media
+from pyramid_jax.errors import UserError, os_reason
+from pyramid_jax.models import vae as vae_model
+from pyramid_jax.weights.checkpoint import CheckpointError, load_vae
+from pyramid_jax.weights.vae_names import random_vae_params
+
+log = logging.getLogger("pyramid_jax")
+
+
+def strides(c) -> tuple[int, int]:
+    """(time, space): video frames per latent frame, pixels per latent pixel."""
+    return (1, 1) if c.vae.kind == "pixel" else (vae_model.TIME_STRIDE, vae_model.SPACE_STRIDE)
+
+
+def video_frames(c, num_frames: int) -> int:
+    """Video frames that num_frames latent frames decode to (the first latent gives one)."""
+    time_stride = strides(c)[0]
+    return 1 + time_stride * (num_frames - 1) if time_stride > 1 else num_frames
+
+
+class PixelFrames:
+    """The decoder of a pixel-space model: push(x0 [B, F, 3, H, W] in [-1, 1]) -> uint8 [B, F, H, W, 3]."""
+
+    def push(self, x0) -> np.ndarray:
+        return vae_model.to_uint8(np.moveaxis(np.asarray(x0), 2, -1))
+
+
+def load_video_weights(c, cfg):
+    """The Wan VAE (cfg, params) that decodes this model's latents, or None: a pixel model's
+    outputs are its frames (it must be RGB), and without a VAE there is no decoded video."""
+    if c.vae.kind == "pixel":
+        if cfg.out_channels != 3:
+            raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has "
+                            f"{cfg.out_channels}")
+        return None
+    if c.vae.checkpoint:
+        try:
+            return load_vae(c.vae.checkpoint, dtype=c.dtype)
+        except CheckpointError as e:
+            raise UserError(str(e)) from None
+    if c.vae.random:
+        vcfg = vae_model.VAEConfig(base_dim=c.vae.base_dim, num_res_blocks=c.vae.num_res_blocks, dtype=c.dtype)
+        log.warning("NO VAE CHECKPOINT: a random VAE (base dim %d) decodes the latents", vcfg.base_dim)
+        return vcfg, random_vae_params(vcfg)
+    return None
+
+
+def video_decoder(c, batch: int, latent_hw, vae):
+    """What turns each chunk's x0 [B, F, C, h, w] into uint8 frames as it is generated: the
+    pixels of a pixel model, the streaming Wan VAE, or None (no decoded video)."""
+    if c.vae.kind == "pixel":
+        return PixelFrames()
+    if vae is None:
+        return None
+    return vae_model.StreamingDecoder(vae[1], vae[0], batch, latent_hw)
+
+
+def output_paths(output: str, batch: int) -> list[str]:
+    """One mp4 per sample: the output itself, or `<stem>_i<ext>` for a batch."""
+    if batch == 1:
+        return [output]
+    stem, ext = os.path.splitext(output)
+    return [f"{stem}_{i}{ext}" for i in range(batch)]
+
+
+def latents_path(c) -> str:
+    """Where the latents go: save_latents, or beside the mp4 (`<output>.npz`)."""
+    return c.save_latents or (os.path.splitext(c.output)[0] + ".npz" if c.output else "")
+
+
+def check_outputs(c) -> None:
+    """Every file a generation writes can be written (checked before any compute)."""
+    for field, path in (("output", c.output), ("save_latents", latents_path(c)), ("save_replay", c.save_replay)):
+        if path:
+            check_writable(path, field)
+
+
+def check_writable(path: str, what: str) -> None:
+    """Before any compute: `path` is not a directory, its directory exists (made if missing)
+    and a file can be created in it."""
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "is a directory", path)
+        parent = os.path.dirname(os.path.abspath(path))
+        existing = parent
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, "Not a directory", existing)
+        os.makedirs(parent, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{what} {path!r} cannot be written: {os_reason(e)}") from None
+
+
+class VideoSink:
+    """The mp4s of one generation, written as chunks arrive: push(x0) per chunk, then close()
+    (renamed into place) or abort() (nothing left behind). Without a decoder it writes nothing
+    until close(latents), which writes latent previews."""
+
+    def __init__(self, c, paths: list[str], decoder):
+        self.c, self.paths, self.decoder = c, paths, decoder
+        self.writers = [media.Mp4Writer(p, fps=c.fps) for p in paths] if decoder is not None else []
+
+    def push(self, x0) -> None:
+        if self.decoder is not None:
+            for w, frames in zip(self.writers, self.decoder.push(x0)):
+                w.write(frames)
+
+    def close(self, latents) -> None:
+        for w in self.writers:
+            w.close()
+            log.info("wrote %s (%d frames, %g fps, %s)", w.path, w.frames, self.c.fps,
+                     "pixels" if self.c.vae.kind == "pixel" else "decoded")
+        if self.decoder is None:
+            for path, lat in zip(self.paths, latents):
+                media.write_mp4(path, media.latent_preview(lat))
+                log.info("wrote %s (latent preview: no VAE configured)", path)
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
