@@ -99,7 +99,7 @@ def profiles_from_config(cfg_args, frames: int):
 
 
 def draw_figures(stem: str, head_map, profiles, thresholds):
-    try:
+    try:  # here, not at the top: choosing the Agg backend is a side effect
         import matplotlib
 
         matplotlib.use("Agg")

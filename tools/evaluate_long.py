@@ -20,10 +20,11 @@ import sys
 
 import numpy as np
 
-from pyramid_jax import generate, metrics, video
+from pyramid_jax import generate, metrics
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
+from pyramid_jax.video import strides
 
 POLICIES = {"window": ["--config.cache.policy=window", "--config.cache.local_attn_size=21",
                        "--config.cache.sink_size=0"],
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"evaluate_long: error: {e}", file=sys.stderr)
         return 2
-    fps, stride, f = int(c.fps), video.strides(c)[0], c.frames_per_chunk
+    fps, stride, f = int(c.fps), strides(c)[0], c.frames_per_chunk
     chunk = f * stride  # video frames per chunk (the first is stride - 1 shorter)
     frames = int(round(args.seconds * fps / stride / f)) * f  # latent frames, a multiple of the chunk
     video_frames = 1 + stride * (frames - 1)  # what --reuse expects to find

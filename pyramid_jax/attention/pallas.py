@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pyramid_jax.attention import entry_lengths, entry_span
+from pyramid_jax.attention.plan import entry_lengths, entry_span
 from pyramid_jax import rope
 
 _NEG = -1e30

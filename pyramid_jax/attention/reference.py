@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pyramid_jax.attention import entry_lengths, entry_span
+from pyramid_jax.attention.plan import entry_lengths, entry_span
 from pyramid_jax import rope
 
 

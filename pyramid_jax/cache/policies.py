@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import jax
 
-from pyramid_jax.attention import KVPool, PagePlan
+from pyramid_jax.attention.plan import KVPool, PagePlan
 from pyramid_jax.cache.head_map import load_head_map
 from pyramid_jax.cache.pool import CacheState, PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import rope
-from pyramid_jax.attention import KVPool, entry_span
+from pyramid_jax.attention.plan import KVPool, entry_span
 
 
 class CacheState(NamedTuple):

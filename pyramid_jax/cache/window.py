@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pyramid_jax.attention import PagePlan, layer_plan
+from pyramid_jax.attention.plan import PagePlan, layer_plan
 from pyramid_jax.cache.pool import CacheState, PoolSpec, empty_state, rope_keys, write_entries
 
 

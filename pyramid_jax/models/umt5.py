@@ -13,9 +13,11 @@ import html
 import math
 import re
 
+import ftfy
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sentencepiece as spm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +87,8 @@ def encode_prompts(p, cfg: UMT5Config, ids, mask):
 
 # ---- tokenizer ---------------------------------------------------------------------
 def clean_text(text: str) -> str:
-    """The reference cleaning: ftfy fix (when installed), HTML unescape twice, collapse spaces."""
-    try:
-        import ftfy
-
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
+    """The reference cleaning: ftfy fix, HTML unescape twice, collapse spaces."""
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
     return re.sub(r"\s+", " ", text).strip()
 
@@ -101,8 +98,6 @@ class Tokenizer:
     </s>, truncate and pad to text_len. pad id 0, eos id 1 (the T5 convention)."""
 
     def __init__(self, path: str, text_len: int = 512):
-        import sentencepiece as spm
-
         self.sp = spm.SentencePieceProcessor(model_file=path)
         self.text_len = text_len
         self.pad_id, self.eos_id = 0, 1

@@ -22,9 +22,12 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from pyramid_jax.errors import first_line
+from pyramid_jax.models.umt5 import UMT5Config
+from pyramid_jax.models.vae import VAEConfig
 from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
 
 log = logging.getLogger(__name__)
@@ -41,8 +44,6 @@ def save_params(dst: str, params: dict, cfg, source: str = "", kind: str = "dit"
 
     Fails if dst exists. Nothing is left at dst unless the whole write succeeded.
     """
-    import orbax.checkpoint as ocp
-
     dst = os.path.abspath(dst)
     if os.path.exists(dst):
         raise CheckpointError(f"{dst} already exists; remove it or choose another destination")
@@ -72,8 +73,6 @@ def restore_tree(path: str, target=None):
     target: a tree of arrays / ShapeDtypeStructs giving shapes and dtypes (default: the ones
     saved). Raises CheckpointError with the first line of what went wrong.
     """
-    import orbax.checkpoint as ocp
-
     me = jax.process_index()
     alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
                                                barrier_sync_key_prefix=f"pyramid_jax-read-{me}")
@@ -164,13 +163,9 @@ def load_flat(path: str, kind: str, cfg_cls, dtype: str | None = None):
 
 def load_vae(path: str, dtype: str | None = None):
     """(VAEConfig, decoder params) written by `convert_checkpoint.py --kind vae`."""
-    from pyramid_jax.models.vae import VAEConfig
-
     return load_flat(path, "vae", VAEConfig, dtype)
 
 
 def load_t5(path: str, dtype: str | None = None):
     """(UMT5Config, encoder params) written by `convert_checkpoint.py --kind t5`."""
-    from pyramid_jax.models.umt5 import UMT5Config
-
     return load_flat(path, "t5", UMT5Config, dtype)

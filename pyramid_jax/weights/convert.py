@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 
 from pyramid_jax import logs
-from pyramid_jax.weights import files, wan_names
+from pyramid_jax.weights import files, t5_names, vae_names, wan_names
 from pyramid_jax.weights.checkpoint import CheckpointError, save_params
 from pyramid_jax.weights.errors import ConversionError
 
@@ -54,16 +54,12 @@ def _convert_flat(src, dst, dtype, kind, subfolder, names, describe):
 
 def convert_vae(src: str, dst: str, dtype: str = "float32"):
     """Convert a Wan VAE (upstream .pth or diffusers) to an orbax checkpoint (decoder only)."""
-    from pyramid_jax.weights import vae_names
-
     return _convert_flat(src, dst, dtype, "vae", "vae", vae_names,
                          lambda c: f"z {c.z_dim}, base dim {c.base_dim}, mult {list(c.dim_mult)}")
 
 
 def convert_t5(src: str, dst: str, dtype: str = "float32"):
     """Convert a umT5 encoder (upstream Wan .pth or transformers safetensors) to orbax."""
-    from pyramid_jax.weights import t5_names
-
     return _convert_flat(src, dst, dtype, "t5", "text_encoder", t5_names,
                          lambda c: f"d_model {c.d_model}, {c.num_layers} layers, {c.num_heads} heads, "
                                    f"vocab {c.vocab_size}")

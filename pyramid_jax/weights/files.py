@@ -67,7 +67,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def _torch_to_numpy(t) -> np.ndarray:
-    import torch
+    import torch  # optional (the convert extra): only .pt/.pth files need it
 
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
