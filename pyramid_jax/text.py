@@ -72,15 +72,17 @@ class TextEncoder:
         self.device = jax.devices("cpu")[0] if tc.device == "cpu" else None
         try:
             with self._on_device():
-                self.t5_cfg, self.t5_params = load_t5(tc.checkpoint, dtype=dtype)
+                encoder = load_t5(tc.checkpoint, dtype=dtype)
         except CheckpointError as e:
             raise UserError(str(e)) from None
-        if self.t5_cfg.d_model != self.cfg.text_dim:
-            raise UserError(f"the text encoder's width {self.t5_cfg.d_model} differs from the DiT's text_dim "
+        t5_cfg = encoder.cfg
+        if t5_cfg.d_model != self.cfg.text_dim:
+            raise UserError(f"the text encoder's width {t5_cfg.d_model} differs from the DiT's text_dim "
                             f"{self.cfg.text_dim}")
         self.tokenizer = umt5.Tokenizer(tc.tokenizer, self.cfg.text_len)
-        self._encode = jax.jit(lambda p, i, m: umt5.encode_prompts(p, self.t5_cfg, i, m))
-        log.info("text encoder umT5 from %s (%d layers) on %s", tc.checkpoint, self.t5_cfg.num_layers,
+        self.t5_params = encoder.params()
+        self._encode = jax.jit(lambda p, i, m: umt5.encode_prompts(p, t5_cfg, i, m))
+        log.info("text encoder umT5 from %s (%d layers) on %s", tc.checkpoint, t5_cfg.num_layers,
                  "the host CPU" if self.device else "the default device")
 
     def _on_device(self):

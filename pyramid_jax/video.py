@@ -12,7 +12,7 @@ import numpy as np
 from pyramid_jax import media
 from pyramid_jax.errors import UserError, os_reason
 from pyramid_jax.models import vae as vae_model
-from pyramid_jax.weights.checkpoint import CheckpointError, load_vae
+from pyramid_jax.weights.checkpoint import CheckpointError, load_vae, with_weights
 from pyramid_jax.weights.vae_names import random_vae_params
 
 log = logging.getLogger("pyramid_jax")
@@ -37,8 +37,8 @@ class PixelFrames:
 
 
 def load_video_weights(c, cfg):
-    """The Wan VAE (cfg, params) that decodes this model's latents, or None: a pixel model's
-    outputs are its frames (it must be RGB), and without a VAE there is no decoded video."""
+    """The Wan VAE decoder of this model's latents, or None: a pixel model's outputs are its
+    frames (it must be RGB), and without a VAE there is no decoded video."""
     if c.vae.kind == "pixel":
         if cfg.out_channels != 3:
             raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has "
@@ -52,7 +52,7 @@ def load_video_weights(c, cfg):
     if c.vae.random:
         vcfg = vae_model.VAEConfig(base_dim=c.vae.base_dim, num_res_blocks=c.vae.num_res_blocks, dtype=c.dtype)
         log.warning("NO VAE CHECKPOINT: a random VAE (base dim %d) decodes the latents", vcfg.base_dim)
-        return vcfg, random_vae_params(vcfg)
+        return with_weights(vae_model.WanVAEDecoder, vcfg, random_vae_params(vcfg))
     return None
 
 
@@ -63,7 +63,7 @@ def video_decoder(c, batch: int, latent_hw, vae):
         return PixelFrames()
     if vae is None:
         return None
-    return vae_model.StreamingDecoder(vae[1], vae[0], batch, latent_hw)
+    return vae_model.StreamingDecoder(vae, batch, latent_hw)
 
 
 def output_paths(output: str, batch: int) -> list[str]:

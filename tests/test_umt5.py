@@ -62,7 +62,8 @@ def test_encoder_parity(tmp_path, layout):
         src = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
         torch.save(to_upstream(m.state_dict()), src)
     assert convert.main(["--src", str(src), "--dst", str(tmp_path / "t5"), "--kind", "t5"]) == 0
-    cfg, p = load_t5(str(tmp_path / "t5"))
+    encoder = load_t5(str(tmp_path / "t5"))
+    cfg = encoder.cfg
     assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_kv) == (64, 2, 4, 16)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(2, 300, (2, 150), generator=g)  # longer than max_distance 128
@@ -70,7 +71,7 @@ def test_encoder_parity(tmp_path, layout):
     mask[1, 90:] = 0
     with torch.no_grad():
         ref = m(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
-    ours = np.asarray(umt5.encode_prompts(p, cfg, jnp.asarray(ids.numpy()), jnp.asarray(mask.numpy())))
+    ours = np.asarray(encoder(jnp.asarray(ids.numpy()), jnp.asarray(mask.numpy())))
     valid = mask.numpy().astype(bool)
     assert rel_err(ours[valid], ref[valid]) <= 1e-5
     assert (ours[~valid] == 0).all()  # rows past the prompt are zeroed

@@ -77,22 +77,23 @@ def test_vae_decode_parity_and_streaming(ref_vae, tmp_path, layout):
         src = tmp_path / "Wan2.1_VAE.pth"
         torch.save(to_upstream(ref_vae.state_dict()), src)
     assert convert.main(["--src", str(src), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
-    cfg, p = load_vae(str(tmp_path / "vae"))
+    decoder = load_vae(str(tmp_path / "vae"))
+    cfg = decoder.cfg
     assert cfg.base_dim == 16 and cfg.num_res_blocks == NRB and cfg.temperal_upsample == (True, True, False)
 
     z = torch.randn(1, 16, 4, 5, 7, generator=torch.Generator().manual_seed(1))  # odd latent size
     ref = _diffusers_decode(ref_vae, z)
     zj = jnp.asarray(z.numpy().transpose(0, 2, 3, 4, 1))
-    whole = np.asarray(vae.decode_video(p, cfg, zj)).transpose(0, 4, 1, 2, 3)
+    whole = np.asarray(decoder(zj)).transpose(0, 4, 1, 2, 3)
     assert whole.shape == ref.shape == (1, 3, 1 + 4 * 3, 40, 56)
     err = rel_err(whole, ref)
     print(f"{layout}: VAE decode rel err {err:.2e}")
     assert err <= 1e-5
 
-    state = vae.init_state(p, cfg, 1, (5, 7))
+    state = decoder.init_state(1, (5, 7))
     frames = []
     for i in range(4):  # streaming: one latent frame per call, state carried across
-        out, state = vae.decode_frame(p, cfg, zj[:, i:i + 1], state, first=i == 0)
+        out, state = decoder.decode_frame(zj[:, i:i + 1], state, first=i == 0)
         frames.append(np.asarray(out))
         assert out.shape[1] == (1 if i == 0 else 4)
     stream = np.concatenate(frames, 1).transpose(0, 4, 1, 2, 3)

@@ -63,7 +63,7 @@ def bench_forward(sizes, repeats):
             ffn_dim=fields["ffn_dim"], num_layers=fields["num_layers"]).eval()
         sd = wan_names.diffusers_to_upstream({k: v.numpy() for k, v in ref.state_dict().items()})
         cfg = WanConfig(text_len=lt, **fields)
-        model = model_from_params(cfg, wan_names.upstream_to_params(sd, cfg))
+        model = model_from_params(cfg, wan_names.params(sd, cfg))
 
         x = torch.randn(1, fields["in_channels"], nf, hh, ww)
         ctx = torch.randn(1, lt, fields["text_dim"])
@@ -446,8 +446,7 @@ def bench_codecs(repeats):
     """VAE decode seconds per chunk (3 latent frames, streaming) and umT5 seconds per prompt,
     with random weights, and each stage's peak memory (XLA estimate)."""
     from pyramid_jax.models import umt5, vae
-    from pyramid_jax.weights.t5_names import expected_shapes as t5_shapes
-    from pyramid_jax.weights.t5_names import params as t5_params
+    from pyramid_jax.weights.t5_names import random_t5_params
     from pyramid_jax.weights.vae_names import random_vae_params
 
     rows = []
@@ -476,9 +475,7 @@ def bench_codecs(repeats):
                 "mid": umt5.UMT5Config(vocab_size=32000, d_model=1024, d_kv=64, num_heads=16, d_ff=2816,
                                        num_layers=8)}
     for name, cfg in t5_sizes.items():
-        rng = np.random.default_rng(0)
-        sd = {k: rng.standard_normal(shape).astype(np.float32) * 0.02 for k, shape in t5_shapes(cfg).items()}
-        p = jax.tree.map(jnp.asarray, t5_params(sd, cfg))
+        p = jax.tree.map(jnp.asarray, random_t5_params(cfg))
         ids = jnp.ones((1, 512), jnp.int32)
         mask = jnp.ones((1, 512), jnp.int32)
         enc = jax.jit(lambda p, i, m: umt5.encode_prompts(p, cfg, i, m))

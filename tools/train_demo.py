@@ -79,8 +79,9 @@ def encode_captions(text_dir: str, captions: list[str], text_len: int) -> np.nda
     from pyramid_jax.models import umt5
     from pyramid_jax.weights.checkpoint import load_t5
 
-    cfg, params = load_t5(os.path.join(text_dir, "umt5"))
+    encoder = load_t5(os.path.join(text_dir, "umt5"))
     ids, mask = umt5.Tokenizer(os.path.join(text_dir, "spiece.model"), text_len)(captions)
+    params, cfg = encoder.params(), encoder.cfg
     enc = jax.jit(lambda i, m: umt5.encode_prompts(params, cfg, i, m))
     with jax.default_matmul_precision("highest"):  # the features generate computes on a CPU in fp32
         return np.concatenate([np.asarray(enc(ids[i:i + 256], mask[i:i + 256])) for i in range(0, len(ids), 256)])

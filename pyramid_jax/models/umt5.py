@@ -1,7 +1,7 @@
 """umT5 encoder (the text encoder of Wan2.1) and its sentencepiece tokenizer.
 
-Pure functions over a flat param dict keyed by transformers `UMT5EncoderModel` names (Linear
-weights stored [in, out]). umT5 differs from T5 in one way that matters here: every layer has
+`UMT5Encoder` holds its parameters by their transformers `UMT5EncoderModel` names (Linear
+weights stored [in, out]); the math is pure functions over that flat dict (`encode`). umT5 differs from T5 in one way that matters here: every layer has
 its own relative position bias (32 buckets, max distance 128, bidirectional); there are no
 biases, no attention scaling, RMS norms without mean, and a gated-GELU (tanh) FFN.
 """
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
+from flax import nnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,43 @@ class UMT5Config:
     max_distance: int = 128
     eps: float = 1e-6
     dtype: str = "float32"
+
+
+def param_shapes(cfg: UMT5Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the encoder, by its transformers name, in our layout (Linear [in, out])."""
+    inner = cfg.num_heads * cfg.d_kv
+    out = {"shared.weight": (cfg.vocab_size, cfg.d_model), "encoder.final_layer_norm.weight": (cfg.d_model,)}
+    for i in range(cfg.num_layers):
+        a = f"encoder.block.{i}.layer.0."
+        out[a + "layer_norm.weight"] = (cfg.d_model,)
+        for w in "qkv":
+            out[a + f"SelfAttention.{w}.weight"] = (cfg.d_model, inner)
+        out[a + "SelfAttention.o.weight"] = (inner, cfg.d_model)
+        out[a + "SelfAttention.relative_attention_bias.weight"] = (cfg.num_buckets, cfg.num_heads)
+        f = f"encoder.block.{i}.layer.1."
+        out[f + "layer_norm.weight"] = (cfg.d_model,)
+        out[f + "DenseReluDense.wi_0.weight"] = (cfg.d_model, cfg.d_ff)
+        out[f + "DenseReluDense.wi_1.weight"] = (cfg.d_model, cfg.d_ff)
+        out[f + "DenseReluDense.wo.weight"] = (cfg.d_ff, cfg.d_model)
+    return out
+
+
+class UMT5Encoder(nnx.Module):
+    """The umT5 encoder: prompts' token ids -> the DiT's context. Parameters start at zero;
+    they come from a checkpoint (weights.checkpoint.load_t5) or random_t5_params."""
+
+    def __init__(self, cfg: UMT5Config):
+        self.cfg = cfg
+        dt = jnp.dtype(cfg.dtype)
+        self.weights = nnx.Dict({k: nnx.Param(jnp.zeros(s, dt)) for k, s in param_shapes(cfg).items()})
+
+    def params(self) -> dict:
+        """{transformers name: array}."""
+        return {k: v[...] for k, v in self.weights.items()}
+
+    def __call__(self, ids, mask):
+        """ids, mask [B, L] -> context [B, L, d_model] (rows past each prompt zero)."""
+        return encode_prompts(self.params(), self.cfg, ids, mask)
 
 
 def _rms(x, w, eps):

@@ -1,8 +1,9 @@
 """Wan2.1 VAE decoder, streaming one latent frame at a time.
 
-Pure functions over a flat param dict keyed by the diffusers `AutoencoderKLWan` names
+`WanVAEDecoder` holds its parameters by their diffusers `AutoencoderKLWan` names
 (convolution kernels stored channel-last: Conv3d [kt, kh, kw, in, out], Conv2d
-[kh, kw, in, out]; norm gammas [C]). Activations are channel-last [B, T, H, W, C].
+[kh, kw, in, out]; norm gammas [C]); the math is pure functions over that flat dict.
+Activations are channel-last [B, T, H, W, C].
 
 Every causal Conv3d with a temporal kernel of 3 keeps the last 2 frames of its input as
 explicit state (zeros at the start, which is upstream's causal zero padding), so decoding
@@ -18,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -61,6 +63,70 @@ class VAEConfig:
 
 # Wan2.1's VAE: video frames per latent frame (after the first) and pixels per latent pixel.
 TIME_STRIDE, SPACE_STRIDE = VAEConfig().time_stride, VAEConfig().space_stride
+
+
+def param_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
+    """Every decoder parameter, by its diffusers name, in our (channel-last) layout."""
+    out = {"post_quant_conv.weight": (1, 1, 1, cfg.z_dim, cfg.z_dim), "post_quant_conv.bias": (cfg.z_dim,)}
+
+    def conv(name, cin, cout, k):
+        out[name + ".weight"] = k + (cin, cout)
+        out[name + ".bias"] = (cout,)
+
+    def res(name, cin, cout):
+        out[name + ".norm1.gamma"] = (cin,)
+        conv(name + ".conv1", cin, cout, (3, 3, 3))
+        out[name + ".norm2.gamma"] = (cout,)
+        conv(name + ".conv2", cout, cout, (3, 3, 3))
+        if cin != cout:
+            conv(name + ".conv_shortcut", cin, cout, (1, 1, 1))
+
+    dims = cfg.dims
+    conv("decoder.conv_in", cfg.z_dim, dims[0], (3, 3, 3))
+    res("decoder.mid_block.resnets.0", dims[0], dims[0])
+    a = "decoder.mid_block.attentions.0"
+    out[a + ".norm.gamma"] = (dims[0],)
+    conv(a + ".to_qkv", dims[0], 3 * dims[0], (1, 1))
+    conv(a + ".proj", dims[0], dims[0], (1, 1))
+    res("decoder.mid_block.resnets.1", dims[0], dims[0])
+    n = len(cfg.dim_mult)
+    for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+        cin = cin // 2 if i > 0 else cin
+        for j in range(cfg.num_res_blocks + 1):
+            res(f"decoder.up_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout)
+        if i != n - 1:
+            u = f"decoder.up_blocks.{i}.upsamplers.0"
+            conv(u + ".resample.1", cout, cout // 2, (3, 3))
+            if cfg.temperal_upsample[i]:
+                conv(u + ".time_conv", cout, 2 * cout, (3, 1, 1))
+    out["decoder.norm_out.gamma"] = (dims[-1],)
+    conv("decoder.conv_out", dims[-1], cfg.out_channels, (3, 3, 3))
+    return out
+
+
+class WanVAEDecoder(nnx.Module):
+    """The Wan VAE's decoder: normalised latents -> video in [-1, 1], one latent frame at a
+    time. Parameters start at zero; they come from a checkpoint (weights.checkpoint.load_vae)
+    or random_vae_params."""
+
+    def __init__(self, cfg: VAEConfig):
+        self.cfg = cfg
+        dt = jnp.dtype(cfg.dtype)
+        self.weights = nnx.Dict({k: nnx.Param(jnp.zeros(s, dt)) for k, s in param_shapes(cfg).items()})
+
+    def params(self) -> dict:
+        """{diffusers name: array}."""
+        return {k: v[...] for k, v in self.weights.items()}
+
+    def init_state(self, batch: int, latent_hw: tuple[int, int]):
+        return init_state(self.params(), self.cfg, batch, latent_hw, jnp.dtype(self.cfg.dtype))
+
+    def decode_frame(self, z, state, first: bool):
+        return decode_frame(self.params(), self.cfg, z, state, first)
+
+    def __call__(self, z):
+        """Whole-video decode of z [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3]."""
+        return decode_video(self.params(), self.cfg, z)
 
 
 # ---- layers ------------------------------------------------------------------------
@@ -203,9 +269,10 @@ class StreamingDecoder:
     """Decodes latent frames as the rollout produces them, keeping the conv state between
     calls. push(z [B, F, C, h, w] channel-first latents) -> uint8 video [B, T, 8h, 8w, 3]."""
 
-    def __init__(self, params, cfg: VAEConfig, batch: int, latent_hw: tuple[int, int]):
-        self.params, self.cfg = params, cfg
-        self.state = init_state(params, cfg, batch, latent_hw, jnp.dtype(cfg.dtype))
+    def __init__(self, decoder: WanVAEDecoder, batch: int, latent_hw: tuple[int, int]):
+        cfg = decoder.cfg
+        self.params, self.cfg = decoder.params(), cfg
+        self.state = init_state(self.params, cfg, batch, latent_hw, jnp.dtype(cfg.dtype))
         self.started = False
         self._first = jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=True))
         self._next = jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=False))

@@ -26,8 +26,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from pyramid_jax.errors import first_line
-from pyramid_jax.models.umt5 import UMT5Config
-from pyramid_jax.models.vae import VAEConfig
+from pyramid_jax.models.umt5 import UMT5Config, UMT5Encoder
+from pyramid_jax.models.vae import VAEConfig, WanVAEDecoder
 from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,19 @@ def load_flat(path: str, kind: str, cfg_cls, dtype: str | None = None):
     return cfg, params
 
 
-def load_vae(path: str, dtype: str | None = None):
-    """(VAEConfig, decoder params) written by `convert_checkpoint.py --kind vae`."""
-    return load_flat(path, "vae", VAEConfig, dtype)
+def with_weights(module_cls, cfg, params: dict):
+    """A WanVAEDecoder / UMT5Encoder of cfg holding `params` ({canonical name: array}),
+    built abstractly first (nothing allocated twice)."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: module_cls(cfg)))
+    nnx.replace_by_pure_dict(state, {"weights": {k: jnp.asarray(v, cfg.dtype) for k, v in params.items()}})
+    return nnx.merge(graphdef, state)
 
 
-def load_t5(path: str, dtype: str | None = None):
-    """(UMT5Config, encoder params) written by `convert_checkpoint.py --kind t5`."""
-    return load_flat(path, "t5", UMT5Config, dtype)
+def load_vae(path: str, dtype: str | None = None) -> WanVAEDecoder:
+    """The decoder written by `convert_checkpoint.py --kind vae`."""
+    return with_weights(WanVAEDecoder, *load_flat(path, "vae", VAEConfig, dtype))
+
+
+def load_t5(path: str, dtype: str | None = None) -> UMT5Encoder:
+    """The encoder written by `convert_checkpoint.py --kind t5`."""
+    return with_weights(UMT5Encoder, *load_flat(path, "t5", UMT5Config, dtype))

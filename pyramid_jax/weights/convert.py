@@ -1,4 +1,5 @@
-"""Checkpoint conversion: upstream / diffusers Wan DiT weights -> orbax + config.
+"""Checkpoint conversion: upstream / diffusers / transformers Wan DiT, VAE and umT5 weights
+-> orbax + config, one interface for the three (docs/conversion.md).
 
 CLI: tools/convert_checkpoint.py (this module's `main`).
 """
@@ -22,47 +23,24 @@ log = logging.getLogger("convert_checkpoint")
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
-def convert_dit(src: str, dst: str, num_heads: int | None = None, ema: bool = True,
-                dtype: str = "float32"):
-    """Convert a Wan DiT checkpoint at src to an orbax checkpoint at dst; returns the config."""
-    sd = files.read_checkpoint(src, ema=ema, subfolder="transformer")
-    layout = "diffusers" if wan_names.is_diffusers_layout(sd) else "upstream"
-    if layout == "diffusers":
-        sd = wan_names.diffusers_to_upstream(sd)
-    cfg = wan_names.infer_config(sd, num_heads=num_heads, dtype=dtype)
-    params = wan_names.upstream_to_params(sd, cfg)
-    params = _cast(params, DTYPES[dtype])
-    log.info("%s layout, dim %d, %d layers, %d heads, ffn %d, %s -> %s",
-             layout, cfg.dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, dtype, dst)
-    save_params(dst, params, cfg, source=f"{layout}:{src}")
-    return cfg
+# kind -> (name module, subfolder of a diffusers pipeline folder). Each name module offers
+# canonical(sd), infer_config(sd, dtype, ...), params(sd, cfg) and describe(cfg).
+FORMATS = {"dit": (wan_names, "transformer"), "vae": (vae_names, "vae"), "t5": (t5_names, "text_encoder")}
 
 
-def _convert_flat(src, dst, dtype, kind, subfolder, names, describe):
-    """VAE / umT5: read, rename upstream keys, infer the config, check, cast, save."""
-    sd = files.read_checkpoint(src, subfolder=subfolder)
-    upstream = names.is_upstream(sd)
-    if upstream:
-        sd = names.upstream_rename(sd)
-    cfg = names.infer_config(sd, dtype=dtype)
+def convert(kind: str, src: str, dst: str, dtype: str = "float32", num_heads: int | None = None,
+            ema: bool = True):
+    """Convert the DiT, VAE or umT5 checkpoint at src (upstream .pt/.pth, safetensors, or a
+    diffusers / transformers folder) to an orbax checkpoint at dst; returns its config.
+    num_heads and ema concern the DiT (heads are not visible in its weights; Self Forcing
+    files hold `generator_ema` and `generator`)."""
+    names, subfolder = FORMATS[kind]
+    sd, layout = names.canonical(files.read_checkpoint(src, ema=ema, subfolder=subfolder))
+    cfg = names.infer_config(sd, dtype=dtype, **({"num_heads": num_heads} if kind == "dit" else {}))
     params = _cast(names.params(sd, cfg), DTYPES[dtype])
-    layout = "upstream" if upstream else names.OTHER_LAYOUT
-    log.info("%s %s layout, %s, %s -> %s", layout, kind, describe(cfg), dtype, dst)
+    log.info("%s layout (%s), %s, %s -> %s", layout, kind, names.describe(cfg), dtype, dst)
     save_params(dst, params, cfg, source=f"{layout}:{src}", kind=kind)
     return cfg
-
-
-def convert_vae(src: str, dst: str, dtype: str = "float32"):
-    """Convert a Wan VAE (upstream .pth or diffusers) to an orbax checkpoint (decoder only)."""
-    return _convert_flat(src, dst, dtype, "vae", "vae", vae_names,
-                         lambda c: f"z {c.z_dim}, base dim {c.base_dim}, mult {list(c.dim_mult)}")
-
-
-def convert_t5(src: str, dst: str, dtype: str = "float32"):
-    """Convert a umT5 encoder (upstream Wan .pth or transformers safetensors) to orbax."""
-    return _convert_flat(src, dst, dtype, "t5", "text_encoder", t5_names,
-                         lambda c: f"d_model {c.d_model}, {c.num_layers} layers, {c.num_heads} heads, "
-                                   f"vocab {c.vocab_size}")
 
 
 def _cast(tree, dtype):
@@ -89,12 +67,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logs.setup()
     try:
-        if args.kind == "dit":
-            convert_dit(args.src, args.dst, args.num_heads, not args.no_ema, args.dtype)
-        elif args.kind == "vae":
-            convert_vae(args.src, args.dst, args.dtype)
-        else:
-            convert_t5(args.src, args.dst, args.dtype)
+        convert(args.kind, args.src, args.dst, args.dtype, args.num_heads, not args.no_ema)
     except (ConversionError, CheckpointError) as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         if args.verbose and getattr(e, "detail", ""):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from flax import nnx
 
-from pyramid_jax.models.umt5 import UMT5Config
-from pyramid_jax.weights.errors import ConversionError, check_state_dict
+from pyramid_jax.models.umt5 import UMT5Config, UMT5Encoder, param_shapes
+from pyramid_jax.weights.errors import ConversionError
+from pyramid_jax.weights.table import Name, checkpoint_shapes, params_from, swap_last
 
-OTHER_LAYOUT = "transformers"  # the non-upstream layout these names read
 
 _UPSTREAM = [
     (r"^token_embedding\.weight$", "shared.weight"),
@@ -57,37 +58,33 @@ def infer_config(sd: dict, dtype: str = "float32") -> UMT5Config:
                       num_layers=len(layers), num_buckets=int(buckets), dtype=dtype)
 
 
-def expected_shapes(cfg: UMT5Config) -> dict:
-    inner = cfg.num_heads * cfg.d_kv
-    out = {"shared.weight": (cfg.vocab_size, cfg.d_model), "encoder.final_layer_norm.weight": (cfg.d_model,)}
-    for i in range(cfg.num_layers):
-        a = f"encoder.block.{i}.layer.0."
-        out[a + "layer_norm.weight"] = (cfg.d_model,)
-        for w in "qkv":
-            out[a + f"SelfAttention.{w}.weight"] = (inner, cfg.d_model)
-        out[a + "SelfAttention.o.weight"] = (cfg.d_model, inner)
-        out[a + "SelfAttention.relative_attention_bias.weight"] = (cfg.num_buckets, cfg.num_heads)
-        f = f"encoder.block.{i}.layer.1."
-        out[f + "layer_norm.weight"] = (cfg.d_model,)
-        out[f + "DenseReluDense.wi_0.weight"] = (cfg.d_ff, cfg.d_model)
-        out[f + "DenseReluDense.wi_1.weight"] = (cfg.d_ff, cfg.d_model)
-        out[f + "DenseReluDense.wo.weight"] = (cfg.d_model, cfg.d_ff)
-    return out
+def _layout(key: str) -> tuple:
+    """(to_param, to_ckpt): Linear weights transpose; embeddings, biases and norms keep theirs."""
+    keep = key.endswith(("shared.weight", "relative_attention_bias.weight", "layer_norm.weight"))
+    return (lambda a: a, lambda a: a) if keep else (swap_last, swap_last)
+
+
+def names(cfg: UMT5Config) -> list[Name]:
+    """The encoder's name table: transformers key -> its parameter (UMT5Encoder.weights[key])."""
+    return [Name(k, ("weights", k), *_layout(k)) for k in param_shapes(cfg)]
+
+
+def abstract_params(cfg: UMT5Config) -> dict:
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: UMT5Encoder(cfg)), nnx.Param))
 
 
 def params(sd: dict, cfg: UMT5Config) -> dict:
+    """Check names and shapes against the encoder, then lay the weights out: the flat
+    {transformers name: array} dict a t5 checkpoint holds."""
     sd = {k: v for k, v in sd.items() if k != "encoder.embed_tokens.weight"}  # tied copy of shared
-    check_state_dict(sd, expected_shapes(cfg))
-    keep_layout = ("shared.weight", "relative_attention_bias.weight")
-    return {k: (np.asarray(v) if v.ndim == 1 or k.endswith(keep_layout) else np.asarray(v).T.copy())
-            for k, v in sd.items()}
+    return params_from(sd, names(cfg), abstract_params(cfg))["weights"]
 
 
 def random_t5_params(cfg: UMT5Config, seed: int = 0) -> dict:
     """Random encoder params of a config (the demo's frozen tiny text encoder, tests)."""
     rng = np.random.default_rng(seed)
     sd = {}
-    for k, shape in expected_shapes(cfg).items():
+    for k, shape in checkpoint_shapes(names(cfg), abstract_params(cfg)).items():
         if k.endswith("layer_norm.weight"):
             sd[k] = np.ones(shape, np.float32)
         elif k.endswith(("shared.weight", "relative_attention_bias.weight")):
@@ -95,3 +92,12 @@ def random_t5_params(cfg: UMT5Config, seed: int = 0) -> dict:
         else:
             sd[k] = (rng.standard_normal(shape) / np.sqrt(shape[1])).astype(np.float32)
     return params(sd, cfg)
+
+
+def canonical(sd: dict) -> tuple[dict, str]:
+    """(the state dict in transformers names, the layout it came in)."""
+    return (upstream_rename(sd), "upstream") if is_upstream(sd) else (sd, "transformers")
+
+
+def describe(cfg) -> str:
+    return f"d_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads, vocab {cfg.vocab_size}"

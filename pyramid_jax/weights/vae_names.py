@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from flax import nnx
 
-from pyramid_jax.models.vae import VAEConfig
-from pyramid_jax.weights.errors import ConversionError, check_state_dict
+from pyramid_jax.models.vae import VAEConfig, WanVAEDecoder, param_shapes
+from pyramid_jax.weights.errors import ConversionError
+from pyramid_jax.weights.table import Name, checkpoint_shapes, params_from
 
-OTHER_LAYOUT = "diffusers"  # the non-upstream layout these names read
 
 _RES = {"residual.0.gamma": "norm1.gamma", "residual.2.weight": "conv1.weight", "residual.2.bias": "conv1.bias",
         "residual.3.gamma": "norm2.gamma", "residual.6.weight": "conv2.weight", "residual.6.bias": "conv2.bias",
@@ -77,67 +78,40 @@ def infer_config(sd: dict, dtype: str = "float32") -> VAEConfig:
                      temperal_downsample=t_up[::-1], out_channels=int(out_ch), dtype=dtype)
 
 
-def expected_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
-    """Every decoder key (diffusers names, torch layouts) of a config, with its shape."""
-    out = {"post_quant_conv.weight": (cfg.z_dim, cfg.z_dim, 1, 1, 1), "post_quant_conv.bias": (cfg.z_dim,)}
+def _layout(key: str, ndim: int) -> tuple:
+    """(to_param, to_ckpt) of one tensor: torch conv kernels -> channel-last, norm gammas
+    [C, 1, 1(, 1)] -> [C]; biases keep theirs. ndim: the parameter's."""
+    if key.endswith("gamma"):
+        ones = (1, 1) if "attentions" in key else (1, 1, 1)
+        return (lambda a: a.reshape(-1)), (lambda a: a.reshape(a.shape + ones))
+    if key.endswith("weight") and ndim == 5:  # Conv3d [out, in, t, h, w] <-> [t, h, w, in, out]
+        return (lambda a: a.transpose(2, 3, 4, 1, 0)), (lambda a: a.transpose(4, 3, 0, 1, 2))
+    if key.endswith("weight") and ndim == 4:  # Conv2d [out, in, h, w] <-> [h, w, in, out]
+        return (lambda a: a.transpose(2, 3, 1, 0)), (lambda a: a.transpose(3, 2, 0, 1))
+    return (lambda a: a), (lambda a: a)
 
-    def conv(name, cin, cout, k):
-        out[name + ".weight"] = (cout, cin) + k
-        out[name + ".bias"] = (cout,)
 
-    def res(name, cin, cout):
-        out[name + ".norm1.gamma"] = (cin, 1, 1, 1)
-        conv(name + ".conv1", cin, cout, (3, 3, 3))
-        out[name + ".norm2.gamma"] = (cout, 1, 1, 1)
-        conv(name + ".conv2", cout, cout, (3, 3, 3))
-        if cin != cout:
-            conv(name + ".conv_shortcut", cin, cout, (1, 1, 1))
+def names(cfg: VAEConfig) -> list[Name]:
+    """The decoder's name table: diffusers key -> its parameter (WanVAEDecoder.weights[key])."""
+    return [Name(k, ("weights", k), *_layout(k, len(shape))) for k, shape in param_shapes(cfg).items()]
 
-    dims = cfg.dims
-    conv("decoder.conv_in", cfg.z_dim, dims[0], (3, 3, 3))
-    res("decoder.mid_block.resnets.0", dims[0], dims[0])
-    a = "decoder.mid_block.attentions.0"
-    out[a + ".norm.gamma"] = (dims[0], 1, 1)
-    conv(a + ".to_qkv", dims[0], 3 * dims[0], (1, 1))
-    conv(a + ".proj", dims[0], dims[0], (1, 1))
-    res("decoder.mid_block.resnets.1", dims[0], dims[0])
-    n = len(cfg.dim_mult)
-    for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
-        cin = cin // 2 if i > 0 else cin
-        for j in range(cfg.num_res_blocks + 1):
-            res(f"decoder.up_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout)
-        if i != n - 1:
-            u = f"decoder.up_blocks.{i}.upsamplers.0"
-            conv(u + ".resample.1", cout, cout // 2, (3, 3))
-            if cfg.temperal_upsample[i]:
-                conv(u + ".time_conv", cout, 2 * cout, (3, 1, 1))
-    out["decoder.norm_out.gamma"] = (dims[-1], 1, 1, 1)
-    conv("decoder.conv_out", dims[-1], cfg.out_channels, (3, 3, 3))
-    return out
+
+def abstract_params(cfg: VAEConfig) -> dict:
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: WanVAEDecoder(cfg)), nnx.Param))
 
 
 def params(sd: dict, cfg: VAEConfig) -> dict:
-    """Check names and shapes, then lay kernels out channel-last."""
+    """Check names and shapes against the decoder, then lay kernels out channel-last: the flat
+    {diffusers name: array} dict a vae checkpoint holds."""
     sd = {k: v for k, v in sd.items() if not k.startswith(("encoder.", "quant_conv."))}
-    check_state_dict(sd, expected_shapes(cfg))
-    out = {}
-    for k, v in sd.items():
-        a = np.asarray(v)
-        if a.ndim == 5:
-            a = a.transpose(2, 3, 4, 1, 0)
-        elif a.ndim == 4 and k.endswith("weight"):
-            a = a.transpose(2, 3, 1, 0)
-        elif k.endswith("gamma"):
-            a = a.reshape(-1)
-        out[k] = a
-    return out
+    return params_from(sd, names(cfg), abstract_params(cfg))["weights"]
 
 
 def random_vae_params(cfg: VAEConfig, seed: int = 0) -> dict:
     """Random decoder params of a config (demos and tests before trained weights exist)."""
     rng = np.random.default_rng(seed)
     sd = {}
-    for k, shape in expected_shapes(cfg).items():
+    for k, shape in checkpoint_shapes(names(cfg), abstract_params(cfg)).items():
         if k.endswith("gamma"):
             sd[k] = np.ones(shape, np.float32)
         elif k.endswith("bias"):
@@ -146,3 +120,12 @@ def random_vae_params(cfg: VAEConfig, seed: int = 0) -> dict:
             fan_in = int(np.prod(shape[1:]))
             sd[k] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
     return params(sd, cfg)
+
+
+def canonical(sd: dict) -> tuple[dict, str]:
+    """(the state dict in diffusers names, the layout it came in)."""
+    return (upstream_rename(sd), "upstream") if is_upstream(sd) else (sd, "diffusers")
+
+
+def describe(cfg) -> str:
+    return f"z {cfg.z_dim}, base dim {cfg.base_dim}, mult {list(cfg.dim_mult)}"

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from flax import nnx
 
-from pyramid_jax.models.wan import HEADS_BY_DIM, WanConfig
-from pyramid_jax.weights.errors import ConversionError, check_state_dict
+from pyramid_jax.models.wan import HEADS_BY_DIM, WanConfig, abstract_model
+from pyramid_jax.weights.errors import ConversionError
+from pyramid_jax.weights.table import Name, params_from, swap_last
 
 
 # (diffusers pattern, upstream replacement); applied to whole keys, first match wins.
@@ -96,90 +98,55 @@ def infer_config(sd: dict[str, np.ndarray], num_heads: int | None = None, **over
     return cfg
 
 
-def expected_shapes(cfg: WanConfig) -> dict[str, tuple[int, ...]]:
-    """Every upstream key a checkpoint of this config holds, with its shape."""
-    d, f = cfg.dim, cfg.ffn_dim
-    out = {
-        "patch_embedding.weight": (d, cfg.in_channels, *cfg.patch_size),
-        "patch_embedding.bias": (d,),
-        "text_embedding.0.weight": (d, cfg.text_dim), "text_embedding.0.bias": (d,),
-        "text_embedding.2.weight": (d, d), "text_embedding.2.bias": (d,),
-        "time_embedding.0.weight": (d, cfg.freq_dim), "time_embedding.0.bias": (d,),
-        "time_embedding.2.weight": (d, d), "time_embedding.2.bias": (d,),
-        "time_projection.1.weight": (6 * d, d), "time_projection.1.bias": (6 * d,),
-        "head.modulation": (1, 2, d),
-        "head.head.weight": (cfg.out_channels * int(np.prod(cfg.patch_size)), d),
-        "head.head.bias": (cfg.out_channels * int(np.prod(cfg.patch_size)),),
-    }
-    for n in range(cfg.num_layers):
-        p = f"blocks.{n}."
-        out[p + "modulation"] = (1, 6, d)
-        for a in ("self_attn", "cross_attn"):
-            for w in "qkvo":
-                out[f"{p}{a}.{w}.weight"] = (d, d)
-                out[f"{p}{a}.{w}.bias"] = (d,)
-            if cfg.qk_norm:
-                out[f"{p}{a}.norm_q.weight"] = (d,)
-                out[f"{p}{a}.norm_k.weight"] = (d,)
-        if cfg.cross_attn_norm:
-            out[p + "norm3.weight"] = (d,)
-            out[p + "norm3.bias"] = (d,)
-        out[p + "ffn.0.weight"] = (f, d)
-        out[p + "ffn.0.bias"] = (f,)
-        out[p + "ffn.2.weight"] = (d, f)
-        out[p + "ffn.2.bias"] = (d,)
-    return out
-
-
-def check_keys(sd: dict[str, np.ndarray], cfg: WanConfig) -> None:
-    """Raise ConversionError naming every unknown, missing and mis-shaped key."""
-    check_state_dict(sd, expected_shapes(cfg))
-
-
-def _t(w):  # torch Linear [out, in] -> flax kernel [in, out]
-    return np.ascontiguousarray(np.swapaxes(w, -1, -2))
-
-
-def upstream_to_params(sd: dict[str, np.ndarray], cfg: WanConfig) -> dict:
-    """Upstream-named weights -> nested dict matching `nnx.state(CausalWan)`."""
-    check_keys(sd, cfg)
-    L = cfg.num_layers
-
-    def lin(prefix):
-        return {"kernel": _t(sd[prefix + ".weight"]), "bias": sd[prefix + ".bias"]}
-
-    def stack(fmt, fn=lambda a: a):
-        return np.stack([fn(sd[fmt.format(n)]) for n in range(L)])
-
-    def stacked_lin(fmt):
-        return {"kernel": stack(fmt + ".weight", _t), "bias": stack(fmt + ".bias")}
-
-    def attn(a):
-        out = {w: stacked_lin(f"blocks.{{}}.{a}.{w}") for w in "qkvo"}
-        for nk in ("norm_q", "norm_k"):
-            key = f"blocks.{{}}.{a}.{nk}.weight"
-            out[nk] = stack(key) if cfg.qk_norm else np.ones((L, cfg.dim), np.float32)
-        return out
-
+def names(cfg: WanConfig) -> list[Name]:
+    """The DiT's name table: upstream key -> CausalWan parameter path (blocks stacked by layer)."""
     d = cfg.dim
-    pe = sd["patch_embedding.weight"]
-    blocks = {
-        "modulation": stack("blocks.{}.modulation", lambda a: a.reshape(6, d)),
-        "self_attn": attn("self_attn"),
-        "cross_attn": attn("cross_attn"),
-        "ffn": {"fc1": stacked_lin("blocks.{}.ffn.0"), "fc2": stacked_lin("blocks.{}.ffn.2")},
-    }
-    if cfg.cross_attn_norm:
-        blocks["norm3_scale"] = stack("blocks.{}.norm3.weight")
-        blocks["norm3_bias"] = stack("blocks.{}.norm3.bias")
-    else:
-        blocks["norm3_scale"] = np.ones((L, d), np.float32)
-        blocks["norm3_bias"] = np.zeros((L, d), np.float32)
-    return {
-        "patch_embedding": {"kernel": _t(pe.reshape(d, -1)), "bias": sd["patch_embedding.bias"]},
-        "text_embedding": {"fc1": lin("text_embedding.0"), "fc2": lin("text_embedding.2")},
-        "time_embedding": {"fc1": lin("time_embedding.0"), "fc2": lin("time_embedding.2")},
-        "time_projection": lin("time_projection.1"),
-        "blocks": blocks,
-        "head": {"modulation": sd["head.modulation"].reshape(2, d), "proj": lin("head.head")},
-    }
+    c, (_, ph, pw) = cfg.in_channels, cfg.patch_size
+    patch_in = lambda w: w.reshape(w.shape[0], -1).swapaxes(0, 1)  # Conv3d [D, C, 1, p, q] -> [(c, p, q), D]
+    patch_out = lambda k: k.swapaxes(0, 1).reshape(k.shape[1], c, 1, ph, pw)
+
+    def linear(key, *path):
+        return [Name(f"{key}.weight", path + ("kernel",), swap_last, swap_last), Name(f"{key}.bias", path + ("bias",))]
+
+    def modulation(key, *path, rows):
+        return Name(key, path, lambda a: a.reshape(rows, d), lambda a: a.reshape(1, rows, d))
+
+    table = [Name("patch_embedding.weight", ("patch_embedding", "kernel"), patch_in, patch_out),
+             Name("patch_embedding.bias", ("patch_embedding", "bias")),
+             *linear("text_embedding.0", "text_embedding", "fc1"), *linear("text_embedding.2", "text_embedding", "fc2"),
+             *linear("time_embedding.0", "time_embedding", "fc1"), *linear("time_embedding.2", "time_embedding", "fc2"),
+             *linear("time_projection.1", "time_projection"),
+             modulation("head.modulation", "head", "modulation", rows=2), *linear("head.head", "head", "proj"),
+             modulation("blocks.{i}.modulation", "blocks", "modulation", rows=6),
+             *linear("blocks.{i}.ffn.0", "blocks", "ffn", "fc1"), *linear("blocks.{i}.ffn.2", "blocks", "ffn", "fc2")]
+    for a in ("self_attn", "cross_attn"):
+        for w in "qkvo":
+            table += linear(f"blocks.{{i}}.{a}.{w}", "blocks", a, w)
+        for nk in ("norm_q", "norm_k"):  # absent without qk_norm: a weight of ones
+            table.append(Name(f"blocks.{{i}}.{a}.{nk}.weight" if cfg.qk_norm else None, ("blocks", a, nk),
+                              fill=lambda shape: np.ones(shape, np.float32)))
+    table.append(Name("blocks.{i}.norm3.weight" if cfg.cross_attn_norm else None, ("blocks", "norm3_scale"),
+                      fill=lambda shape: np.ones(shape, np.float32)))
+    table.append(Name("blocks.{i}.norm3.bias" if cfg.cross_attn_norm else None, ("blocks", "norm3_bias"),
+                      fill=lambda shape: np.zeros(shape, np.float32)))
+    return table
+
+
+def abstract_params(cfg: WanConfig) -> dict:
+    """The DiT's parameter tree as shapes (nnx.eval_shape: nothing is allocated)."""
+    return nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+
+
+def params(sd: dict[str, np.ndarray], cfg: WanConfig) -> dict:
+    """Upstream-named weights -> nested dict matching `nnx.state(CausalWan)` (every key and
+    shape checked)."""
+    return params_from(sd, names(cfg), abstract_params(cfg), cfg.num_layers)
+
+
+def canonical(sd: dict) -> tuple[dict, str]:
+    """(the state dict in upstream names, the layout it came in)."""
+    return (diffusers_to_upstream(sd), "diffusers") if is_diffusers_layout(sd) else (sd, "upstream")
+
+
+def describe(cfg: WanConfig) -> str:
+    return f"dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads, ffn {cfg.ffn_dim}"
