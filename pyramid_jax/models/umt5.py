@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
-from flax import nnx
+from pyramid_jax.models.named import NamedWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +54,12 @@ def param_shapes(cfg: UMT5Config) -> dict[str, tuple[int, ...]]:
     return out
 
 
-class UMT5Encoder(nnx.Module):
-    """The umT5 encoder: prompts' token ids -> the DiT's context. Parameters start at zero;
-    they come from a checkpoint (weights.checkpoint.load_t5) or random_t5_params."""
+class UMT5Encoder(NamedWeights):
+    """The umT5 encoder: prompts' token ids -> the DiT's context. Parameters by transformers
+    name; they come from a checkpoint (weights.checkpoint.load_t5) or random_t5_params."""
 
     def __init__(self, cfg: UMT5Config):
-        self.cfg = cfg
-        dt = jnp.dtype(cfg.dtype)
-        self.weights = nnx.Dict({k: nnx.Param(jnp.zeros(s, dt)) for k, s in param_shapes(cfg).items()})
-
-    def params(self) -> dict:
-        """{transformers name: array}."""
-        return {k: v[...] for k, v in self.weights.items()}
+        super().__init__(cfg, param_shapes(cfg))
 
     def __call__(self, ids, mask):
         """ids, mask [B, L] -> context [B, L, d_model] (rows past each prompt zero)."""

@@ -19,7 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from pyramid_jax.models.named import NamedWeights
 
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -104,19 +104,13 @@ def param_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-class WanVAEDecoder(nnx.Module):
+class WanVAEDecoder(NamedWeights):
     """The Wan VAE's decoder: normalised latents -> video in [-1, 1], one latent frame at a
-    time. Parameters start at zero; they come from a checkpoint (weights.checkpoint.load_vae)
+    time. Parameters by diffusers name; they come from a checkpoint (weights.checkpoint.load_vae)
     or random_vae_params."""
 
     def __init__(self, cfg: VAEConfig):
-        self.cfg = cfg
-        dt = jnp.dtype(cfg.dtype)
-        self.weights = nnx.Dict({k: nnx.Param(jnp.zeros(s, dt)) for k, s in param_shapes(cfg).items()})
-
-    def params(self) -> dict:
-        """{diffusers name: array}."""
-        return {k: v[...] for k, v in self.weights.items()}
+        super().__init__(cfg, param_shapes(cfg))
 
     def init_state(self, batch: int, latent_hw: tuple[int, int]):
         return init_state(self.params(), self.cfg, batch, latent_hw, jnp.dtype(self.cfg.dtype))
