@@ -38,4 +38,5 @@ def get_config():
     c.output = "outputs/demo.mp4"
     c.cache.local_attn_size = 12
     c.cache.sink_size = 0
+    c.cache.head_map = os.path.join(ASSETS, "head_map.csv")  # typed for this model; used by policy=pyramid
     return c

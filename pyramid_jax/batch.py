@@ -47,7 +47,6 @@ from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError, first_line, os_reason
 from pyramid_jax.models.wan import WanConfig
 from pyramid_jax.parallel import ParallelError, check_fit, make_mesh
-from pyramid_jax.sampling.rollout import RandomNoise
 from pyramid_jax.weights.checkpoint import CheckpointError, read_config
 
 log = logging.getLogger("batch")
@@ -299,9 +298,9 @@ def _duration(seconds: float) -> str:
 def generate_batch(c, models: pipeline.Models, group, bs, latent_hw, mesh, out, expect) -> float:
     """One batch of prompts: roll out, stream the videos, then write latents. Returns seconds."""
     padded = group + [group[-1]] * (bs - len(group))  # a full batch; the extras are dropped
-    frames, cfg = group[0].num_frames, models.dit.cfg
-    noise = RandomNoise([j.seed for j in padded], (bs, frames, cfg.in_channels, *latent_hw), models.sampler)
-    job = pipeline.Inputs(models.text([j.prompt for j in padded]), noise, frames, latent_hw)
+    frames = group[0].num_frames
+    job = pipeline.scheduled_inputs(c, models, [j.prompt for j in padded], [j.seed for j in padded], latent_hw,
+                                    frames)
     decoder = video.video_decoder(c, bs, latent_hw, models.vae) if expect.video else None
     sink = video.VideoSink(c, [video_path(out, j) for j in group], decoder) if decoder else None
     t0 = time.perf_counter()

@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = model_fields(WanConfig())  # shape for random init (ignored with a checkpoint)
     c.prompt = ""
     c.prompts_file = ""          # one prompt per line; the batch is all of them
+    # "0:PROMPT A;30:PROMPT B": the latent frame where each prompt starts (multiples of
+    # frames_per_chunk); without an entry at 0 the video opens with `prompt` (in batch: each
+    # line's prompt), so "40:it starts to rain" switches every video at frame 40
+    c.prompt_schedule = ""
     c.prompt_embeds = ""         # .npy/.npz of encoded prompts [Lt, text_dim] or [B, Lt, text_dim]
     # kind: umt5 (checkpoint from `convert_checkpoint.py --kind t5`, tokenizer = spiece.model),
     # placeholder (hash-seeded embeddings, for random demos) or none; device: default | cpu

@@ -23,7 +23,7 @@ from pyramid_jax.errors import UserError, os_reason
 from pyramid_jax.models.wan import CausalWan, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Rollout, Sampler, rollout, text_kv_of
 from pyramid_jax.sampling.schedule import FlowSchedule
-from pyramid_jax.text import TextEncoder, prompt_context
+from pyramid_jax.text import TextEncoder, parse_schedule, prompt_context, prompts_of, schedule_contexts
 from pyramid_jax.weights.checkpoint import CheckpointError, load_model
 
 log = logging.getLogger("pyramid_jax")
@@ -45,11 +45,30 @@ def check_config(c) -> None:
         check_backend(c.attention.backend, jax.default_backend() if c.attention.backend == "pallas" else None)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if not (c.prompt.strip() or c.prompts_file or c.prompt_embeds or c.replay):
-        raise UserError("no prompt: set prompt, prompts_file, prompt_embeds or replay")
+    if not (c.prompt.strip() or c.prompts_file or c.prompt_embeds or c.replay or c.prompt_schedule.strip()):
+        raise UserError("no prompt: set prompt, prompt_schedule, prompts_file, prompt_embeds or replay")
+    if c.prompt_schedule.strip():
+        check_schedule(c)
     if c.dtype not in ("float32", "bfloat16"):
         raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
     _check_files(c)
+
+
+def check_schedule(c) -> None:
+    """prompt_schedule parses, starts at chunk boundaries inside the video, and goes with
+    prompts (not with encoded prompts or a replay, which hold one text per video)."""
+    for field in ("prompt_embeds", "replay", "save_replay"):
+        if c[field]:
+            raise UserError(f"prompt_schedule cannot go with {field} (one text per video): unset one")
+    try:  # batch gives each line's prompt as the opening one
+        entries = parse_schedule(c.prompt_schedule, c.prompt or ("(each line)" if c.prompts_file else ""))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    f = c.frames_per_chunk
+    for frame, _ in entries:
+        if frame % f or frame >= c.num_frames:
+            raise UserError(f"prompt_schedule frame {frame} must be a multiple of frames_per_chunk ({f}) "
+                            f"below num_frames ({c.num_frames}): a chunk has one prompt")
 
 
 def _check_files(c) -> None:
@@ -154,6 +173,7 @@ class Inputs:
     noise: RandomNoise | ReplayNoise
     num_frames: int
     latent_hw: tuple[int, int]
+    switches: tuple = ()  # (start frame, context [B, Lt, text_dim]) of each later prompt
 
     @property
     def batch(self) -> int:
@@ -164,8 +184,10 @@ def inputs(c, models: Models) -> Inputs:
     """The config's prompts (encoded) and seed, or its replay file (context and noise)."""
     cfg = models.dit.cfg
     if not c.replay:
-        context = prompt_context(c, cfg, models.text)
         hw = latent_size(c, cfg)
+        if c.prompt_schedule.strip():
+            return scheduled_inputs(c, models, prompts_of(c), c.seed, hw)
+        context = prompt_context(c, cfg, models.text)
         noise = RandomNoise(c.seed, (context.shape[0], c.num_frames, cfg.in_channels, *hw), models.sampler)
         return Inputs(context, noise, c.num_frames, hw)
     context, noise, renoise = load_replay(c.replay, cfg)
@@ -175,6 +197,19 @@ def inputs(c, models: Models) -> Inputs:
         raise UserError(f"replay {c.replay!r}: {e}") from None
     log.info("replay from %s: batch %d, %d latent frames, latent %dx%d", c.replay, *noise.shape[:2], *noise.shape[3:])
     return Inputs(context, source, noise.shape[1], noise.shape[3:])
+
+
+def scheduled_inputs(c, models: Models, prompts: list[str], seeds, latent_hw, num_frames: int | None = None) -> Inputs:
+    """Inputs of `prompts` (one per sample) under the config's prompt_schedule: each sample's
+    prompt opens its video unless the schedule sets frame 0."""
+    cfg, frames = models.dit.cfg, num_frames or c.num_frames
+    schedules = [parse_schedule(c.prompt_schedule, p) for p in prompts] if c.prompt_schedule.strip() else [
+        [(0, p)] for p in prompts]
+    (_, context), *switches = schedule_contexts(schedules, models.text)
+    log.info("prompt schedule: %s", "; ".join(f"{t}: {p}" for t, p in schedules[0]) if len(schedules) == 1
+             else f"switches at latent frames {[t for t, _ in switches]}")
+    noise = RandomNoise(seeds, (len(prompts), frames, cfg.in_channels, *latent_hw), models.sampler)
+    return Inputs(context, noise, frames, latent_hw, tuple(switches))
 
 
 def load_replay(path: str, cfg):
@@ -212,7 +247,9 @@ def generate(c, models: Models, job: Inputs, sink: video.VideoSink | None = None
         log.info("chunk %d/%d: frames %d-%d in %.2f s (%.1f video frames/s)%s", k + 1, chunks, k * f,
                  (k + 1) * f - 1, seconds, frames / seconds, " incl. compile" if k == 0 else "")
 
-    result = rollout(models.dit, policy, models.sampler, text_kv_of(models.dit, job.context, mesh), job.noise,
+    texts = [(t // f, text_kv_of(models.dit, ctx, mesh)) for t, ctx in ((0, job.context), *job.switches)]
+    text_at = lambda k: [kv for start, kv in texts if start <= k][-1]
+    result = rollout(models.dit, policy, models.sampler, text_at, job.noise,
                      chunks, on_chunk=progress, record_noise=record_noise, mesh=mesh)
     log.info("done: %d latent frames in %.1f s", job.num_frames, time.perf_counter() - start)
     return result

@@ -30,6 +30,36 @@ def prompts_of(c) -> list[str]:
     return [c.prompt]  # pipeline.check_config has made sure there is one
 
 
+def parse_schedule(spec: str, first_prompt: str = "") -> list[tuple[int, str]]:
+    """A prompt schedule "0:PROMPT A;30:PROMPT B" (the latent frame where each prompt starts)
+    -> [(0, "PROMPT A"), (30, "PROMPT B")]. Without an entry at frame 0 the video opens with
+    first_prompt. Raises ValueError (one line) for a malformed schedule."""
+    entries = []
+    for part in (x.strip() for x in spec.split(";")):
+        frame, sep, prompt = part.partition(":")
+        if not part:
+            continue
+        if not sep or not frame.strip().isdigit() or not prompt.strip():
+            raise ValueError(f"prompt_schedule entry {part[:60]!r} is not FRAME:PROMPT")
+        entries.append((int(frame), prompt.strip()))
+    frames = [f for f, _ in entries]
+    if frames != sorted(set(frames)):
+        raise ValueError(f"prompt_schedule frames must increase, got {frames}")
+    if not frames or frames[0] != 0:
+        if not first_prompt.strip():
+            raise ValueError("prompt_schedule has no prompt at frame 0 and no prompt is set")
+        entries.insert(0, (0, first_prompt))
+    return entries
+
+
+def schedule_contexts(schedules: list[list[tuple[int, str]]], encode) -> list[tuple[int, np.ndarray]]:
+    """Per-sample schedules -> [(start frame, context [B, text_len, text_dim])]: the batch's
+    context from every frame where some sample's prompt changes. encode: prompts -> context."""
+    starts = sorted({f for sched in schedules for f, _ in sched})
+    active = lambda sched, t: [p for f, p in sched if f <= t][-1]
+    return [(t, encode([active(sched, t) for sched in schedules])) for t in starts]
+
+
 def placeholder_context(prompt: str, text_len: int, text_dim: int) -> np.ndarray:
     """Hash-seeded stand-in embeddings, one row per word (rest zero). [text_len, text_dim]."""
     words = prompt.split()[:text_len]
@@ -87,6 +117,12 @@ class TextEncoder:
 
     def _on_device(self):
         return jax.default_device(self.device) if self.device else contextlib.nullcontext()
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens the encoder reads of `prompt` (with umT5: its end token included)."""
+        if self.kind == "umt5":
+            return len(self.tokenizer.sp.encode(umt5.clean_text(prompt))) + 1
+        return len(prompt.split())
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
         cfg = self.cfg

@@ -76,6 +76,11 @@ def _bad_embeds(tmp_path):
     (["--config.vae.checkpoint=/nonexistent"], "vae.checkpoint"),
     (["--config.cache.policy=fancy"], "unknown cache.policy"),
     (["--config.num_frame_per_block=1"], "is now --config.frames_per_chunk"),
+    (["--config.prompt_schedule=0:a;4:b"], "multiple of frames_per_chunk"),
+    (["--config.prompt_schedule=0:a;9:b"], "below num_frames"),
+    (["--config.prompt_schedule=3:a;0:b"], "must increase"),
+    (["--config.prompt_schedule=three:a"], "is not FRAME:PROMPT"),
+    (["--config.prompt_schedule=3:b", "--config.prompt_embeds=EMB"], "cannot go with prompt_embeds"),
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):
     args = [a.replace("EMB", str(_bad_embeds(tmp_path))) for a in args]
@@ -84,6 +89,25 @@ def test_bad_inputs_one_line(tmp_path, args, want):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and want in lines[0], r.stderr
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x.npz").exists()
+
+
+def test_prompt_schedule_switches_text_at_its_frame(tmp_path):
+    """--config.prompt_schedule: the frames before a switch are those of the opening prompt
+    alone; from the switch on the video follows the new text (and differs)."""
+    def latents(*args):
+        out = tmp_path / f"l{len(os.listdir(tmp_path))}.npz"
+        r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.num_frames=9", "--config.output=",
+                     f"--config.save_latents={out}", *args)
+        assert r.returncode == 0, r.stderr
+        return np.load(out)["latents"], r.stdout
+
+    plain, _ = latents("--config.prompt=a red circle")
+    switched, log = latents("--config.prompt=a red circle", "--config.prompt_schedule=6:a blue square")
+    explicit, _ = latents("--config.prompt=", "--config.prompt_schedule=0:a red circle;6:a blue square")
+    assert "prompt schedule: 0: a red circle; 6: a blue square" in log
+    np.testing.assert_array_equal(switched[:, :6], plain[:, :6])
+    assert np.abs(switched[:, 6:] - plain[:, 6:]).mean() > 1e-3
+    np.testing.assert_array_equal(explicit, switched)
 
 
 def test_missing_config_file():

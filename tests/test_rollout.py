@@ -133,3 +133,54 @@ def test_replay_round_trip(model):
     np.testing.assert_array_equal(lat, again)  # reproducible run to run
     replayed = rollout(model, policy, sampler, tkv, ReplayNoise(noise, renoise, sampler), chunks).latents
     np.testing.assert_array_equal(lat, replayed)
+
+
+@pytest.mark.parametrize("kind", ["window", "pyramid"])
+def test_recache_rewrites_the_cache_of_the_frames_made(model, kind):
+    """ChunkLoop.recache: the cache re-written from the chunks made so far under the same
+    text is the cache the rollout built; under another text the same slots hold new K/V."""
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.sampling.rollout import ChunkLoop
+
+    sampler, chunks = Sampler(), 9
+    spec = PoolSpec(CFG.num_layers, CFG.num_heads, CFG.head_dim, (HH // 2, WW // 2), frames_per_chunk=3)
+    head_map = np.array([[-1, 1], [2, 1]])  # Wave, Anchor / Veil, Anchor
+    policy = make_policy(kind, spec, chunks * 3, 9, 0, head_map)
+    text = lambda v: model.text_kv(jnp.full((1, CFG.text_len, CFG.text_dim), v))
+    loop = ChunkLoop(model, policy, sampler, text(1.0), RandomNoise(3, (1, chunks * 3, C, HH, WW), sampler))
+    latents = np.concatenate([loop.next()[0] for _ in range(chunks)], axis=1)
+    built = jax.tree.map(np.asarray, loop.cache)
+    loop.recache(latents)
+    for got, want in zip(jax.tree.leaves(loop.cache), jax.tree.leaves(built)):
+        np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-4)
+    loop.set_text(text(-1.0))
+    loop.recache(latents)
+    np.testing.assert_array_equal(np.asarray(loop.cache.slot_time), built.slot_time)
+    assert np.abs(np.asarray(loop.cache.v) - built.v).max() > 1e-3
+
+
+def test_cache_picture_shows_what_the_plan_attends(model):
+    """attended_frames: a window of 6 past frames is one 'all heads' row of the last 6
+    frames; a pyramid cache has a row per head type, Anchor heads seeing the sinks."""
+    from pyramid_jax.cache.picture import attended_frames
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.sampling.rollout import ChunkLoop
+
+    sampler, chunks = Sampler(), 8
+    spec = PoolSpec(CFG.num_layers, CFG.num_heads, CFG.head_dim, (HH // 2, WW // 2), frames_per_chunk=3)
+    for kind in ("window", "pyramid"):
+        policy = make_policy(kind, spec, chunks * 3, 9, 0, np.array([[-1, 1], [2, 1]]))
+        loop = ChunkLoop(model, policy, sampler, model.text_kv(jnp.ones((1, CFG.text_len, CFG.text_dim))),
+                         RandomNoise(3, (1, chunks * 3, C, HH, WW), sampler))
+        for _ in range(chunks - 1):
+            loop.next()
+        pic = attended_frames(policy, loop.cache, chunks - 1)
+        assert pic["frame0"] == 21 and pic["chunk"] == chunks - 1
+        rows = {r["type"]: r for r in pic["rows"]}
+        if kind == "window":
+            assert list(rows) == ["all heads"] and rows["all heads"]["heads"] == 4
+            assert rows["all heads"]["full"] == [0.0] * 15 + [1.0] * 6
+        else:
+            assert set(rows) == {"Wave", "Anchor", "Veil"} and rows["Anchor"]["heads"] == 2
+            assert rows["Anchor"]["full"][:3] == [1.0] * 3 and rows["Wave"]["full"][0] == 1.0
+            assert sum(rows["Veil"]["pooled"]) > 0 and rows["Veil"]["pooled"][:4] == [0.0] * 4  # block 0 never

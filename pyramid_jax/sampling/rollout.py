@@ -9,8 +9,10 @@ rest after the pass (`policy.commit`).
 `chunk_step` is that whole chunk, written once. `step` jits it as one function of (params,
 cache, text K/V, noise, re-noise, chunk index) with the model's graph, the policy and the
 sampler static and the cache donated: the chunk index is traced and every shape is static,
-so a rollout of any length compiles once. `rollout` is the one host loop: one device, a mesh
-(arrays placed by their declared layouts, the compiler partitions the step) or calibration.
+so a rollout of any length compiles once. `ChunkLoop` is the one host loop, a chunk at a
+time (one device or a mesh: arrays placed by their declared layouts, the compiler partitions
+the step); it can change the text between chunks and re-write the cache of the frames made so
+far under a new text (`recache`, LongLive's prompt switch). `rollout` runs it to the end.
 """
 
 from __future__ import annotations
@@ -60,10 +62,17 @@ def chunk_step(model, policy, sampler: Sampler, cache, text_kv, noise, renoise, 
     """
     plan = policy.plan(cache, chunk)
     x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise)
+    out = write_pass(model, policy, sampler, cache, text_kv, x0, chunk, plan, probe_frame=probe_frame)
+    return (x0,) + out
+
+
+def write_pass(model, policy, sampler: Sampler, cache, text_kv, x0, chunk, plan, *, probe_frame=None):
+    """The cache-writing pass of a chunk's x0 [B, F, C, h, w] at t = context_noise, then the
+    commit. plan: the chunk's plan over `cache`. Returns (new cache,) and the probe if asked."""
     stage = (cache, lambda state, layer, k, v: policy.stage(state, plan, layer, k, v, chunk))
     out = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan, stage=stage, probe_frame=probe_frame)
     new_cache = sharding.constrain(policy.commit(out[2], out[1], chunk), CacheState.logical_axes())
-    return (x0, new_cache) if probe_frame is None else (x0, new_cache, out[3])
+    return (new_cache,) if probe_frame is None else (new_cache, out[3])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
@@ -71,6 +80,14 @@ def step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, reno
     """`chunk_step` of the model (graphdef, params), jitted; the cache is updated in place.
     Returns (x0, cache)."""
     return chunk_step(nnx.merge(graphdef, params), policy, sampler, cache, text_kv, noise, renoise, chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
+def write_step(graphdef, policy, sampler: Sampler, params, cache, text_kv, x0, chunk):
+    """`write_pass` of a chunk already made (x0 [B, F, C, h, w]), jitted. Returns the cache."""
+    model = nnx.merge(graphdef, params)
+    x0 = x0.astype(model.cfg.jnp_dtype)
+    return write_pass(model, policy, sampler, cache, text_kv, x0, chunk, policy.plan(cache, chunk))[0]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -186,38 +203,90 @@ class Rollout(NamedTuple):
     cache: CacheState | None = None
 
 
+class ChunkLoop:
+    """A rollout on the host, one chunk at a time; params, cache and text K/V stay on the
+    device(s). text_kv: (k, v) [L, B, H, Lt, Dh]; noise_source: RandomNoise or ReplayNoise;
+    mesh: `parallel.make_mesh` or None (one device)."""
+
+    def __init__(self, model, policy, sampler: Sampler, text_kv, noise_source, mesh=None):
+        self.graphdef, params = nnx.split(model)
+        self.policy, self.sampler, self.noise_source, self.mesh = policy, sampler, noise_source, mesh
+        self.batch = noise_source.chunk(0)[0].shape[0]
+        self.dtype = model.cfg.jnp_dtype
+        with on_mesh(mesh):
+            self.params = params if mesh is None else sharding.put(params, mesh, nnx.get_partition_spec(params))
+        self.cache = self._empty_cache()
+        self.set_text(text_kv)
+        self.chunk = 0  # the next chunk to make
+
+    def _empty_cache(self) -> CacheState:
+        groups = 1 if self.mesh is None else self.mesh.shape[sharding.MODEL]
+        cache = self.policy.init(self.batch, self.dtype, head_groups=groups)
+        with on_mesh(self.mesh):
+            return cache if self.mesh is None else sharding.put(cache, self.mesh, CacheState.logical_axes())
+
+    def set_text(self, text_kv) -> None:
+        """The text K/V the chunks from the next one on attend."""
+        with on_mesh(self.mesh):
+            self.text_kv = text_kv if self.mesh is None else sharding.put(
+                text_kv, self.mesh, (TEXT_KV_AXES, TEXT_KV_AXES))
+
+    def next(self):
+        """Make the next chunk. Returns (x0 [B, F, C, h, w] float32 numpy, noise, renoise)."""
+        k = self.chunk
+        noise, renoise = self.noise_source.chunk(k)
+        with on_mesh(self.mesh):
+            if self.mesh is not None:
+                noise, renoise = sharding.put((noise, renoise), self.mesh, (P("batch"), P(None, "batch")))
+            x0, self.cache = step(self.graphdef, self.policy, self.sampler, self.params, self.cache,
+                                  self.text_kv, noise, renoise, jnp.int32(k))
+        self.chunk += 1
+        return np.asarray(x0, np.float32), noise, renoise
+
+    def recache(self, latents) -> None:
+        """Re-write the cache from the chunks made so far (latents [B, F_done, C, h, w], their
+        x0s) under the current text: each chunk's cache-writing pass again, from an empty
+        cache, so what every policy keeps is what it would hold had the video been made with
+        this text's cache passes (LongLive's re-cache at a prompt switch)."""
+        f = self.sampler.frames_per_chunk
+        cache = self._empty_cache()
+        with on_mesh(self.mesh):
+            for k in range(self.chunk):
+                x0 = jnp.asarray(latents[:, k * f:(k + 1) * f])
+                if self.mesh is not None:
+                    x0 = sharding.put(x0, self.mesh, P("batch"))
+                cache = write_step(self.graphdef, self.policy, self.sampler, self.params, cache, self.text_kv,
+                                   x0, jnp.int32(k))
+        self.cache = cache
+
+
 def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int, *,
             on_chunk: Callable | None = None, record_noise: bool = False, keep_cache: bool = False,
             mesh=None) -> Rollout:
     """Generate num_chunks chunks; on a mesh (`parallel.make_mesh`) when given.
 
+    text_kv: (k, v) [L, B, H, Lt, Dh], or a function chunk -> (k, v) (a prompt schedule: it is
+    asked before every chunk, and a new value is used from that chunk on).
     on_chunk(k, x0_numpy, seconds) is called after each chunk (progress, streaming).
     """
-    graphdef, params = nnx.split(model)
-    first_noise, _ = noise_source.chunk(0)
-    head_groups = 1 if mesh is None else mesh.shape[sharding.MODEL]
-    cache = policy.init(first_noise.shape[0], model.cfg.jnp_dtype, head_groups=head_groups)
+    text_at = text_kv if callable(text_kv) else (lambda k: text_kv)
+    current = text_at(0)
+    loop = ChunkLoop(model, policy, sampler, current, noise_source, mesh)
     outs, noises, renoises = [], [], []
-    with on_mesh(mesh):
-        if mesh is not None:
-            params = sharding.put(params, mesh, nnx.get_partition_spec(params))
-            cache = sharding.put(cache, mesh, CacheState.logical_axes())
-            text_kv = sharding.put(text_kv, mesh, (TEXT_KV_AXES, TEXT_KV_AXES))
-        for k in range(num_chunks):
-            t0 = time.perf_counter()
-            noise, renoise = noise_source.chunk(k)
-            if mesh is not None:
-                noise, renoise = sharding.put((noise, renoise), mesh, (P("batch"), P(None, "batch")))
-            x0, cache = step(graphdef, policy, sampler, params, cache, text_kv, noise, renoise, jnp.int32(k))
-            x0 = np.asarray(x0, np.float32)
-            outs.append(x0)
-            if record_noise:
-                noises.append(np.asarray(noise))
-                renoises.append(np.asarray(renoise))
-            if on_chunk is not None:
-                on_chunk(k, x0, time.perf_counter() - t0)
+    for k in range(num_chunks):
+        t0 = time.perf_counter()
+        if k and text_at(k) is not current:
+            current = text_at(k)
+            loop.set_text(current)
+        x0, noise, renoise = loop.next()
+        outs.append(x0)
+        if record_noise:
+            noises.append(np.asarray(noise))
+            renoises.append(np.asarray(renoise))
+        if on_chunk is not None:
+            on_chunk(k, x0, time.perf_counter() - t0)
     latents = np.concatenate(outs, axis=1)
+    cache = loop.cache if keep_cache else None
     if record_noise:
-        return Rollout(latents, np.concatenate(noises, axis=1), np.concatenate(renoises, axis=0),
-                       cache if keep_cache else None)
-    return Rollout(latents, cache=cache if keep_cache else None)
+        return Rollout(latents, np.concatenate(noises, axis=1), np.concatenate(renoises, axis=0), cache)
+    return Rollout(latents, cache=cache)

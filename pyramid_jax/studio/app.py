@@ -1,0 +1,128 @@
+"""The studio's web app (FastAPI): the page, one WebSocket per page, the mp4 so far.
+
+WebSocket messages. Page -> server, JSON: {"op": "start", "prompt", "seed", "policy"},
+{"op": "stop"}, {"op": "switch", "prompt", "recache"}. Server -> page: JSON {"type": "hello"
+| "status" | "cache" | "error", ...} and binary messages, one JPEG per video frame.
+
+One generation at a time: the page that started it steers it; other pages watch it and are
+told it is busy if they try to start or steer. When that page leaves, the work stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from pyramid_jax.errors import UserError
+from pyramid_jax.studio.session import Busy, Hub, Studio
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+BUSY = "busy: another page's generation is running; this page shows it (wait, or stop it there)"
+
+
+def create_app(c, models) -> FastAPI:
+    """The app of a config and its loaded models (pipeline.load(c))."""
+    ids = itertools.count(1)
+    clients: set[int] = set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        app.state.studio = Studio(c, models, Hub(asyncio.get_running_loop()))
+        yield
+        app.state.studio.stop(wait=True)
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/")
+    def page():
+        with open(PAGE) as fh:
+            return HTMLResponse(fh.read())
+
+    @app.get("/video.mp4")
+    def download():
+        data = app.state.studio.video_mp4()
+        if data is None:
+            return JSONResponse({"error": "no video yet: start a generation first"}, status_code=404)
+        return Response(data, media_type="video/mp4",
+                        headers={"Content-Disposition": 'attachment; filename="studio.mp4"'})
+
+    @app.websocket("/ws")
+    async def socket(ws: WebSocket):
+        studio: Studio = app.state.studio
+        await ws.accept()
+        me = next(ids)
+        clients.add(me)
+        queue = studio.hub.add()
+        await ws.send_json(hello(studio))
+        writer = asyncio.create_task(forward(ws, queue))
+        try:
+            while True:
+                msg = await ws.receive_text()
+                error = handle(studio, me, msg)
+                if error:
+                    await ws.send_json(dict(type="error", message=error))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            writer.cancel()
+            studio.hub.remove(queue)
+            clients.discard(me)
+            if studio.owner == me or not clients:
+                studio.stop()  # its page left (or nobody watches): the work stops
+
+    return app
+
+
+def hello(studio: Studio) -> dict:
+    """What a page needs on connecting: the choices, the defaults, and what is on now."""
+    c = studio.c
+    return dict(type="hello", policies=studio.policies, policy=c.cache.policy, prompt=c.prompt, seed=c.seed,
+                num_frames=c.num_frames, frames_per_chunk=c.frames_per_chunk, video_fps=c.fps,
+                running=studio.running, status=studio.status, cache=studio.picture,
+                frames=len(studio.frames))
+
+
+async def forward(ws: WebSocket, queue: asyncio.Queue) -> None:
+    """The hub's messages to one page, in order."""
+    while True:
+        msg = await queue.get()
+        if isinstance(msg, bytes):
+            await ws.send_bytes(msg)
+        else:
+            await ws.send_json(msg)
+
+
+def handle(studio: Studio, me: int, text: str) -> str:
+    """One page message; returns an error line for that page, or ''."""
+    try:
+        msg = json.loads(text)
+        op = msg.get("op") if isinstance(msg, dict) else None
+    except ValueError:
+        return "not a JSON message"
+    try:
+        if op == "start":
+            if studio.running:
+                return "already generating: stop it first" if studio.owner == me else BUSY
+            studio.start(studio.check(msg), owner=me)
+        elif op in ("stop", "switch"):
+            if not studio.running:
+                return "nothing is being generated"
+            if studio.owner != me:
+                return BUSY
+            if op == "stop":
+                studio.stop()
+            else:
+                studio.switch(msg.get("prompt"), bool(msg.get("recache")))
+        else:
+            return f"unknown op {str(op)[:40]!r}; use start, stop or switch"
+    except UserError as e:
+        return str(e)
+    except Busy:
+        return BUSY
+    return ""

@@ -1,0 +1,211 @@
+"""The studio's generation: one at a time per server, on a worker thread, pushing each chunk's
+frames (JPEG), a status and a picture of the cache to every connected page.
+
+The thread owns the device work; the server's event loop only passes messages. A prompt
+switch is taken between chunks (new text K/V from the next chunk on; with `recache`, the
+frames made so far are re-written into the cache under the new text first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import os
+import tempfile
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+from pyramid_jax import media, pipeline, video
+from pyramid_jax.cache.picture import attended_frames
+from pyramid_jax.cache.policies import POLICIES
+from pyramid_jax.errors import UserError, first_line
+from pyramid_jax.sampling.rollout import ChunkLoop, RandomNoise, text_kv_of
+
+log = logging.getLogger("pyramid_jax")
+
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+
+
+class Busy(Exception):
+    """Another client's generation is running."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    prompt: str
+    seed: int
+    policy: str
+
+
+class Hub:
+    """The connected pages' queues; publish() may be called from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queues = loop, set()
+
+    def add(self) -> asyncio.Queue:
+        q = asyncio.Queue()
+        self.queues.add(q)
+        return q
+
+    def remove(self, q) -> None:
+        self.queues.discard(q)
+
+    def publish(self, msg) -> None:
+        """msg: a dict (sent as JSON) or bytes (a JPEG frame)."""
+        for q in list(self.queues):
+            self.loop.call_soon_threadsafe(q.put_nowait, msg)
+
+
+def policy_config(c, name: str):
+    """The config of a studio run with cache policy `name`: the config's own settings for its
+    policy; for another, that policy's defaults (window 21, deep_sink 21 with 10 sinks)."""
+    run = c.copy_and_resolve_references()
+    if name != c.cache.policy:
+        run.cache.policy = name
+        run.cache.local_attn_size = 21 if name == "window" else -1
+        run.cache.sink_size = 0
+    return run
+
+
+def jpeg(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class Studio:
+    """What the server holds: the config, the models (loaded once), the running generation.
+
+    c: the generate config; models: pipeline.load(c); hub: where messages go.
+    """
+
+    def __init__(self, c, models: pipeline.Models, hub: Hub):
+        self.c, self.models, self.hub = c, models, hub
+        self.policies = [p for p in POLICIES if p != "pyramid" or c.cache.head_map]
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.stop_event = threading.Event()
+        self.pending: tuple[str, bool] | None = None  # a prompt switch, taken between chunks
+        self.owner = None
+        self.status: dict = dict(type="status", state="idle")
+        self.picture: dict | None = None
+        self.frames: list[bytes] = []  # JPEGs of the current video, for late pages and the mp4
+
+    # ---- requests ----------------------------------------------------------------
+    def check_prompt(self, prompt) -> str:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("the prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise UserError(f"the prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
+        n, limit = self.models.text.count_tokens(prompt), self.models.dit.cfg.text_len
+        if n > limit:
+            raise UserError(f"the prompt is too long ({n} tokens, the model reads {limit})")
+        return prompt.strip()
+
+    def check(self, msg: dict) -> Request:
+        """A start message -> a Request; UserError (one line for the page) if bad."""
+        prompt = self.check_prompt(msg.get("prompt"))
+        try:
+            seed = int(str(msg.get("seed", 0)).strip())
+        except ValueError:
+            raise UserError(f"the seed must be a whole number, got {str(msg.get('seed'))[:40]!r}") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise UserError(f"the seed must be between 0 and {MAX_SEED}, got {seed}")
+        policy = msg.get("policy") or self.c.cache.policy
+        if policy not in self.policies:
+            raise UserError(f"unknown cache policy {str(policy)[:40]!r}; choose one of {', '.join(self.policies)}")
+        return Request(prompt, seed, policy)
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, req: Request, owner) -> None:
+        with self.lock:
+            if self.running:
+                raise Busy()
+            self.stop_event.clear()
+            self.pending, self.owner, self.frames, self.picture = None, owner, [], None
+            self.thread = threading.Thread(target=self._run, args=(req,), name="studio-generation", daemon=True)
+            self.thread.start()
+
+    def stop(self, wait: bool = False) -> None:
+        self.stop_event.set()
+        if wait and self.thread is not None:
+            self.thread.join()
+
+    def switch(self, prompt: str, recache: bool) -> None:
+        self.pending = (self.check_prompt(prompt), bool(recache))
+
+    # ---- the generation thread ---------------------------------------------------
+    def _run(self, req: Request) -> None:
+        try:
+            self._generate(req)
+        except UserError as e:
+            self._publish_status(state="error", error=str(e))
+        except Exception as e:  # the page gets one line; the server keeps serving
+            log.exception("studio generation failed")
+            self._publish_status(state="error", error=first_line(e))
+
+    def _publish_status(self, **fields) -> None:
+        self.status = dict(self.status, type="status", **fields)
+        self.hub.publish(self.status)
+
+    def _generate(self, req: Request) -> None:
+        c, models = policy_config(self.c, req.policy), self.models
+        cfg, f = models.dit.cfg, c.frames_per_chunk
+        hw = pipeline.latent_size(c, cfg)
+        chunks = c.num_frames // f
+        policy = pipeline.build_policy(c, cfg, hw, c.num_frames)
+        encode = lambda p: text_kv_of(models.dit, models.text([p]))
+        noise = RandomNoise(req.seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
+        loop = ChunkLoop(models.dit, policy, models.sampler, encode(req.prompt), noise)
+        decoder = video.video_decoder(c, 1, hw, models.vae)
+        switches, latents = [[0, req.prompt]], []
+        self.status = dict(type="status")
+        self._publish_status(state="running", chunk=0, chunks=chunks, fps=0.0, prompt=req.prompt, seed=req.seed,
+                             policy=req.policy, switches=switches, video_fps=c.fps, error="")
+        log.info("studio: %r seed %d, cache %s, %d chunks", req.prompt, req.seed, req.policy, chunks)
+        for k in range(chunks):
+            if self.stop_event.is_set():
+                self._publish_status(state="stopped")
+                return
+            t0 = time.perf_counter()
+            if self.pending is not None:
+                (prompt, recache), self.pending = self.pending, None
+                loop.set_text(encode(prompt))
+                if recache and latents:
+                    loop.recache(np.concatenate(latents, axis=1))
+                switches.append([k * f, prompt, recache])
+                log.info("studio: prompt from latent frame %d: %r%s", k * f, prompt, " (re-cached)" if recache else "")
+            self.picture = dict(type="cache", policy=req.policy, **attended_frames(policy, loop.cache, k))
+            self.hub.publish(self.picture)
+            x0, _, _ = loop.next()
+            latents.append(x0)
+            frames = decoder.push(x0)[0]
+            for frame in frames:
+                self.frames.append(jpeg(frame))
+                self.hub.publish(self.frames[-1])
+            seconds = time.perf_counter() - t0
+            self._publish_status(chunk=k + 1, fps=round(len(frames) / seconds, 2), prompt=switches[-1][1],
+                                 frames=len(self.frames))
+        self._publish_status(state="done")
+
+    def video_mp4(self) -> bytes | None:
+        """The video so far as mp4 bytes (None before the first frame)."""
+        frames = list(self.frames)
+        if not frames:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "video.mp4")
+            media.write_mp4(path, np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in frames]),
+                            fps=self.c.fps)
+            with open(path, "rb") as fh:
+                return fh.read()
