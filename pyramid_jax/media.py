@@ -118,10 +118,15 @@ def count_frames(path: str) -> int:
 
 def write_text(path: str, text: str) -> None:
     """Write text to a temporary name, then rename."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write bytes to a temporary name, then rename."""
     tmp = _temp_beside(path, ".tmp")
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -3,6 +3,8 @@ consume (`plan`: PagePlan, KVPool)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -17,6 +19,25 @@ BACKENDS = ("reference", "pallas")
 
 
 PALLAS_PLATFORMS = ("tpu", "gpu", "cpu")
+
+# The platform the step is lowered for: the host's default backend, unless a lowering for
+# another platform (`jax.export` from a CPU host) says otherwise.
+_TARGET = contextvars.ContextVar("pyramid_jax_attention_target", default=None)
+
+
+@contextlib.contextmanager
+def lowering_for(platform: str):
+    """Inside: the pallas backend picks the kernel of `platform` (tpu | gpu | cuda | rocm | cpu)
+    instead of the host's, so a CPU host can trace the TPU or GPU step for `jax.export`."""
+    token = _TARGET.set("gpu" if platform in ("cuda", "rocm") else platform)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def target_platform() -> str:
+    return _TARGET.get() or jax.default_backend()
 
 
 def check_backend(name: str, platform: str | None = None) -> str:
@@ -40,7 +61,7 @@ def paged_attention_fn(name: str):
     if name == "reference":
         kernel = reference.paged_attention
     else:
-        platform = jax.default_backend()
+        platform = target_platform()
         check_backend(name, platform)
         if platform == "gpu":
             kernel = pallas_triton.paged_attention

@@ -10,7 +10,6 @@ jax.nn.dot_product_attention in the tests), laid out head-major because that run
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from pyramid_jax.attention.plan import entry_lengths, entry_span
