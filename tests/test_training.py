@@ -52,3 +52,24 @@ def test_train_demo_resumes_and_writes_a_loadable_model(tmp_path):
     assert "resumed from" in r.stdout and "at step 2" in r.stdout and "step 4/4" in r.stdout
     model = load_model(str(tmp_path / "model"))
     assert model.cfg.in_channels == 3 and model.cfg.patch_size == (1, 4, 4)
+
+
+def test_demo_text_path_is_the_same_in_training_and_generate():
+    """The captions' context train_demo trains on is, bit for bit, what generate feeds the
+    shipped demo model for the same prompts (tokenizer, padding, zeroed rows, text_len, scale)."""
+    import os
+    import sys
+
+    from conftest import REPO
+    from pyramid_jax import pipeline
+    from pyramid_jax.config import parse_config
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from train_demo import encode_captions
+
+    c = parse_config(["generate", f"--config={os.path.join(REPO, 'configs', 'demo.py')}"])
+    models = pipeline.load(c, decoder=False)
+    prompts = [c.prompt, "a white square quickly bouncing downwards with 2 other shapes on a red checkered background"]
+    trained_on = encode_captions(os.path.join(REPO, "assets", "demo", "text"), prompts, models.dit.cfg.text_len)
+    np.testing.assert_array_equal(trained_on, models.text(prompts))
+    assert (trained_on[:, -1] == 0).all() and np.abs(trained_on).max() > 1  # rows past the prompt zero
