@@ -54,8 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.save_latents = ""          # npz with `latents` [B, F, C, h, w]
     c.replay = ""                # npz with context, noise, renoise (upstream layout)
     c.save_replay = ""           # write the context and noise this run drew, as a replay file
+    # kv_dtype: the cache pages' dtype: "" (the model's), bfloat16, float32, or 8-bit pages with
+    # per-token scales: int8 | float8_e4m3fn (dequantized on load by every attention backend)
     c.cache = ml_collections.ConfigDict(dict(
-        policy="window", local_attn_size=21, sink_size=0, head_map=""))
+        policy="window", local_attn_size=21, sink_size=0, head_map="", kv_dtype=""))
     # VAE (kind "wan"): an orbax dir from `convert_checkpoint.py --kind vae`; or random=True (a
     # random VAE of base_dim, announced); neither = no decode (latents + a latent-channel preview
     # mp4). kind "pixel": the DiT works on RGB pixels in [-1, 1] (the demo model), no VAE.

@@ -17,7 +17,7 @@ from pyramid_jax import media, video
 from pyramid_jax.attention import check_backend
 from pyramid_jax.cache.head_map import HeadMapError, load_head_map
 from pyramid_jax.cache.policies import make_policy
-from pyramid_jax.cache.pool import PoolSpec
+from pyramid_jax.cache.pool import KV_DTYPES, PoolSpec
 from pyramid_jax.config import RENAMED
 from pyramid_jax.errors import UserError, os_reason
 from pyramid_jax.models.wan import CausalWan, WanConfig, init_model
@@ -51,6 +51,9 @@ def check_config(c) -> None:
         check_schedule(c)
     if c.dtype not in ("float32", "bfloat16"):
         raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
+    if c.cache.kv_dtype not in KV_DTYPES:
+        raise UserError(f"unknown cache.kv_dtype {c.cache.kv_dtype!r}; choose one of "
+                        f"{', '.join(d or '(the model dtype)' for d in KV_DTYPES)}")
     _check_files(c)
 
 
@@ -156,7 +159,8 @@ def build_policy(c, cfg, latent_hw, num_frames):
     if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
         raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
     spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
-                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), c.frames_per_chunk, cfg.rope_theta)
+                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), c.frames_per_chunk, cfg.rope_theta,
+                    c.cache.kv_dtype)
     try:
         return make_policy(c.cache.policy, spec, num_frames, c.cache.local_attn_size,
                            c.cache.sink_size, c.cache.head_map)

@@ -5,6 +5,7 @@ Prints one JSON line {case: rel_err, case/pool_collectives: count}. Used by
 tests/test_parallel.py in a subprocess.
 """
 
+import dataclasses
 import json
 import re
 import sys
@@ -54,8 +55,10 @@ def main(backends, meshes):
     out = {}
     for backend in backends:
         model = init_model(cfg, seed=2, attention_backend=backend)
-        for pname, kw in (("window", dict(local_attn_size=6, sink_size=1)), ("pyramid", dict(head_map=head_map))):
-            policy = make_policy(pname, spec, chunks * 3, **kw)
+        for pname, kw, pages in (("window", dict(local_attn_size=6, sink_size=1), spec),
+                                 ("pyramid", dict(head_map=head_map), spec),
+                                 ("pyramid-int8", dict(head_map=head_map), dataclasses.replace(spec, kv_dtype="int8"))):
+            policy = make_policy(pname.split("-")[0], pages, chunks * 3, **kw)
             noise = RandomNoise(3, (b, chunks * 3, 4, 4, 6), sampler)
             single = rollout(model, policy, sampler, model.text_kv(ctx), noise, chunks).latents
             for d, m in meshes:

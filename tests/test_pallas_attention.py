@@ -15,7 +15,7 @@ from pyramid_jax.attention import pallas as pk
 from pyramid_jax.attention import pallas_triton as pt
 from pyramid_jax.attention import reference as ref
 from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
-from pyramid_jax.cache.pool import PoolSpec
+from pyramid_jax.cache.pool import PoolSpec, quantize
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.models.wan import WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout
@@ -118,6 +118,31 @@ def test_kernel_tpu_interpreter():
     args, _ = _case(3, 1, 3, (4, 4), 2, 128, 4, 3, "random", page_len=True, span=2)
     got = pk.paged_attention(*args, theta=THETA, interpret=pltpu.InterpretParams())
     assert rel_err(got, ref.paged_attention(*args, theta=THETA)) <= 1e-5
+
+
+@pytest.mark.parametrize("kv_dtype", ["int8", "float8_e4m3fn"])
+@pytest.mark.parametrize("case", [CASES[3], CASES[4]], ids=[CASES[3][0], CASES[4][0]])
+def test_eight_bit_pages_every_backend(case, kv_dtype):
+    """8-bit pages with per-token scales: both kernels dequantize on load exactly as the
+    reference does, and the reference stays close to fp32 pages."""
+    _, b, c, grid, h, dh, s, p, valid, plen, span = case
+    args, page_len = _case(4, b, c, grid, h, dh, s, p, valid, page_len=plen, span=span)
+    (pool_k, k_scale), (pool_v, v_scale) = quantize(args[3], jnp.dtype(kv_dtype)), quantize(args[4], jnp.dtype(kv_dtype))
+    eight = (*args[:3], pool_k, pool_v, *args[5:])
+    kw = dict(page_len=page_len, theta=THETA, k_scale=k_scale, v_scale=v_scale)
+    want = ref.paged_attention(*eight, **kw)
+    assert rel_err(pk.paged_attention(*eight, **kw), want) <= 1e-5
+    assert rel_err(pt.paged_attention(*eight, **kw, interpret=True, tiling=(16, 16, 4, 2)), want) <= 1e-5
+    full = ref.paged_attention(*args, page_len=page_len, theta=THETA)
+    assert rel_err(want, full) <= (1e-2 if kv_dtype == "int8" else 4e-2)
+
+
+def test_eight_bit_pages_tpu_interpreter():
+    args, _ = _case(3, 1, 3, (4, 4), 2, 128, 4, 3, "random", page_len=True, span=2)
+    (pool_k, k_scale), (pool_v, v_scale) = quantize(args[3], jnp.int8), quantize(args[4], jnp.int8)
+    eight = (*args[:3], pool_k, pool_v, *args[5:])
+    got = pk.paged_attention(*eight, theta=THETA, k_scale=k_scale, v_scale=v_scale, interpret=pltpu.InterpretParams())
+    assert rel_err(got, ref.paged_attention(*eight, theta=THETA, k_scale=k_scale, v_scale=v_scale)) <= 1e-5
 
 
 def test_backend_checks():

@@ -252,18 +252,19 @@ def policy_keys(size="real", steady_chunk=40):
         noisy_keys = _keys_per_query_frame(state, plan.slot, plan.valid, 4, tpf, pooled)  # [L, C, H]
         # (an entry's page keeps its length while staged: a slot holds frames or pooled blocks)
         clean_keys = np.stack([_keys_per_query_frame(staged, lp.slot, lp.valid, 4, tpf, pooled) for lp in clean])
-        real = make_policy(name, PoolSpec(layers, heads, dh, grid, 3), 240, **kw)
-        nbytes = _nbytes(jax.eval_shape(lambda: real.init(1, jnp.dtype(dtype))))
-        window_bytes = window_bytes or nbytes
-        row = dict(section="policy_keys", size=size, policy=label, dtype=dtype, slots=real.num_slots,
+        row = dict(section="policy_keys", size=size, policy=label, dtype=dtype,
                    keys_per_query_frame=float(noisy_keys.mean()), clean_keys_per_query_frame=float(clean_keys.mean()),
-                   vs_window21=float(noisy_keys.mean()) / (21 * tpf), cache_GiB=nbytes / 2**30,
-                   bytes_vs_window21=nbytes / window_bytes)
+                   vs_window21=float(noisy_keys.mean()) / (21 * tpf))
         if name == "pyramid":
             for t, tname in ((1, "anchor"), (-1, "wave"), (2, "veil")):
                 row[f"{tname}_keys"] = float(noisy_keys[np.broadcast_to((head_map == t)[:, None, :],
                                                                         noisy_keys.shape)].mean())
-        rows.append(row)
+        for kv_dtype in (dtype, "int8"):  # the model's pages, and 8-bit pages with their scales
+            real = make_policy(name, PoolSpec(layers, heads, dh, grid, 3, kv_dtype=kv_dtype), 240, **kw)
+            nbytes = _nbytes(jax.eval_shape(lambda: real.init(1, jnp.dtype(dtype))))
+            window_bytes = window_bytes or nbytes  # window-21 in the model's dtype
+            rows.append(dict(row, kv_dtype=kv_dtype, slots=real.num_slots, cache_GiB=nbytes / 2**30,
+                             bytes_vs_window21=nbytes / window_bytes))
     return rows
 
 
@@ -442,6 +443,61 @@ def _peak_bytes(fn, *args):
     return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
 
 
+def kv_error_attention(dtypes=("bfloat16", "int8", "float8_e4m3fn"), entries=8, seed=0):
+    """One attention call at the 1.3B shapes (12 heads x 128, 1560 tokens per frame, a chunk of 3
+    query frames, `entries` cached frames per head): the output with pages stored in each dtype
+    against fp32 pages (relative L2 error). Keys and values are random normal."""
+    from pyramid_jax.attention import reference
+    from pyramid_jax.cache.pool import EIGHT_BIT, quantize
+
+    heads, dh, (gh, gw) = ATTN_SIZES["real"]
+    t, c = gh * gw, 3
+    r = np.random.default_rng(seed)
+    q = jnp.asarray(r.standard_normal((1, c, t, heads, dh)), jnp.float32)
+    k, v = (jnp.asarray(r.standard_normal((1, c * t, heads, dh)), jnp.float32) for _ in range(2))
+    pool_k, pool_v = (jnp.asarray(r.standard_normal((1, heads * entries, t, dh)), jnp.float32) for _ in range(2))
+    slot = jnp.broadcast_to(jnp.arange(heads)[:, None] * entries + jnp.arange(entries), (c, heads, entries))
+    zeros, valid = jnp.zeros(slot.shape, jnp.int32), jnp.ones(slot.shape, bool)
+    attend = jax.jit(lambda pk, pv, ks, vs: reference.paged_attention(q, k, v, pk, pv, slot, zeros, valid,
+                                                                      theta=10000.0, k_scale=ks, v_scale=vs))
+    want = attend(pool_k, pool_v, None, None)
+    rows = []
+    for name in dtypes:
+        if name in EIGHT_BIT:
+            (pk, ks), (pv, vs) = quantize(pool_k, jnp.dtype(name)), quantize(pool_v, jnp.dtype(name))
+        else:
+            pk, pv, ks, vs = pool_k.astype(name), pool_v.astype(name), None, None
+        got = attend(pk, pv, ks, vs)
+        rows.append(dict(section="kv_error", case="attention, 1.3B shapes", kv_dtype=name,
+                         rel_err=float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))))
+    return rows
+
+
+def kv_error_rollout(seconds, dtypes=("int8", "float8_e4m3fn"), policy="pyramid"):
+    """The demo model's video with 8-bit pages against its own (fp32) pages after `seconds`:
+    mean |pixel difference| (0-255) and PSNR over the whole video, and of the last second."""
+    from pyramid_jax import pipeline, video
+    from pyramid_jax.config import parse_config
+
+    frames = int(round(seconds * 10 / 3)) * 3  # the demo: 10 fps, a pixel frame per latent frame
+    base = ["x", f"--config={os.path.join(REPO, 'configs', 'demo.py')}", f"--config.num_frames={frames}",
+            f"--config.cache.policy={policy}"]
+    videos = {}
+    for name in ("", *dtypes):
+        c = parse_config(base + [f"--config.cache.kv_dtype={name}"])
+        models = pipeline.load(c, decoder=False)
+        lat = pipeline.generate(c, models, pipeline.inputs(c, models)).latents
+        videos[name] = video.PixelFrames().push(lat)[0].astype(np.float32)
+    rows = []
+    for name in dtypes:
+        diff = np.abs(videos[name] - videos[""])
+        psnr = lambda d: float(10 * np.log10(255.0**2 / max(float((d**2).mean()), 1e-12)))
+        rows.append(dict(section="kv_error", case=f"demo rollout {seconds:g} s, {policy}", kv_dtype=name,
+                         mean_abs_px=float(diff.mean()), psnr_dB=psnr(diff), last_second_mean_abs_px=float(
+                             diff[-10:].mean()), last_second_psnr_dB=psnr(diff[-10:])))
+    return rows
+
+
 def bench_codecs(repeats):
     """VAE decode seconds per chunk (3 latent frames, streaming) and umT5 seconds per prompt,
     with random weights, and each stage's peak memory (XLA estimate)."""
@@ -535,6 +591,9 @@ def main(argv=None):
     p.add_argument("--devices-child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--codecs", action="store_true",
                    help="VAE decode s/chunk and umT5 s/prompt (demo and mid sizes) with peak memory")
+    p.add_argument("--kv-error", action="store_true",
+                   help="8-bit cache pages: attention error at 1.3B shapes, and the demo video after --kv-seconds")
+    p.add_argument("--kv-seconds", type=float, default=60.0)
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,demo,mid", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
@@ -548,9 +607,9 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step
-            or args.devices or args.codecs):
+            or args.devices or args.codecs or args.kv_error):
         p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step, "
-                "--devices, --codecs)")
+                "--devices, --codecs, --kv-error)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -604,13 +663,22 @@ def main(argv=None):
         print("\n## VAE decode and umT5 encode, fp32, batch 1, random weights (peak: XLA memory estimate)")
         print_table(cd, ["stage", "size", "shape", "seconds", "unit", "peak_MiB"])
         rows += cd
+    if args.kv_error:
+        ka = kv_error_attention()
+        print("\n## cache pages in bf16 / 8 bits vs fp32 pages: one attention call at the 1.3B shapes")
+        print_table(ka, ["case", "kv_dtype", "rel_err"])
+        kr = kv_error_rollout(args.kv_seconds)
+        print(f"\n## the demo model's video with 8-bit pages vs its fp32 pages ({args.kv_seconds:g} s, pyramid)")
+        print_table(kr, ["case", "kv_dtype", "mean_abs_px", "psnr_dB", "last_second_mean_abs_px",
+                         "last_second_psnr_dB"])
+        rows += ka + kr
     if args.policies:
         for size, title in (("real", "Wan2.1-1.3B 480x832, bf16"), ("demo", "the demo model (64x64 pixels), fp32")):
             pk = policy_keys(size)
             print(f"\n## keys attended per query frame at steady state (chunk 40; noisy passes, and the "
                   f"cache-writing pass) and cache bytes, {title}, B=1")
-            print_table(pk, ["policy", "slots", "keys_per_query_frame", "clean_keys_per_query_frame", "vs_window21",
-                             "cache_GiB", "bytes_vs_window21", "anchor_keys", "wave_keys", "veil_keys"])
+            print_table(pk, ["policy", "kv_dtype", "slots", "keys_per_query_frame", "clean_keys_per_query_frame",
+                             "vs_window21", "cache_GiB", "bytes_vs_window21", "anchor_keys", "wave_keys", "veil_keys"])
             rows += pk
     if args.long:
         lo, times = bench_rollout(["mid"], 240)

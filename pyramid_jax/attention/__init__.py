@@ -70,24 +70,27 @@ def paged_attention_fn(name: str):
     return functools.partial(_on_mesh, kernel)
 
 
-def _on_mesh(kernel, q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta, page_len=None):
+def _on_mesh(kernel, q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta, page_len=None, k_scale=None,
+             v_scale=None):
     """kernel(...), split over the active mesh's `data` (batch) and `model` (heads; pages
     laid out per head group) axes. The plan's page numbers are global; each device reads its
     own block of the pool."""
     mesh = sharding.active_mesh()
     if mesh is None:
-        return kernel(q, k, v, pool_k, pool_v, slot, time_shift, valid, theta=theta, page_len=page_len)
+        return kernel(q, k, v, pool_k, pool_v, slot, time_shift, valid, theta=theta, page_len=page_len,
+                      k_scale=k_scale, v_scale=v_scale)
     data, model = sharding.DATA, sharding.MODEL
 
-    def local(q, k, v, pool_k, pool_v, slot, time_shift, valid, page_len):
+    def local(q, k, v, pool_k, pool_v, slot, time_shift, valid, page_len, k_scale, v_scale):
         first_page = jax.lax.axis_index(model) * pool_k.shape[1]
         return kernel(q, k, v, pool_k, pool_v, slot - first_page, time_shift, valid, theta=theta,
-                      page_len=page_len)
+                      page_len=page_len, k_scale=k_scale, v_scale=v_scale)
 
-    heads, plan = P(data, None, None, model), P(None, model)
-    specs = (heads, P(data, None, model), P(data, None, model), P(data, model), P(data, model), plan, plan, plan,
-             P() if page_len is None else P(model))
+    heads, plan, pages = P(data, None, None, model), P(None, model), P(data, model)
+    scales = P() if k_scale is None else pages
+    specs = (heads, P(data, None, model), P(data, None, model), pages, pages, plan, plan, plan,
+             P() if page_len is None else P(model), scales, scales)
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=heads, check_vma=False)(
-        q, k, v, pool_k, pool_v, slot, time_shift, valid, page_len)
+        q, k, v, pool_k, pool_v, slot, time_shift, valid, page_len, k_scale, v_scale)
 
 

@@ -48,10 +48,12 @@ def _unshift_tables(shift, dh, theta):
 
 
 def _kernel(slots_ref, count_ref, len_ref,  # scalar prefetch
-            q_ref, pk_ref, pv_ref, ok_ref, ov_ref, cos_ref, sin_ref, swap_ref,  # inputs
-            o_ref,  # output
-            m_sc, l_sc, acc_sc,  # scratch
-            *, num_pages, n_own, block_kv, scale):
+            q_ref, pk_ref, pv_ref, *refs,  # inputs [ks_ref, vs_ref] ok_ref, ov_ref, cos_ref, sin_ref, swap_ref
+            num_pages, n_own, block_kv, scale, scaled):
+    ks_ref, vs_ref = refs[:2] if scaled else (None, None)
+    (ok_ref, ov_ref, cos_ref, sin_ref, swap_ref,  # inputs
+     o_ref,  # output
+     m_sc, l_sc, acc_sc) = refs[2:] if scaled else refs  # scratch
     hi, ci, j = pl.program_id(1), pl.program_id(2), pl.program_id(4)
 
     @pl.when(j == 0)
@@ -60,12 +62,15 @@ def _kernel(slots_ref, count_ref, len_ref,  # scalar prefetch
         l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
         acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
-    def attend(q, k_ref, v_ref, length, limit):
-        """Online-softmax update over k_ref/v_ref rows [0, limit) (static), valid below length."""
+    def attend(q, k_ref, v_ref, length, limit, ks_ref=None, vs_ref=None):
+        """Online-softmax update over k_ref/v_ref rows [0, limit) (static), valid below length;
+        8-bit rows are dequantized on load by their scales ks_ref/vs_ref [rows, 1]."""
+        load = lambda ref, sc, rows: ref[rows, :] if sc is None else (
+            ref[rows, :].astype(jnp.float32) * sc[rows, :]).astype(q_ref.dtype)
         for start in range(0, limit, block_kv):
             size = min(block_kv, limit - start)
-            k = k_ref[pl.ds(start, size), :]
-            v = v_ref[pl.ds(start, size), :]
+            k = load(k_ref, ks_ref, pl.ds(start, size))
+            v = load(v_ref, vs_ref, pl.ds(start, size))
             s = jax.lax.dot_general(q.astype(k.dtype), k, (((1,), (1,)), ((), ())),
                                     preferred_element_type=jnp.float32) * scale
             ok = (start + jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)) < length
@@ -84,7 +89,7 @@ def _kernel(slots_ref, count_ref, len_ref,  # scalar prefetch
         @pl.when(j < count_ref[ci, hi])
         def _page():
             qr = q * cos_ref[0] + jnp.dot(q, swap_ref[...], preferred_element_type=jnp.float32) * sin_ref[0]
-            attend(qr, pk_ref, pv_ref, len_ref[ci, hi, j], pk_ref.shape[0])
+            attend(qr, pk_ref, pv_ref, len_ref[ci, hi, j], pk_ref.shape[0], ks_ref, vs_ref)
 
     @pl.when(j == num_pages)
     def _own_and_finish():
@@ -157,11 +162,12 @@ def prepare(q, k, v, pool_k, slot, time_shift, valid, *, theta, page_len, block_
 
 
 def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
-                    page_len=None, interpret=True, block_q=256, block_kv=512):
+                    page_len=None, k_scale=None, v_scale=None, interpret=True, block_q=256, block_kv=512):
     """Same contract as `reference.paged_attention`.
 
     q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, NP, Tp, Dh];
-    slot/time_shift/valid: [C, H, P]; page_len: [NP] or None. Returns [B, C, T, H, Dh].
+    slot/time_shift/valid: [C, H, P]; page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
+    scales of 8-bit pages or None. Returns [B, C, T, H, Dh].
     interpret: True (CPU), a pltpu.InterpretParams (TPU semantics on CPU) or False (Mosaic).
     Grid (B, H, C, q blocks, pages + 1): one step per valid page of the (frame, head)'s entries,
     DMA'd straight from the pool by its scalar-prefetched page number.
@@ -177,6 +183,7 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     p = pages if slot.shape[-1] else 0
     last = pages - 1
 
+    scaled = k_scale is not None
     page_map = lambda bi, hi, ci, qi, j, sl, cnt, ln: (bi, sl[ci, hi, jnp.minimum(j, last)], 0, 0)
     table_map = lambda bi, hi, ci, qi, j, sl, cnt, ln: (ci, hi, jnp.minimum(j, last), 0, 0)
     grid_spec = pltpu.PrefetchScalarGridSpec(
@@ -186,6 +193,7 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
             pl.BlockSpec((None, None, None, bq, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, ci, qi, 0)),
             pl.BlockSpec((None, None, tp, dh), page_map),
             pl.BlockSpec((None, None, tp, dh), page_map),
+            *([pl.BlockSpec((None, None, tp, 1), page_map)] * (2 if scaled else 0)),
             pl.BlockSpec((None, None, n_pad, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, 0, 0)),
             pl.BlockSpec((None, None, n_pad, dh), lambda bi, hi, ci, qi, j, *_: (bi, hi, 0, 0)),
             pl.BlockSpec((None, None, None, 1, dh), table_map),
@@ -196,7 +204,8 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
         scratch_shapes=[pltpu.VMEM((bq, 1), jnp.float32), pltpu.VMEM((bq, 1), jnp.float32),
                         pltpu.VMEM((bq, dh), jnp.float32)],
     )
-    kernel = functools.partial(_kernel, num_pages=p, n_own=n, block_kv=block_kv, scale=1.0 / math.sqrt(dh))
+    kernel = functools.partial(_kernel, num_pages=p, n_own=n, block_kv=block_kv, scale=1.0 / math.sqrt(dh),
+                               scaled=scaled)
     out = pl.pallas_call(
         kernel,
         grid_spec=grid_spec,
@@ -204,5 +213,6 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
         interpret=interpret,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "parallel", "arbitrary")),
-    )(slots_c, count, lens, qh, pool_k, pool_v, kh, vh, cos, sin, jnp.asarray(_swap_matrix(dh)))
+    )(slots_c, count, lens, qh, pool_k, pool_v, *((k_scale, v_scale) if scaled else ()), kh, vh, cos, sin,
+      jnp.asarray(_swap_matrix(dh)))
     return out[:, :, :, :t].transpose(0, 2, 3, 1, 4)

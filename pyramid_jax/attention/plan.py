@@ -47,11 +47,15 @@ class KVPool(NamedTuple):
     k, v: [B, NP, Tp, Dh] pages of Tp tokens, keys post-RoPE at their stored time.
     page_len: [NP] int32, tokens of the entry that starts at each page (it continues into the
         following pages when longer than Tp), or None when every entry is one frame of T tokens.
+    k_scale, v_scale: [B, NP, Tp, 1] float32 per-token scales of 8-bit pages (k = k * k_scale),
+        or None when the pages hold the values themselves.
     """
 
     k: jax.Array
     v: jax.Array
     page_len: jax.Array | None = None
+    k_scale: jax.Array | None = None
+    v_scale: jax.Array | None = None
 
 
 def entry_span(tokens_per_frame: int, page_tokens: int) -> int:

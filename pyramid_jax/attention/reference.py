@@ -58,7 +58,7 @@ def entry_tokens(pool, slot, span: int):
 
 
 def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
-                    page_len=None):
+                    page_len=None, k_scale=None, v_scale=None):
     """Attention of each query frame over its planned cache entries plus the chunk's tokens.
 
     q: [B, C, T, H, Dh] queries (post-RoPE), C query frames of T tokens.
@@ -67,6 +67,7 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     slot, time_shift, valid: [C, H, P] the plan for this layer: the first page of each entry,
         how many frames its RoPE time moves, and whether it is used.
     page_len: optional [NP] int, tokens of the entry starting at each page (default: a frame, T).
+    k_scale, v_scale: optional [B, NP, Tp, 1] per-token scales of 8-bit pages (dequantized on load).
     Returns [B, C, T, H, Dh].
     """
     b, c, t, h, dh = q.shape
@@ -74,8 +75,10 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     span = entry_span(t, pool_k.shape[2])
     n_e = span * pool_k.shape[2]  # tokens read per entry
     # [B, C, H, P, n_e, Dh]: entry p of (frame c, head h) starts at page slot[c, h, p]
-    pk = rope.shift_time(entry_tokens(pool_k, slot, span), time_shift[None, :, :, :, None], dh, theta)
-    pv = entry_tokens(pool_v, slot, span)
+    load = lambda pool, scale: entry_tokens(pool, slot, span) if scale is None else (
+        entry_tokens(pool, slot, span).astype(jnp.float32) * entry_tokens(scale, slot, span)).astype(q.dtype)
+    pk = rope.shift_time(load(pool_k, k_scale), time_shift[None, :, :, :, None], dh, theta)
+    pv = load(pool_v, v_scale)
     own_k = jnp.broadcast_to(k.transpose(0, 2, 1, 3)[:, None], (b, c, h, k.shape[1], dh))
     own_v = jnp.broadcast_to(v.transpose(0, 2, 1, 3)[:, None], (b, c, h, v.shape[1], dh))
     kk = jnp.concatenate([pk.reshape(b, c, h, p * n_e, dh), own_k], axis=3)  # [B, C, H, S_all, Dh]

@@ -37,6 +37,8 @@ class CacheState(NamedTuple):
     merge_k, merge_v: [B, NA, Tq, Dh] float32 running sums of the blocks being pooled (merging
         heads only; NA = 0 for other policies).
     merge_row: [L, H] int32 accumulator row of each head (NA for heads that do not merge). Static.
+    k_scale, v_scale: [B, NP, Tp, 1] float32 per-token scales of 8-bit pages (k = k_page * scale,
+        per head since every page is one head's); [B, 0, 1, 1] when the pages are not 8-bit.
     """
 
     k: jax.Array
@@ -48,8 +50,12 @@ class CacheState(NamedTuple):
     merge_k: jax.Array
     merge_v: jax.Array
     merge_row: jax.Array
+    k_scale: jax.Array
+    v_scale: jax.Array
 
     def pool(self) -> KVPool:
+        if self.k_scale.shape[1]:
+            return KVPool(self.k, self.v, self.page_len, self.k_scale, self.v_scale)
         return KVPool(self.k, self.v, self.page_len)
 
     @staticmethod
@@ -58,7 +64,8 @@ class CacheState(NamedTuple):
         per head group, so they split with the heads."""
         pages, table = P("batch", "pages"), P(None, "heads")
         return CacheState(k=pages, v=pages, page_len=P("pages"), slot_time=table, slot_page=table,
-                          head_kind=table, merge_k=pages, merge_v=pages, merge_row=table)
+                          head_kind=table, merge_k=pages, merge_v=pages, merge_row=table, k_scale=pages,
+                          v_scale=pages)
 
     @property
     def nbytes(self) -> int:
@@ -75,10 +82,36 @@ class PoolSpec:
     grid: tuple[int, int]  # latent tokens per frame as (h, w) after patching
     frames_per_chunk: int = 3
     theta: float = rope.WAN_THETA
+    kv_dtype: str = ""  # the pages' dtype: "" = the model's; int8 / float8_e4m3fn = 8-bit with scales
 
     @property
     def tokens_per_frame(self) -> int:
         return self.grid[0] * self.grid[1]
+
+    def page_dtype(self, model_dtype):
+        return jnp.dtype(self.kv_dtype or model_dtype)
+
+
+# The largest magnitude each 8-bit page format stores; a token's row of Dh values is scaled so
+# its largest |value| lands there.
+EIGHT_BIT = {"int8": 127.0, "float8_e4m3fn": 448.0}
+KV_DTYPES = ("", "bfloat16", "float32", *EIGHT_BIT)
+
+
+def quantize(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """x [..., Dh] -> (x in `dtype`, per-row float32 scales [..., 1]) for an 8-bit dtype."""
+    x = x.astype(jnp.float32)
+    top = EIGHT_BIT[jnp.dtype(dtype).name]
+    scale = jnp.maximum(jnp.abs(x).max(-1, keepdims=True), 1e-12) / top
+    y = x / scale
+    if jnp.issubdtype(dtype, jnp.integer):
+        y = jnp.round(y)
+    return jnp.clip(y, -top, top).astype(dtype), scale
+
+
+def dequantize(x: jax.Array, scale: jax.Array | None, dtype=jnp.float32) -> jax.Array:
+    """Pages (or tokens read from them) back to `dtype`; scale None: not 8-bit."""
+    return x.astype(dtype) if scale is None else (x.astype(jnp.float32) * scale).astype(dtype)
 
 
 def allocate(units: np.ndarray, head_groups: int = 1) -> tuple[np.ndarray, int]:
@@ -120,12 +153,15 @@ def empty_state(spec: PoolSpec, batch: int, dtype, slot_pages: np.ndarray, page_
     acc = (batch, rows_block * head_groups, merge_tokens, spec.head_dim)
     kind = np.zeros((n_l, n_h), np.int32) if head_kind is None else np.asarray(head_kind, np.int32)
     pages = (batch, n_pages, page_tokens, spec.head_dim)
+    store = spec.page_dtype(dtype)
+    scales = (batch, n_pages, page_tokens, 1) if store.name in EIGHT_BIT else (batch, 0, 1, 1)
     return CacheState(
-        k=jnp.zeros(pages, dtype), v=jnp.zeros(pages, dtype),
+        k=jnp.zeros(pages, store), v=jnp.zeros(pages, store),
         page_len=jnp.full((n_pages,), spec.tokens_per_frame, jnp.int32),
         slot_time=jnp.full(first.shape, -1, jnp.int32), slot_page=jnp.asarray(first),
         head_kind=jnp.asarray(kind), merge_k=jnp.zeros(acc, jnp.float32), merge_v=jnp.zeros(acc, jnp.float32),
-        merge_row=jnp.asarray(rows[..., 0]))
+        merge_row=jnp.asarray(rows[..., 0]), k_scale=jnp.ones(scales, jnp.float32),
+        v_scale=jnp.ones(scales, jnp.float32))
 
 
 def rope_keys(spec: PoolSpec, k: jax.Array, times: jax.Array) -> jax.Array:
@@ -162,12 +198,18 @@ def write_entries(state: CacheState, k: jax.Array, v: jax.Array, slots: jax.Arra
     first = jnp.where(skip, state.k.shape[1], first)  # past the pool: the write is dropped
     pages = first[..., None] + jnp.arange(span)  # [..., H, E, span]
 
-    def paged(a):  # [..., n, Dh] -> [B, ..., span, Tp, Dh] in the pool's dtype
+    def paged(a):  # [..., n, Dh] -> [B, ..., span, Tp, Dh]
         a = jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, span * tp - n), (0, 0)])
-        return vals(a.reshape(a.shape[:-2] + (span, tp, a.shape[-1]))).astype(state.k.dtype)
+        return vals(a.reshape(a.shape[:-2] + (span, tp, a.shape[-1])))
 
-    new_k = state.k.at[:, pages].set(paged(k), mode="drop")
-    new_v = state.v.at[:, pages].set(paged(v), mode="drop")
+    if state.k_scale.shape[1]:  # 8-bit pages: values and their per-token scales
+        (k, k_scale), (v, v_scale) = quantize(paged(k), state.k.dtype), quantize(paged(v), state.v.dtype)
+        state = state._replace(k_scale=state.k_scale.at[:, pages].set(k_scale, mode="drop"),
+                               v_scale=state.v_scale.at[:, pages].set(v_scale, mode="drop"))
+    else:
+        k, v = paged(k).astype(state.k.dtype), paged(v).astype(state.v.dtype)
+    new_k = state.k.at[:, pages].set(k, mode="drop")
+    new_v = state.v.at[:, pages].set(v, mode="drop")
     page_len = state.page_len.at[first].set(n, mode="drop")
     heads = jnp.arange(slots.shape[-2])[:, None]
     if layer is None:
@@ -180,7 +222,7 @@ def write_entries(state: CacheState, k: jax.Array, v: jax.Array, slots: jax.Arra
 
 def entry_means(state: CacheState, tokens_per_frame: int) -> jax.Array:
     """Mean key of every logical slot's entry: [B, L, H, S, Dh] float32 (empty slots: 0)."""
-    k = state.k.astype(jnp.float32)
+    k = dequantize(state.k, state.pool().k_scale)
     span = entry_span(tokens_per_frame, k.shape[2])
     page_sum = k.sum(2)  # [B, NP, Dh]; unwritten token rows are zero
     pages = state.slot_page[..., None] + jnp.arange(span)  # [L, H, S, span]

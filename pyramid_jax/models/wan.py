@@ -360,7 +360,8 @@ class CausalWan(nnx.Module):
                 k = rope.shift_time(k, jnp.repeat(lp.own_shift.T, tpf, axis=0)[None], dh, theta)
             b, n, h = q.shape[:3]
             out = paged_attention(q.reshape(b, f, tpf, h, dh), k, v, pool.k, pool.v, lp.slot, lp.time_shift,
-                                  lp.valid, theta=theta, page_len=pool.page_len)
+                                  lp.valid, theta=theta, page_len=pool.page_len, k_scale=pool.k_scale,
+                                  v_scale=pool.v_scale)
             return out.reshape(q.shape), carry
 
         return attend, (() if stage is None else stage[0])
