@@ -29,14 +29,15 @@ def test_export_tiny_pallas_step_has_the_target_kernel(tmp_path, platform):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["self_forcing", "pyramid_forcing"])
+@pytest.mark.parametrize("config", ["self_forcing", "pyramid_forcing", "pyramid_forcing/int8"])
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_export_real_size_configs(tmp_path, config, platform):
     """Wan2.1-1.3B at 480x832 bf16 (no checkpoint needed): window-21 and the published pyramid
-    map lower with the target's kernel."""
+    map (bf16 and 8-bit pages) lower with the target's kernel."""
     out = tmp_path / "step.bin"
-    r = run_tool("-m", "pyramid_jax.export", f"--config=configs/{config}.py", "--config.attention.backend=pallas",
-                 f"--platform={platform}", f"--out={out}")
+    name, _, kv = config.partition("/")
+    r = run_tool("-m", "pyramid_jax.export", f"--config=configs/{name}.py", "--config.attention.backend=pallas",
+                 f"--config.cache.kv_dtype={kv}", f"--platform={platform}", f"--out={out}")
     assert r.returncode == 0, r.stderr
     assert "dim 1536, 30 layers x 12 heads, bfloat16" in r.stdout and "latent 60x104" in r.stdout
     assert f"Pallas kernel ({KERNEL_CALL[platform]}) inside: yes" in r.stdout

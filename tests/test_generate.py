@@ -80,6 +80,7 @@ def _bad_embeds(tmp_path):
     (["--config.prompt_schedule=0:a;9:b"], "below num_frames"),
     (["--config.prompt_schedule=3:a;0:b"], "must increase"),
     (["--config.prompt_schedule=three:a"], "is not FRAME:PROMPT"),
+    (["--config.cache.kv_dtype=int4"], "unknown cache.kv_dtype 'int4'"),
     (["--config.prompt_schedule=3:b", "--config.prompt_embeds=EMB"], "cannot go with prompt_embeds"),
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):
@@ -108,6 +109,19 @@ def test_prompt_schedule_switches_text_at_its_frame(tmp_path):
     np.testing.assert_array_equal(switched[:, :6], plain[:, :6])
     assert np.abs(switched[:, 6:] - plain[:, 6:]).mean() > 1e-3
     np.testing.assert_array_equal(explicit, switched)
+
+
+def test_eight_bit_cache_pages_stay_close(tmp_path):
+    """cache.kv_dtype=int8: the same video as the model-dtype pages, up to the quantization."""
+    outs = {}
+    for kv in ("", "int8"):
+        out = tmp_path / f"l{kv}.npz"
+        r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.num_frames=9", "--config.output=",
+                     f"--config.cache.kv_dtype={kv}", f"--config.save_latents={out}")
+        assert r.returncode == 0, r.stderr
+        outs[kv] = np.load(out)["latents"]
+    err = np.linalg.norm(outs["int8"] - outs[""]) / np.linalg.norm(outs[""])
+    assert 0 < err < 0.05, err
 
 
 def test_missing_config_file():
