@@ -498,6 +498,66 @@ def kv_error_rollout(seconds, dtypes=("int8", "float8_e4m3fn"), policy="pyramid"
     return rows
 
 
+# Chips for --plan: (peak dense bf16 FLOP/s, HBM bytes, HBM bytes/s), published figures.
+CHIPS = {"TPU v5e": (197e12, 16 * 2**30, 819e9), "TPU v6e": (918e12, 32 * 2**30, 1640e9),
+         "H100 SXM": (989e12, 80 * 2**30, 3350e9)}
+# The measured H100 whole step (DiT only, pallas, pyramid: README / bench_results/
+# h100_step_real_bf16_pallas.json): the efficiency --plan assumes on every chip.
+H100_PYRAMID_STEP_S = 0.479
+
+
+def step_flops(cfg, keys_per_query_frame: float, tokens_per_frame: int, frames: int = 3, passes: int = 5):
+    """FLOPs of one chunk step of the DiT: `passes` model passes (denoising + cache-writing) over
+    frames * tokens_per_frame tokens, each attending keys_per_query_frame keys (the chunk's own
+    included) and the text. Linear layers: q, k, v, o, cross q and o, the FFN."""
+    n, d = frames * tokens_per_frame, cfg.dim
+    linear = 2 * n * (6 * d * d + 2 * d * cfg.ffn_dim)
+    attention = 4 * n * keys_per_query_frame * d + 4 * n * cfg.text_len * d
+    return passes * cfg.num_layers * (linear + attention)
+
+
+def vae_frame_flops(latent_hw=(60, 104)):
+    """XLA's FLOP count of decoding one latent frame (4 video frames) with the Wan VAE, bf16."""
+    from pyramid_jax.models import vae
+
+    cfg = vae.VAEConfig(dtype="bfloat16")
+    params = {k: jax.ShapeDtypeStruct(sh, jnp.bfloat16) for k, sh in vae.param_shapes(cfg).items()}
+    state = jax.eval_shape(lambda p: vae.init_state(p, cfg, 1, latent_hw, jnp.bfloat16), params)
+    z = jax.ShapeDtypeStruct((1, 1, *latent_hw, cfg.z_dim), jnp.bfloat16)
+    lowered = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False)).lower(params, z, state)
+    return float(lowered.cost_analysis()["flops"])
+
+
+def tpu_plan():
+    """Per chip, policy and kv_dtype at Wan2.1-1.3B 480x832: memory (weights, cache, VAE, the
+    rest), whether it fits, videos per chip, and the expected video frames/s end to end (DiT +
+    VAE decode) if the chip reaches the fraction of its peak the measured H100 step reaches."""
+    from pyramid_jax.models.wan import WanConfig
+
+    cfg, tpf = WanConfig(), 30 * 52
+    weights = 1_418_996_800 * 2  # parameters of the 1.3B DiT (nnx.eval_shape), bf16
+    vae_mem, act, text_kv = 0.14 * 2**30 + 2 * 2**30, 2**30, 30 * 512 * 1536 * 2 * 2  # README memory plan
+    vae_chunk = 3 * vae_frame_flops()
+    policy_rows = {(r["policy"].split(" ")[0], r["kv_dtype"]): r for r in policy_keys("real")}
+    efficiency = step_flops(cfg, policy_rows[("pyramid", "bfloat16")]["keys_per_query_frame"], tpf) / (
+        H100_PYRAMID_STEP_S * CHIPS["H100 SXM"][0])
+    rows = []
+    for chip, (peak, hbm, bw) in CHIPS.items():
+        for (policy, kv), pr in policy_rows.items():
+            cache = pr["cache_GiB"] * 2**30
+            dit = step_flops(cfg, pr["keys_per_query_frame"], tpf)
+            # compute time at the H100's efficiency, or the HBM floor (weights + cache read per pass)
+            seconds = max((dit + vae_chunk) / (peak * efficiency), 5 * (weights + cache) / bw)
+            fixed = weights + vae_mem
+            per_video = cache + text_kv + act
+            rows.append(dict(section="tpu_plan", chip=chip, policy=policy, kv_dtype=kv,
+                             memory_GiB=(fixed + per_video) / 2**30, fits=fixed + per_video <= hbm,
+                             videos_per_chip=int(max(0, (hbm - fixed) // per_video)),
+                             dit_TFLOP_per_chunk=dit / 1e12, vae_TFLOP_per_chunk=vae_chunk / 1e12,
+                             video_fps=12 / seconds, assumed_efficiency=efficiency))
+    return rows
+
+
 def bench_codecs(repeats):
     """VAE decode seconds per chunk (3 latent frames, streaming) and umT5 seconds per prompt,
     with random weights, and each stage's peak memory (XLA estimate)."""
@@ -591,6 +651,8 @@ def main(argv=None):
     p.add_argument("--devices-child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--codecs", action="store_true",
                    help="VAE decode s/chunk and umT5 s/prompt (demo and mid sizes) with peak memory")
+    p.add_argument("--plan", action="store_true",
+                   help="TPU v5e / v6e / H100 plan at 1.3B 480x832: memory per policy and kv_dtype, expected FPS")
     p.add_argument("--kv-error", action="store_true",
                    help="8-bit cache pages: attention error at 1.3B shapes, and the demo video after --kv-seconds")
     p.add_argument("--kv-seconds", type=float, default=60.0)
@@ -607,9 +669,9 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step
-            or args.devices or args.codecs or args.kv_error):
+            or args.devices or args.codecs or args.kv_error or args.plan):
         p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step, "
-                "--devices, --codecs, --kv-error)")
+                "--devices, --codecs, --kv-error, --plan)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -663,6 +725,13 @@ def main(argv=None):
         print("\n## VAE decode and umT5 encode, fp32, batch 1, random weights (peak: XLA memory estimate)")
         print_table(cd, ["stage", "size", "shape", "seconds", "unit", "peak_MiB"])
         rows += cd
+    if args.plan:
+        pl = tpu_plan()
+        print(f"\n## plan: Wan2.1-1.3B 480x832 bf16, one video per chip unless said; expected frames/s assume "
+              f"{pl[0]['assumed_efficiency']:.0%} of peak (the measured H100 step)")
+        print_table(pl, ["chip", "policy", "kv_dtype", "memory_GiB", "fits", "videos_per_chip", "dit_TFLOP_per_chunk",
+                         "vae_TFLOP_per_chunk", "video_fps"])
+        rows += pl
     if args.kv_error:
         ka = kv_error_attention()
         print("\n## cache pages in bf16 / 8 bits vs fp32 pages: one attention call at the 1.3B shapes")
