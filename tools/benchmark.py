@@ -498,6 +498,64 @@ def kv_error_rollout(seconds, dtypes=("int8", "float8_e4m3fn"), policy="pyramid"
     return rows
 
 
+def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16"):
+    """Text-to-pixels minus the text encoder: the DiT rollout and the streaming Wan VAE decode,
+    random weights, per policy (window-21, deep_sink, pyramid). x0 stays on the device: the
+    decode of chunk k is queued behind its step, and chunk k's frames come to the host only after
+    chunk k+1 is queued, so the host never stalls the device. video_fps: frames after the first
+    chunk per second; latency_s: until the first chunk's frames are on the host (incl. compile);
+    peak_GiB: the device's peak memory (None where the platform does not report it).
+    size: "real" (Wan2.1-1.3B, 480x832) or "tiny" (a CPU smoke run)."""
+    from pyramid_jax.attention import target_platform
+    from pyramid_jax.cache.policies import make_policy
+    from pyramid_jax.cache.pool import PoolSpec
+    from pyramid_jax.models import vae
+    from pyramid_jax.models.wan import WanConfig, init_model
+    from pyramid_jax.sampling.rollout import ChunkLoop, RandomNoise, Sampler
+    from pyramid_jax.weights.checkpoint import with_weights
+    from pyramid_jax.weights.vae_names import random_vae_params
+
+    if size == "real":
+        cfg, hw, vcfg = WanConfig(dtype=dtype), (60, 104), vae.VAEConfig(dtype=dtype)
+    else:
+        cfg = WanConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=2, text_len=32, text_dim=64, freq_dim=64,
+                        dtype=dtype)
+        hw, vcfg = (16, 16), vae.VAEConfig(base_dim=16, num_res_blocks=1, dtype=dtype)
+    chunks = max(2, round(seconds * 16 / vae.TIME_STRIDE / 3))  # 60 s: 240 latent frames
+    backend = "pallas" if target_platform() in ("gpu", "tpu") else "reference"
+    model = init_model(cfg, seed=0, attention_backend=backend)
+    decoder_weights = with_weights(vae.WanVAEDecoder, vcfg, random_vae_params(vcfg))
+    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (hw[0] // 2, hw[1] // 2), 3)
+    head_map = (published_type_map() if (cfg.num_layers, cfg.num_heads) == (30, 12)
+                else np.repeat(proportional_row(cfg.num_heads), cfg.num_layers, axis=0))
+    tkv = jax.jit(lambda m, c: m.text_kv(c))(model, jax.random.normal(jax.random.key(1), (1, cfg.text_len,
+                                                                                          cfg.text_dim)) * 0.1)
+    sampler, device, rows = Sampler(), jax.devices()[0], []
+    for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
+                            ("deep_sink", "deep_sink", dict(local_attn_size=21, sink_size=10)),
+                            ("pyramid", "pyramid", dict(head_map=head_map))]:
+        policy = make_policy(name, spec, 3 * chunks, **kw)
+        loop = ChunkLoop(model, policy, sampler, tkv, RandomNoise(0, (1, 3 * chunks, cfg.in_channels, *hw), sampler))
+        decoder = vae.StreamingDecoder(decoder_weights, 1, hw)
+        t0 = time.perf_counter()
+        first = np.asarray(decoder.push_on_device(loop.next_on_device()[0])).shape[1]
+        latency, t1, pending, after = time.perf_counter() - t0, time.perf_counter(), None, 0
+        for _ in range(1, chunks):
+            queued = decoder.push_on_device(loop.next_on_device()[0])
+            if pending is not None:  # the previous chunk's frames, while this one runs
+                after += np.asarray(pending).shape[1]
+            pending = queued
+        after += np.asarray(pending).shape[1]
+        elapsed = time.perf_counter() - t1
+        stats = device.memory_stats() or {}
+        rows.append(dict(section="end_to_end", size=size, policy=label, dtype=dtype, backend=backend,
+                         chunks=chunks, video_frames=first + after, video_fps=after / elapsed,
+                         latency_s=latency, peak_GiB=stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+                         device=getattr(device, "device_kind", device.platform)))
+        del loop, decoder
+    return rows
+
+
 # Chips for --plan: (peak dense bf16 FLOP/s, HBM bytes, HBM bytes/s), published figures.
 CHIPS = {"TPU v5e": (197e12, 16 * 2**30, 819e9), "TPU v6e": (918e12, 32 * 2**30, 1640e9),
          "H100 SXM": (989e12, 80 * 2**30, 3350e9)}
@@ -651,6 +709,10 @@ def main(argv=None):
     p.add_argument("--devices-child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--codecs", action="store_true",
                    help="VAE decode s/chunk and umT5 s/prompt (demo and mid sizes) with peak memory")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="DiT + streaming VAE decode per policy: video frames/s, first-chunk latency, peak memory")
+    p.add_argument("--e2e-size", default="real", choices=["real", "tiny"])
+    p.add_argument("--e2e-seconds", type=float, default=60.0)
     p.add_argument("--plan", action="store_true",
                    help="TPU v5e / v6e / H100 plan at 1.3B 480x832: memory per policy and kv_dtype, expected FPS")
     p.add_argument("--kv-error", action="store_true",
@@ -669,9 +731,9 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step
-            or args.devices or args.codecs or args.kv_error or args.plan):
+            or args.devices or args.codecs or args.kv_error or args.plan or args.end_to_end):
         p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step, "
-                "--devices, --codecs, --kv-error, --plan)")
+                "--devices, --codecs, --kv-error, --plan, --end-to-end)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -725,6 +787,12 @@ def main(argv=None):
         print("\n## VAE decode and umT5 encode, fp32, batch 1, random weights (peak: XLA memory estimate)")
         print_table(cd, ["stage", "size", "shape", "seconds", "unit", "peak_MiB"])
         rows += cd
+    if args.end_to_end:
+        ee = bench_end_to_end(args.e2e_size, args.e2e_seconds, args.dtype if args.e2e_size == "tiny" else "bfloat16")
+        print(f"\n## end to end (DiT + streaming VAE decode, no text encoder), {args.e2e_size}, "
+              f"{args.e2e_seconds:g} s, random weights")
+        print_table(ee, ["policy", "backend", "chunks", "video_frames", "video_fps", "latency_s", "peak_GiB", "device"])
+        rows += ee
     if args.plan:
         pl = tpu_plan()
         print(f"\n## plan: Wan2.1-1.3B 480x832 bf16, one video per chip unless said; expected frames/s assume "

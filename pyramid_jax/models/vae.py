@@ -256,7 +256,11 @@ def decode_video(p, cfg: VAEConfig, z):
 
 def to_uint8(video):
     """[-1, 1] -> uint8, as upstream writes videos (clamp(x * 0.5 + 0.5, 0, 1) * 255)."""
-    return np.asarray(jnp.round(jnp.clip(video.astype(jnp.float32) * 0.5 + 0.5, 0, 1) * 255), np.uint8)
+    return np.asarray(uint8_on_device(video))
+
+
+def uint8_on_device(video):
+    return jnp.round(jnp.clip(video.astype(jnp.float32) * 0.5 + 0.5, 0, 1) * 255).astype(jnp.uint8)
 
 
 class StreamingDecoder:
@@ -272,11 +276,16 @@ class StreamingDecoder:
         self._next = jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=False))
 
     def push(self, z) -> np.ndarray:
-        z = jnp.asarray(np.moveaxis(np.asarray(z), 2, -1), jnp.dtype(self.cfg.dtype))
+        return np.asarray(self.push_on_device(z))
+
+    def push_on_device(self, z) -> jax.Array:
+        """push without leaving the device: z (a device or host array) -> uint8 frames on the
+        device (dispatched, not waited for)."""
+        z = jnp.moveaxis(jnp.asarray(z), 2, -1).astype(jnp.dtype(self.cfg.dtype))
         outs = []
         for i in range(z.shape[1]):
             fn = self._next if self.started else self._first
             video, self.state = fn(self.params, z[:, i:i + 1], self.state)
             self.started = True
-            outs.append(to_uint8(video))
-        return np.concatenate(outs, axis=1)
+            outs.append(uint8_on_device(video))
+        return jnp.concatenate(outs, axis=1)

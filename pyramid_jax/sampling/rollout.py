@@ -233,6 +233,12 @@ class ChunkLoop:
 
     def next(self):
         """Make the next chunk. Returns (x0 [B, F, C, h, w] float32 numpy, noise, renoise)."""
+        x0, noise, renoise = self.next_on_device()
+        return np.asarray(x0, np.float32), noise, renoise
+
+    def next_on_device(self):
+        """`next` without waiting: x0 stays a device array (the step is dispatched, so the host
+        can queue the decode of this chunk and the next step before anything finishes)."""
         k = self.chunk
         noise, renoise = self.noise_source.chunk(k)
         with on_mesh(self.mesh):
@@ -241,7 +247,7 @@ class ChunkLoop:
             x0, self.cache = step(self.graphdef, self.policy, self.sampler, self.params, self.cache,
                                   self.text_kv, noise, renoise, jnp.int32(k))
         self.chunk += 1
-        return np.asarray(x0, np.float32), noise, renoise
+        return x0, noise, renoise
 
     def recache(self, latents) -> None:
         """Re-write the cache from the chunks made so far (latents [B, F_done, C, h, w], their
