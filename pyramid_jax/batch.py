@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from pyramid_jax import logs, media, pipeline, video
+from pyramid_jax import compile_cache, logs, media, pipeline, video
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError, first_line, os_reason
 from pyramid_jax.models.wan import WanConfig
@@ -487,6 +487,7 @@ def check_out_dir(out: str) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logs.setup()
+    compile_cache.enable()
     args, cfg_args = parse_args(argv)
     try:
         check_out_dir(args.out)

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from pyramid_jax import logs, pipeline
+from pyramid_jax import compile_cache, logs, pipeline
 from pyramid_jax.cache.head_map import TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
 from pyramid_jax.cache.heads import ClassifyConfig, classify_heads, folded_spectrum
 from pyramid_jax.config import parse_config
@@ -150,6 +150,7 @@ def draw_figures(stem: str, head_map, profiles, thresholds):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logs.setup()
+    compile_cache.enable()
     args, cfg_args = parse_args(argv)
     try:
         stem = os.path.splitext(args.out)[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from pyramid_jax import logs, pipeline
+from pyramid_jax import compile_cache, logs, pipeline
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError, os_reason
 
@@ -19,6 +19,7 @@ from pyramid_jax.errors import UserError, os_reason
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     logs.setup()
+    compile_cache.enable()
     try:
         pipeline.run(parse_config(argv))
     except UserError as e:

@@ -16,7 +16,7 @@ import sys
 
 import uvicorn
 
-from pyramid_jax import logs, pipeline, video
+from pyramid_jax import compile_cache, logs, pipeline, video
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError, os_reason
 from pyramid_jax.studio.app import create_app
@@ -59,6 +59,7 @@ def check_port(host: str, port: int) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     logs.setup()
+    compile_cache.enable()
     try:
         args, c = parse_args(argv)
         if not 0 < args.port < 65536:

@@ -222,8 +222,10 @@ class ChunkLoop:
     def _empty_cache(self) -> CacheState:
         groups = 1 if self.mesh is None else self.mesh.shape[sharding.MODEL]
         cache = self.policy.init(self.batch, self.dtype, head_groups=groups)
+        if self.mesh is None:  # committed, as every later cache is: the step compiles once, not twice
+            return jax.device_put(cache, next(iter(jax.tree.leaves(self.params)[0].devices())))
         with on_mesh(self.mesh):
-            return cache if self.mesh is None else sharding.put(cache, self.mesh, CacheState.logical_axes())
+            return sharding.put(cache, self.mesh, CacheState.logical_axes())
 
     def set_text(self, text_kv) -> None:
         """The text K/V the chunks from the next one on attend."""
