@@ -73,9 +73,9 @@ def save_self_forcing_pt(model, path, wrap=True, ema_scale=None):
     torch.save({"generator_ema": sd, "generator": gen}, path)
 
 
-def run_tool(*args, timeout=300):
-    """Run a CLI in a subprocess; returns CompletedProcess with text output."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def run_tool(*args, timeout=300, env=None):
+    """Run a CLI in a subprocess (env: extra variables); returns CompletedProcess with text output."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 

@@ -124,6 +124,18 @@ def test_eight_bit_cache_pages_stay_close(tmp_path):
     assert 0 < err < 0.05, err
 
 
+def test_compile_cache_holds_one_step_and_is_reused(tmp_path):
+    """The CLI's persistent compilation cache: the chunk step compiles once per run (the first
+    cache is committed like every later one), and a second run loads it."""
+    env = dict(PYRAMID_JAX_COMPILE_CACHE=str(tmp_path / "cache"), JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+    args = ("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.output=", f"--config.save_latents={tmp_path / 'l.npz'}")
+    r = run_tool(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert len([f for f in os.listdir(tmp_path / "cache") if f.startswith("jit_step-")]) == 1
+    r = run_tool(*args, env=env)
+    assert "Persistent compilation cache hit for 'jit_step'" in r.stdout + r.stderr
+
+
 def test_missing_config_file():
     r = run_tool("-m", "pyramid_jax.generate", "--config=configs/nope.py")
     assert r.returncode != 0 and "no such file" in r.stderr
