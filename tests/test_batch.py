@@ -217,3 +217,22 @@ def test_stray_arguments_are_refused(tmp_path):
                  "b.npz")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "b.npz" in r.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_prompt_schedule_switches_every_video(tmp_path):
+    """--config.prompt_schedule in batch: each line's prompt opens its video and the schedule's
+    switch applies to all; a batch video equals generate's with the same schedule, and the
+    schedule is part of the resume key."""
+    out = tmp_path / "out"
+    r = _small_batch(tmp_path, out, "--config.prompt_schedule=3:it starts to rain")
+    assert r.returncode == 0, r.stderr
+    gen = tmp_path / "g.npz"
+    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", *SMALL, "--config.prompt=a blue cube",
+                 "--config.seed=1", "--config.prompt_schedule=3:it starts to rain", "--config.output=",
+                 f"--config.save_latents={gen}")
+    assert r.returncode == 0, r.stderr
+    record = _records(out)["00001"]
+    assert record["seed"] == 1 and record["prompt"] == "a blue cube", record
+    np.testing.assert_allclose(np.load(out / "00001.npz")["latents"], np.load(gen)["latents"], atol=1e-5)
+    r = _small_batch(tmp_path, out)  # no schedule: another output, redone
+    assert "2 to generate" in r.stdout, r.stdout
