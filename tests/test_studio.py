@@ -192,7 +192,7 @@ def test_studio_in_a_browser(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     url = server + "/?" + urllib.parse.urlencode(dict(prompt=PROMPT_A, seed=2, policy="pyramid"))
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport=dict(width=1100, height=620))
         page.goto(url)
         page.wait_for_function("window.studio.shown >= 3", timeout=240_000)
