@@ -8,11 +8,16 @@ arrays:
   sharpness       variance of the Laplacian of luma per frame, and its last/first-quarter ratio
   persistence     for the synthetic shapes domain: the share of frames in which each object
                   colour seen in the first frames still covers at least a third of its area there
+  prompt adherence  for the shapes domain: the share of frames (from 1 s on) that show the
+                  caption's background colour (any texture shade) over >= 30% of the frame and
+                  its shape's colour over >= 0.5%
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from pyramid_jax.data.shapes import COLORS
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -131,3 +136,44 @@ def summary(video, first_chunk: int = 9, chunk: int = 12, fps: int = 16) -> dict
         "sharpness_trend": sharpness_trend(video),
         "persistence": persistence(video),
     }
+
+
+# Every palette colour in the shades the shapes renderer draws (textures darken to 0.75x and
+# lighten to 1.1x + 15): a pixel takes the name of its nearest shade.
+_SHADES = np.asarray([[min(max(x * f + b, 0), 255) for x in rgb] for rgb in COLORS.values()
+                      for f, b in ((1.0, 0), (0.75, 0), (1.1, 15))], np.float32)
+_SHADE_NAMES = [name for name in COLORS for _ in range(3)]
+
+
+def caption_colors(prompt: str) -> tuple[str, str] | None:
+    """(shape colour, background colour) a shapes caption names ("a red circle ... on a blue
+    striped background"), or None for a prompt outside that grammar."""
+    words = prompt.lower().split()
+    if len(words) < 2 or words[0] != "a" or " on a " not in prompt.lower():
+        return None
+    background = prompt.lower().rsplit(" on a ", 1)[1].split()[:1]
+    if words[1] not in COLORS or not background or background[0] not in COLORS:
+        return None
+    return words[1], background[0]
+
+
+def color_shares(video) -> dict[str, np.ndarray]:
+    """{colour name: [T] share of each frame's pixels nearest to one of its shades}."""
+    px = np.asarray(video, np.float32).reshape(len(video), -1, 1, 3)
+    nearest = np.argmin(((px - _SHADES) ** 2).sum(-1), axis=-1)  # [T, HW]
+    names = np.asarray(_SHADE_NAMES)[nearest]
+    return {name: (names == name).mean(1) for name in COLORS}
+
+
+def prompt_adherence(video, prompt: str, fps: int, start_s: float = 1.0, background: float = 0.3,
+                     shape: float = 0.005) -> float:
+    """Share of frames from start_s on that show the caption's background colour over >=
+    `background` of the frame and its shape's colour over >= `shape`; NaN for a prompt outside
+    the shapes caption grammar (or a video shorter than start_s)."""
+    named = caption_colors(prompt)
+    frames = np.asarray(video)[int(round(start_s * fps)):]
+    if named is None or not len(frames):
+        return float("nan")
+    shares = color_shares(frames)
+    ok = (shares[named[1]] >= background) & (shares[named[0]] >= shape)
+    return float(ok.mean())

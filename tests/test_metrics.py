@@ -69,3 +69,18 @@ def test_evaluate_long_tool(tmp_path):
     assert r.returncode == 2 and "as many seeds as prompts" in r.stderr
     r = run_tool("tools/evaluate_long.py", "--config=configs/tiny_random.py", "--policies", "pyramid", "--out", str(tmp_path))
     assert r.returncode == 2 and "--head-map" in r.stderr
+
+
+def test_prompt_adherence_ground_truth_scores_about_one():
+    """Rendered clips of their own captions score ~1; the same clips against another caption's
+    colours score ~0; prompts outside the caption grammar give NaN."""
+    from pyramid_jax.data.shapes import sample
+
+    clips = [sample(2000 + i, 30, 64, 64) for i in range(24)]
+    own = [metrics.prompt_adherence(v, cap, fps=10) for v, cap in clips]
+    assert np.mean(own) >= 0.95, own
+    other = [metrics.prompt_adherence(v, clips[(i + 1) % len(clips)][1], fps=10) for i, (v, _) in enumerate(clips)
+             if metrics.caption_colors(clips[(i + 1) % len(clips)][1])[1] != metrics.caption_colors(clips[i][1])[1]]
+    assert np.mean(other) <= 0.1, other
+    assert np.isnan(metrics.prompt_adherence(clips[0][0], "a cat on a sofa", fps=10))
+    assert metrics.caption_colors("a red circle bouncing upwards on a blue striped background") == ("red", "blue")

@@ -7,7 +7,8 @@
 
 For each policy (window-21, deep_sink, pyramid) x prompt x seed it generates a video with the
 configured model, then reports colour/brightness drift against the first second, flicker at
-chunk boundaries vs inside chunks, the sharpness trend and object persistence: a table on
+chunk boundaries vs inside chunks, the sharpness trend, object persistence and, for prompts of
+the shapes caption grammar, prompt adherence (metrics.prompt_adherence): a table on
 stdout, eval.json, and drift.png / sharpness.png (per-second curves, mean over prompts).
 """
 
@@ -102,10 +103,11 @@ def main(argv=None) -> int:
                     return code
                 video = read_video(path)
             rows.append(dict(policy=policy, prompt=pi, seed=seed,
-                             **metrics.summary(video, chunk - stride + 1, chunk, fps)))
+                             **metrics.summary(video, chunk - stride + 1, chunk, fps),
+                             prompt_adherence=metrics.prompt_adherence(video, prompts[pi], fps)))
             curves.setdefault(policy, []).append((per_second(metrics.color_drift(video)),
                                                   per_second(metrics.sharpness(video))))
-    cols = ["color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence"]
+    cols = ["color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence", "prompt_adherence"]
     table = [dict(policy=pol, **{c: float(np.nanmean([r[c] for r in rows if r["policy"] == pol])) for c in cols})
              for pol in policies]
     print(f"\n## {args.seconds:g} s videos, {len(rows) // len(policies)} per policy (means)")
