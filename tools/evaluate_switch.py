@@ -8,8 +8,8 @@ Per pair i (seed i): the video of B alone, of A alone, and A switched to B at la
 --switch without and with re-caching the frames made so far under B. After the switch:
   to_B      RGB distance of each frame's mean colour from the B-alone video's (lower: closer)
   to_A      the same from the A-alone video (higher: left A)
-  B_bg      share of frames (from 1 s after the switch) whose most common palette colour
-            covers >= 30% of the frame and is B's named background colour (shapes captions)
+  B_adh     prompt adherence to B (metrics.prompt_adherence) from 1 s after the switch: B's
+            named background and shape colours on screen (shapes captions; NaN otherwise)
   jump      mean |frame change| into the switch frame over the mean change inside chunks
 A table and DIR/switch.json.
 """
@@ -23,29 +23,11 @@ import sys
 
 import numpy as np
 
-from pyramid_jax import logs, pipeline, video
+from pyramid_jax import logs, metrics, pipeline, video
 from pyramid_jax.config import parse_config
-from pyramid_jax.data.shapes import COLORS
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
 from pyramid_jax.sampling.rollout import ChunkLoop, RandomNoise, text_kv_of
-
-PALETTE = np.asarray(list(COLORS.values()), np.float32)
-
-
-def named_background(prompt: str) -> str | None:
-    """The background colour a shapes caption names ("... on a red striped background")."""
-    words = prompt.split(" on a ")[-1].split()
-    return words[0] if words and words[0] in COLORS else None
-
-
-def background_share(frames, colour: str) -> np.ndarray:
-    """[T] bool: the frame's pixels, each given its nearest palette colour, cover >= 30% with `colour`."""
-    px = np.asarray(frames, np.float32)[..., None, :]
-    nearest = np.argmin(((px - PALETTE) ** 2).sum(-1), axis=-1)  # [T, H, W]
-    share = (nearest == list(COLORS).index(colour)).mean(axis=(1, 2))
-    return share >= 0.3
-
 
 def make_video(c, models, prompts_at: dict[int, str], seed: int, recache: bool) -> np.ndarray:
     """uint8 frames [T, H, W, 3] of one video; prompts_at: {chunk: prompt} (0 must be set)."""
@@ -68,15 +50,14 @@ def make_video(c, models, prompts_at: dict[int, str], seed: int, recache: bool) 
     return np.concatenate(frames)
 
 
-def measure(v, only_a, only_b, start: int, fps: int, inside_starts, b_colour) -> dict:
+def measure(v, only_a, only_b, start: int, fps: int, inside_starts, b_prompt: str) -> dict:
     """start: the first video frame made under B."""
     means = lambda x: np.asarray(x[start:], np.float32).mean(axis=(1, 2))
     d = np.abs(np.diff(np.asarray(v, np.float32), axis=0)).mean(axis=(1, 2, 3))
     inside = np.delete(d, np.asarray(inside_starts) - 1).mean()
-    late = v[start + fps:]
     return dict(to_B=float(np.linalg.norm(means(v) - means(only_b), axis=-1).mean()),
                 to_A=float(np.linalg.norm(means(v) - means(only_a), axis=-1).mean()),
-                B_bg=float(background_share(late, b_colour).mean()) if b_colour and len(late) else float("nan"),
+                B_adh=metrics.prompt_adherence(v[start:], b_prompt, fps),
                 jump=float(d[start - 1] / max(inside, 1e-6)))
 
 
@@ -116,10 +97,10 @@ def main(argv=None) -> int:
         for recache in (False, True):
             v = make_video(c, models, {0: a, k: b}, seed, recache)
             rows.append(dict(pair=[a, b], seed=seed, recache=recache,
-                             **measure(v, only_a, only_b, start, c.fps, inside, named_background(b))))
+                             **measure(v, only_a, only_b, start, c.fps, inside, b)))
         rows.append(dict(pair=[a, b], seed=seed, recache=None,
-                         **measure(only_b, only_a, only_b, start, c.fps, inside, named_background(b))))
-    cols = ["to_B", "to_A", "B_bg", "jump"]
+                         **measure(only_b, only_a, only_b, start, c.fps, inside, b)))
+    cols = ["to_B", "to_A", "B_adh", "jump"]
     print(f"\n## switch at latent frame {args.switch} of {args.frames}, cache {c.cache.policy}, "
           f"{len(pairs)} pairs (means)")
     print("variant              " + "  ".join(f"{x:>8}" for x in cols))
