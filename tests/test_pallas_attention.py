@@ -10,7 +10,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from conftest import rel_err
 from pyramid_jax import rope
-from pyramid_jax.attention import check_backend
+from pyramid_jax.attention import check_backend, in_use_only
 from pyramid_jax.attention import pallas as pk
 from pyramid_jax.attention import pallas_triton as pt
 from pyramid_jax.attention import reference as ref
@@ -143,6 +143,35 @@ def test_eight_bit_pages_tpu_interpreter():
     eight = (*args[:3], pool_k, pool_v, *args[5:])
     got = pk.paged_attention(*eight, theta=THETA, k_scale=k_scale, v_scale=v_scale, interpret=pltpu.InterpretParams())
     assert rel_err(got, ref.paged_attention(*eight, theta=THETA, k_scale=k_scale, v_scale=v_scale)) <= 1e-5
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_shared_plan_row_equals_per_frame_plan(shifted):
+    """A plan of one row for every query frame ([1, H, P]; no time shifts as None) gives what
+    that row repeated per frame gives, on the reference and both kernels."""
+    args, page_len = _case(4, 2, 3, (3, 5), 3, 64, 6, 5, "random", page_len=True, span=2)
+    q, k, v, pool_k, pool_v, slot, shift, valid = args
+    shared = (slot[:1], shift[:1] if shifted else None, valid[:1])
+    repeated = (jnp.repeat(slot[:1], 3, 0), jnp.repeat(shift[:1], 3, 0) if shifted else jnp.zeros_like(shift),
+                jnp.repeat(valid[:1], 3, 0))
+    kw = dict(page_len=page_len, theta=THETA)
+    want = ref.paged_attention(q, k, v, pool_k, pool_v, *repeated, **kw)
+    for run in (ref.paged_attention, pk.paged_attention,
+                lambda *a, **k: pt.paged_attention(*a, **k, interpret=True, tiling=(16, 16, 4, 2))):
+        assert rel_err(run(q, k, v, pool_k, pool_v, *shared, **kw), want) <= 1e-5
+
+
+@pytest.mark.parametrize("valid", ["none", "one", "random", "all"])
+def test_in_use_only_equals_the_whole_plan(valid):
+    """The reference over only the entries in use (cut to a bucket at run time, under jit)
+    equals the reference over the whole plan, per-frame and shared rows alike."""
+    args, page_len = _case(5, 2, 3, (3, 5), 3, 64, 6, 11, valid, page_len=True, span=2)
+    q, k, v, pool_k, pool_v, slot, shift, ok = args
+    kw = dict(page_len=page_len, theta=THETA)
+    trimmed = jax.jit(lambda *a: in_use_only(ref.paged_attention)(*a, **kw))
+    for plan in ((slot, shift, ok), (slot[:1], None, ok[:1])):
+        want = ref.paged_attention(q, k, v, pool_k, pool_v, *plan, **kw)
+        assert rel_err(trimmed(q, k, v, pool_k, pool_v, *plan), want) <= 1e-6
 
 
 def test_backend_checks():

@@ -269,10 +269,13 @@ def test_deep_sink_moves_sinks_before_recent():
         t0 = chunk * F
         page_time = dict(zip(np.asarray(state.slot_page).reshape(-1).tolist(),
                              np.asarray(state.slot_time).reshape(-1).tolist()))
+        # one row may stand for every query frame ([L, 1, H, P])
+        valid, slot, shift = (np.broadcast_to(np.asarray(a), (2, F) + a.shape[2:])
+                              for a in (plan.valid, plan.slot, plan.time_shift))
         for layer, c, h in np.ndindex(2, F, 2):  # every layer, query frame and head alike
-            v = np.asarray(plan.valid)[layer, c, h]
+            v = valid[layer, c, h]
             pages = sorted((page_time[int(p)], page_time[int(p)] + int(s)) for p, s, ok in
-                           zip(np.asarray(plan.slot)[layer, c, h], np.asarray(plan.time_shift)[layer, c, h], v) if ok)
+                           zip(slot[layer, c, h], shift[layer, c, h], v) if ok)
             frames = [f for f, _ in pages]
             want_frames = sorted(set(range(min(10, t0))) | set(range(max(0, t0 + F - 11), t0)))
             assert frames == want_frames

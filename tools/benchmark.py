@@ -299,6 +299,7 @@ def bench_attention(size, repeats, dtype, tilings=()):
     from pyramid_jax.attention import pallas_triton as pt
     from pyramid_jax import rope
     from pyramid_jax.attention import reference as ref
+    from pyramid_jax.attention.plan import layer_plan
 
     heads, dh, grid = ATTN_SIZES[size]
     tpf = grid[0] * grid[1]
@@ -321,9 +322,10 @@ def bench_attention(size, repeats, dtype, tilings=()):
         v = jax.random.normal(ks[2], (1, 3 * tpf, heads, dh), dt)
         pool_k = jax.random.normal(ks[3], (1, n_pages, tp, dh), dt)
         pool_v = jax.random.normal(ks[4], (1, n_pages, tp, dh), dt)
-        args = (q, k, v, pool_k, pool_v, plan.slot[0], plan.time_shift[0], plan.valid[0])
-        keys = _keys_per_query_frame(state, plan.slot[0], plan.valid[0], 4, tpf, merged)  # [C, H]
-        flops = float(4 * tpf * keys.sum() * dh)
+        lp = layer_plan(plan, 0)
+        args = (q, k, v, pool_k, pool_v, lp.slot, lp.time_shift, lp.valid)
+        keys = _keys_per_query_frame(state, lp.slot, lp.valid, 4, tpf, merged)  # [C or 1 (shared), H]
+        flops = float(4 * tpf * keys.sum() * dh * 3 / keys.shape[0])
         theta = rope.WAN_THETA
         f_ref = jax.jit(lambda *a: ref.paged_attention(*a, page_len=plen, theta=theta))
         want = f_ref(*args)
@@ -669,6 +671,8 @@ def print_table(rows, cols):
 
 
 def _fmt(v):
+    if isinstance(v, list):
+        return "-".join(_fmt(x) for x in v)
     if isinstance(v, float):
         return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     return "" if v is None else str(v)
@@ -718,6 +722,10 @@ def main(argv=None):
     p.add_argument("--kv-error", action="store_true",
                    help="8-bit cache pages: attention error at 1.3B shapes, and the demo video after --kv-seconds")
     p.add_argument("--kv-seconds", type=float, default=60.0)
+    p.add_argument("--side-by-side", action="store_true",
+                   help="this CPU: our whole process (load + compile + 8 chunks, mid size) vs upstream's")
+    p.add_argument("--upstream", default="", help="a Self Forcing checkout, for --side-by-side")
+    p.add_argument("--side-runs", type=int, default=3, help="runs per side for --side-by-side (medians)")
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,demo,mid", help="comma list of: " + ",".join(SIZES))
     p.add_argument("--repeats", type=int, default=5)
@@ -731,9 +739,11 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     if not (args.forward or args.rollout or args.long or args.policies or args.attention or args.step
-            or args.devices or args.codecs or args.kv_error or args.plan or args.end_to_end):
+            or args.devices or args.codecs or args.kv_error or args.plan or args.end_to_end or args.side_by_side):
         p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step, "
-                "--devices, --codecs, --kv-error, --plan, --end-to-end)")
+                "--devices, --codecs, --kv-error, --plan, --end-to-end, --side-by-side)")
+    if args.upstream and not os.path.isfile(os.path.join(args.upstream, "wan", "modules", "causal_model.py")):
+        p.error(f"--upstream {args.upstream}: not a Self Forcing checkout (no wan/modules/causal_model.py)")
 
     env = environment()
     print(f"# {env['platform']} ({env['device']}), {env['cpu_count']} CPUs, jax {env['jax']}")
@@ -826,6 +836,15 @@ def main(argv=None):
         lo[0]["chunk_times_s"] = times
         print_table(lo, ["size", "frames", "chunk_s", "compiles", "cache_bytes"])
         rows += lo
+    if args.side_by_side:
+        import side_by_side
+
+        sb = side_by_side.run(args.upstream or None, args.side_runs)
+        print("\n## side by side, whole process (import + load + compile + 8 chunks): mid size (dim 768, 6 heads, "
+              "8 layers, 16x26 latents), 24 frames, window 21, fp32, random weights")
+        print_table(sb, ["side", "runs", "total_s", "total_s_range", "import_s", "load_s", "first_chunk_s",
+                         "steady_chunk_s", "chunks_s", "vs_upstream"])
+        rows += sb
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     tmp = args.json + ".tmp"
     with open(tmp, "w") as fh:

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 from pyramid_jax.attention import pallas, pallas_triton, reference
-from pyramid_jax.attention.plan import KVPool, PagePlan, entry_lengths, entry_span, layer_plan  # noqa: F401
+from pyramid_jax.attention.plan import KVPool, PagePlan, entry_lengths, entry_span, in_use_only, layer_plan  # noqa: F401
 
 
 BACKENDS = ("reference", "pallas")
@@ -59,7 +59,7 @@ def paged_attention_fn(name: str):
     compiler.
     """
     if name == "reference":
-        kernel = reference.paged_attention
+        kernel = in_use_only(reference.paged_attention)
     else:
         platform = target_platform()
         check_backend(name, platform)
@@ -88,7 +88,8 @@ def _on_mesh(kernel, q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
 
     heads, plan, pages = P(data, None, None, model), P(None, model), P(data, model)
     scales = P() if k_scale is None else pages
-    specs = (heads, P(data, None, model), P(data, None, model), pages, pages, plan, plan, plan,
+    specs = (heads, P(data, None, model), P(data, None, model), pages, pages, plan,
+             P() if time_shift is None else plan, plan,
              P() if page_len is None else P(model), scales, scales)
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=heads, check_vma=False)(
         q, k, v, pool_k, pool_v, slot, time_shift, valid, page_len, k_scale, v_scale)

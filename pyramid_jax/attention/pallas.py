@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pyramid_jax.attention.plan import entry_lengths, entry_span
+from pyramid_jax.attention.plan import entry_lengths, entry_span, per_frame
 from pyramid_jax import rope
 
 _NEG = -1e30
@@ -166,13 +166,14 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     """Same contract as `reference.paged_attention`.
 
     q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, NP, Tp, Dh];
-    slot/time_shift/valid: [C, H, P]; page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
+    slot/time_shift/valid: [C, H, P] or [1, H, P] (shared), time_shift maybe None; page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
     scales of 8-bit pages or None. Returns [B, C, T, H, Dh].
     interpret: True (CPU), a pltpu.InterpretParams (TPU semantics on CPU) or False (Mosaic).
     Grid (B, H, C, q blocks, pages + 1): one step per valid page of the (frame, head)'s entries,
     DMA'd straight from the pool by its scalar-prefetched page number.
     """
     b, c, t, h, dh = q.shape
+    slot, time_shift, valid = per_frame(slot, time_shift, valid, c)  # the kernel walks frames
     tp = pool_k.shape[2]
     n = k.shape[1]
     prep = prepare(q, k, v, pool_k, slot, time_shift, valid, theta=theta, page_len=page_len,

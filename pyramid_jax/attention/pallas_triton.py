@@ -19,6 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pyramid_jax.attention.pallas import _NEG, _swap_matrix, prepare
+from pyramid_jax.attention.plan import per_frame
 
 # (block_q, block_kv, num_warps, num_stages), measured on an H100 (README, benchmark section);
 # fp32 tiles are halved to stay inside shared memory.
@@ -88,7 +89,7 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     """Same contract as `reference.paged_attention`.
 
     q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, NP, Tp, Dh];
-    slot/time_shift/valid: [C, H, P]; page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
+    slot/time_shift/valid: [C, H, P] or [1, H, P] (shared), time_shift maybe None; page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
     scales of 8-bit pages or None. Returns [B, C, T, H, Dh].
     tiling: (block_q, block_kv, num_warps, num_stages); blocks are powers of two (Triton).
     """
@@ -96,6 +97,7 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
         tiling = FP32_TILING if jnp.dtype(q.dtype).itemsize > 2 else DEFAULT_TILING
     block_q, block_kv, num_warps, num_stages = tiling
     b, c, t, h, dh = q.shape
+    slot, time_shift, valid = per_frame(slot, time_shift, valid, c)  # the kernel walks frames
     n = k.shape[1]
     prep = prepare(q, k, v, pool_k, slot, time_shift, valid, theta=theta, page_len=page_len,
                    block_q=max(16, min(block_q, pl.next_power_of_2(t))), kv_multiple=1, split_pages=False)

@@ -65,19 +65,24 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     k, v: [B, N, H, Dh] the chunk's own keys (post-RoPE) and values; always attended.
     pool_k, pool_v: [B, NP, Tp, Dh] cache pages (keys post-RoPE at their stored time).
     slot, time_shift, valid: [C, H, P] the plan for this layer: the first page of each entry,
-        how many frames its RoPE time moves, and whether it is used.
+        how many frames its RoPE time moves, and whether it is used; or [1, H, P], one plan
+        that every query frame shares (read once for all of them). time_shift None: no entry
+        moves.
     page_len: optional [NP] int, tokens of the entry starting at each page (default: a frame, T).
     k_scale, v_scale: optional [B, NP, Tp, 1] per-token scales of 8-bit pages (dequantized on load).
     Returns [B, C, T, H, Dh].
     """
-    b, c, t, h, dh = q.shape
-    p = slot.shape[-1]
+    b, c_all, t, h, dh = q.shape
+    c, p = slot.shape[0], slot.shape[-1]
+    q = q.reshape(b, c, c_all // c * t, h, dh)  # the query frames of each plan row together
     span = entry_span(t, pool_k.shape[2])
     n_e = span * pool_k.shape[2]  # tokens read per entry
     # [B, C, H, P, n_e, Dh]: entry p of (frame c, head h) starts at page slot[c, h, p]
     load = lambda pool, scale: entry_tokens(pool, slot, span) if scale is None else (
         entry_tokens(pool, slot, span).astype(jnp.float32) * entry_tokens(scale, slot, span)).astype(q.dtype)
-    pk = rope.shift_time(load(pool_k, k_scale), time_shift[None, :, :, :, None], dh, theta)
+    pk = load(pool_k, k_scale)
+    if time_shift is not None:
+        pk = rope.shift_time(pk, time_shift[None, :, :, :, None], dh, theta)
     pv = load(pool_v, v_scale)
     own_k = jnp.broadcast_to(k.transpose(0, 2, 1, 3)[:, None], (b, c, h, k.shape[1], dh))
     own_v = jnp.broadcast_to(v.transpose(0, 2, 1, 3)[:, None], (b, c, h, v.shape[1], dh))
@@ -89,4 +94,4 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     mask = jnp.concatenate([page_ok.reshape(c, h, p * n_e), jnp.ones((c, h, k.shape[1]), bool)], -1)
 
     out = mha(q.transpose(0, 1, 3, 2, 4), kk, vv, mask[None, :, :, None, :])  # [B, C, H, T, Dh]
-    return out.transpose(0, 1, 3, 2, 4)
+    return out.transpose(0, 1, 3, 2, 4).reshape(b, c_all, t, h, dh)

@@ -30,8 +30,9 @@ def attended_frames(policy, state: CacheState, chunk: int, query: int = 0) -> di
     """
     plan = _plan(policy, state, jax.numpy.int32(chunk))
     frame0 = int(plan.frame0)
-    page = np.asarray(plan.slot[:, query])           # [L, H, P]
-    valid = np.asarray(plan.valid[:, query])         # [L, H, P]
+    row = query if plan.slot.shape[1] > 1 else 0     # one shared row: every query frame's
+    page = np.asarray(plan.slot[:, row])             # [L, H, P]
+    valid = np.asarray(plan.valid[:, row])           # [L, H, P]
     slot_page = np.asarray(state.slot_page)          # [L, H, S]
     slot_time = np.asarray(state.slot_time)          # [L, H, S]
     page_len = np.asarray(state.page_len)

@@ -65,14 +65,11 @@ class WindowPolicy:
         return (slot_time >= 0) & (slot_time < frame0) & keep
 
     def plan(self, state: CacheState, chunk: jax.Array) -> PagePlan:
-        """The entries every query frame of `chunk` attends: [L, C, H, S] (the same per frame)."""
-        f = self.spec.frames_per_chunk
-        frame0 = jnp.asarray(chunk, jnp.int32) * f
-        n_l, n_h, n_s = state.slot_time.shape  # local heads under a mesh
-        shape = (n_l, f, n_h, n_s)
+        """The entries `chunk` attends: [L, 1, H, S], one row that every query frame shares;
+        no entry moves in time (time_shift None)."""
+        frame0 = jnp.asarray(chunk, jnp.int32) * self.spec.frames_per_chunk
         valid = self.attended(state.slot_time, frame0)[:, None]
-        slot = jnp.broadcast_to(state.slot_page[:, None], shape)
-        return PagePlan(frame0, slot, jnp.zeros(shape, jnp.int32), jnp.broadcast_to(valid, shape))
+        return PagePlan(frame0, state.slot_page[:, None], None, valid)
 
     def stage(self, state: CacheState, plan: PagePlan, layer, k, v, chunk):
         """The cache-writing pass reads what the noisy passes read: (state, pool, layer plan)."""
