@@ -77,7 +77,7 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     q = q.reshape(b, c, c_all // c * t, h, dh)  # the query frames of each plan row together
     span = entry_span(t, pool_k.shape[2])
     n_e = span * pool_k.shape[2]  # tokens read per entry
-    # [B, C, H, P, n_e, Dh]: entry p of (frame c, head h) starts at page slot[c, h, p]
+    # [B, C, H, P, n_e, Dh]: entry p of (plan row c, head h) starts at page slot[c, h, p]
     load = lambda pool, scale: entry_tokens(pool, slot, span) if scale is None else (
         entry_tokens(pool, slot, span).astype(jnp.float32) * entry_tokens(scale, slot, span)).astype(q.dtype)
     pk = load(pool_k, k_scale)
