@@ -475,9 +475,10 @@ def kv_error_attention(dtypes=("bfloat16", "int8", "float8_e4m3fn"), entries=8, 
     return rows
 
 
-def kv_error_rollout(seconds, dtypes=("int8", "float8_e4m3fn"), policy="pyramid"):
-    """The demo model's video with 8-bit pages against its own (fp32) pages after `seconds`:
-    mean |pixel difference| (0-255) and PSNR over the whole video, and of the last second."""
+def kv_error_rollout(seconds, dtypes=("bfloat16", "int8", "float8_e4m3fn"), policy="pyramid"):
+    """The demo model's video with bf16 / 8-bit pages against its own (fp32) pages, and the
+    8-bit ones against bf16 pages, after `seconds`: mean |pixel difference| (0-255) and PSNR
+    over the whole video, and of the last second."""
     from pyramid_jax import pipeline, video
     from pyramid_jax.config import parse_config
 
@@ -490,13 +491,15 @@ def kv_error_rollout(seconds, dtypes=("int8", "float8_e4m3fn"), policy="pyramid"
         models = pipeline.load(c, decoder=False)
         lat = pipeline.generate(c, models, pipeline.inputs(c, models)).latents
         videos[name] = video.PixelFrames().push(lat)[0].astype(np.float32)
+    psnr = lambda d: float(10 * np.log10(255.0**2 / max(float((d**2).mean()), 1e-12)))
+    pairs = [(name, "") for name in dtypes] + [
+        (name, "bfloat16") for name in dtypes if "bfloat16" in dtypes and name != "bfloat16"]
     rows = []
-    for name in dtypes:
-        diff = np.abs(videos[name] - videos[""])
-        psnr = lambda d: float(10 * np.log10(255.0**2 / max(float((d**2).mean()), 1e-12)))
+    for name, against in pairs:
+        diff = np.abs(videos[name] - videos[against])
         rows.append(dict(section="kv_error", case=f"demo rollout {seconds:g} s, {policy}", kv_dtype=name,
-                         mean_abs_px=float(diff.mean()), psnr_dB=psnr(diff), last_second_mean_abs_px=float(
-                             diff[-10:].mean()), last_second_psnr_dB=psnr(diff[-10:])))
+                         against=against or "float32", mean_abs_px=float(diff.mean()), psnr_dB=psnr(diff),
+                         last_second_mean_abs_px=float(diff[-10:].mean()), last_second_psnr_dB=psnr(diff[-10:])))
     return rows
 
 
@@ -815,8 +818,9 @@ def main(argv=None):
         print("\n## cache pages in bf16 / 8 bits vs fp32 pages: one attention call at the 1.3B shapes")
         print_table(ka, ["case", "kv_dtype", "rel_err"])
         kr = kv_error_rollout(args.kv_seconds)
-        print(f"\n## the demo model's video with 8-bit pages vs its fp32 pages ({args.kv_seconds:g} s, pyramid)")
-        print_table(kr, ["case", "kv_dtype", "mean_abs_px", "psnr_dB", "last_second_mean_abs_px",
+        print(f"\n## the demo model's video with bf16 / 8-bit pages vs fp32 and bf16 pages ({args.kv_seconds:g} s, "
+              "pyramid)")
+        print_table(kr, ["case", "kv_dtype", "against", "mean_abs_px", "psnr_dB", "last_second_mean_abs_px",
                          "last_second_psnr_dB"])
         rows += ka + kr
     if args.policies:
