@@ -29,10 +29,11 @@ import time
 
 T_START = time.perf_counter()
 
-# the rollout: (dim, ffn, heads, layers, latent h, latent w, text length, text dim, frames, window)
+# The rollout (benchmark.py's "mid" size). Kept here rather than imported: the upstream side
+# must not import JAX (benchmark.py and pyramid_jax do), or its import time would count it.
 MID = dict(dim=768, ffn_dim=3072, num_heads=6, num_layers=8, hh=16, ww=26, text_len=512, text_dim=4096,
            frames=24, window=21)
-TIMESTEPS = (1000.0, 937.5, 833.3333, 625.0)  # Self Forcing's warped 4-step schedule
+TIMESTEPS = (1000.0, 937.5, 833.3333, 625.0)  # Self Forcing's warped 4-step schedule (= Sampler's)
 
 
 def make_weights(tmp: str) -> tuple[str, str]:

@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 from pyramid_jax.attention import pallas, pallas_triton, reference
-from pyramid_jax.attention.plan import KVPool, PagePlan, entry_lengths, entry_span, in_use_only, layer_plan  # noqa: F401
+from pyramid_jax.attention.plan import (KVPool, PagePlan, entry_lengths, entry_span, in_use_only,  # noqa: F401
+                                        layer_plan)
 
 
 BACKENDS = ("reference", "pallas")

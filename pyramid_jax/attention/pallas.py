@@ -166,7 +166,8 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     """Same contract as `reference.paged_attention`.
 
     q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, NP, Tp, Dh];
-    slot/time_shift/valid: [C, H, P] or [1, H, P] (shared), time_shift maybe None; page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
+    slot/time_shift/valid: [C, H, P], or [1, H, P] shared by every frame (time_shift may be None);
+    page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
     scales of 8-bit pages or None. Returns [B, C, T, H, Dh].
     interpret: True (CPU), a pltpu.InterpretParams (TPU semantics on CPU) or False (Mosaic).
     Grid (B, H, C, q blocks, pages + 1): one step per valid page of the (frame, head)'s entries,

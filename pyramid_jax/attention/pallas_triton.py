@@ -89,7 +89,8 @@ def paged_attention(q, k, v, pool_k, pool_v, slot, time_shift, valid, *, theta,
     """Same contract as `reference.paged_attention`.
 
     q: [B, C, T, H, Dh]; k, v: [B, N, H, Dh]; pool_k/v: [B, NP, Tp, Dh];
-    slot/time_shift/valid: [C, H, P] or [1, H, P] (shared), time_shift maybe None; page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
+    slot/time_shift/valid: [C, H, P], or [1, H, P] shared by every frame (time_shift may be None);
+    page_len: [NP] or None; k_scale/v_scale: [B, NP, Tp, 1]
     scales of 8-bit pages or None. Returns [B, C, T, H, Dh].
     tiling: (block_q, block_kv, num_warps, num_stages); blocks are powers of two (Triton).
     """
