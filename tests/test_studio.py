@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -23,6 +24,7 @@ from pyramid_jax import serve  # noqa: E402
 from pyramid_jax.config import parse_config  # noqa: E402
 from pyramid_jax.media import count_frames  # noqa: E402
 from pyramid_jax.studio.app import create_app  # noqa: E402
+from pyramid_jax.studio.session import Studio  # noqa: E402
 
 # The shipped demo model, two denoising steps: quick chunks for tests (the README's picture,
 # made with STUDIO_SCREENSHOT=FILE, uses the demo's own steps).
@@ -132,6 +134,35 @@ def test_serve_one_generation_at_a_time_and_a_page_that_leaves_stops_it(models):
         while studio.running and time.time() < deadline:
             time.sleep(0.2)
         assert not studio.running and studio.status["state"] == "stopped"
+
+
+class RecordingHub:
+    """A hub that notes, for each status it is given, whether the studio says it is running."""
+
+    def __init__(self):
+        self.studio, self.seen, self.done = None, [], threading.Event()
+
+    def publish(self, msg):
+        if isinstance(msg, dict) and msg.get("type") == "status":
+            self.seen.append((msg["state"], self.studio.running))
+            if msg["state"] in ("done", "stopped", "error"):
+                self.done.set()
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_last_status_goes_out_when_no_longer_running(models, stop):
+    """A page may start again as soon as it reads "done" or "stopped": by then the studio is
+    no longer running (it was while the worker thread wound down, and such a start was refused)."""
+    hub = RecordingHub()
+    studio = hub.studio = Studio(demo_config("--config.num_frames=6"), models, hub)
+    studio.start(studio.check(dict(prompt=PROMPT_A)), owner=1)
+    if stop:
+        studio.stop()
+    assert hub.done.wait(120)
+    assert hub.seen[-1] == ("stopped" if stop else "done", False), hub.seen
+    assert all(running for _, running in hub.seen[:-1]), hub.seen
+    studio.start(studio.check(dict(prompt=PROMPT_B)), owner=1)  # at once: not busy
+    studio.stop(wait=True)
 
 
 def test_serve_cli_errors_are_one_line(tmp_path):

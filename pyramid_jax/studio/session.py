@@ -91,6 +91,7 @@ class Studio:
         self.policies = [p for p in POLICIES if p != "pyramid" or c.cache.head_map]
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        self.active = False  # a generation runs; cleared before its last status goes out
         self.stop_event = threading.Event()
         self.pending: tuple[str, bool] | None = None  # a prompt switch, taken between chunks
         self.owner = None
@@ -125,13 +126,14 @@ class Studio:
 
     @property
     def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return self.active
 
     def start(self, req: Request, owner) -> None:
         with self.lock:
             if self.running:
                 raise Busy()
             self.stop_event.clear()
+            self.active = True
             self.pending, self.owner, self.frames, self.picture = None, owner, [], None
             self.thread = threading.Thread(target=self._run, args=(req,), name="studio-generation", daemon=True)
             self.thread.start()
@@ -147,18 +149,26 @@ class Studio:
     # ---- the generation thread ---------------------------------------------------
     def _run(self, req: Request) -> None:
         try:
-            self._generate(req)
+            last = dict(state=self._generate(req))
         except UserError as e:
-            self._publish_status(state="error", error=str(e))
+            last = dict(state="error", error=str(e))
         except Exception as e:  # the page gets one line; the server keeps serving
             log.exception("studio generation failed")
-            self._publish_status(state="error", error=first_line(e))
+            last = dict(state="error", error=first_line(e))
+        # Not running before the last status goes out (a page that reads "stopped" or "done"
+        # may start the next generation at once), and under the lock, so that status goes out
+        # before the next generation's first.
+        with self.lock:
+            self.status = dict(self.status, type="status", **last)
+            self.active = False
+            self.hub.publish(self.status)
 
     def _publish_status(self, **fields) -> None:
         self.status = dict(self.status, type="status", **fields)
         self.hub.publish(self.status)
 
-    def _generate(self, req: Request) -> None:
+    def _generate(self, req: Request) -> str:
+        """Runs one generation; returns how it ended: "stopped" or "done"."""
         c, models = policy_config(self.c, req.policy), self.models
         cfg, f = models.dit.cfg, c.frames_per_chunk
         hw = pipeline.latent_size(c, cfg)
@@ -175,8 +185,7 @@ class Studio:
         log.info("studio: %r seed %d, cache %s, %d chunks", req.prompt, req.seed, req.policy, chunks)
         for k in range(chunks):
             if self.stop_event.is_set():
-                self._publish_status(state="stopped")
-                return
+                return "stopped"
             t0 = time.perf_counter()
             if self.pending is not None:
                 (prompt, recache), self.pending = self.pending, None
@@ -196,7 +205,7 @@ class Studio:
             seconds = time.perf_counter() - t0
             self._publish_status(chunk=k + 1, fps=round(len(frames) / seconds, 2), prompt=switches[-1][1],
                                  frames=len(self.frames))
-        self._publish_status(state="done")
+        return "done"
 
     def video_mp4(self) -> bytes | None:
         """The video so far as mp4 bytes (None before the first frame)."""
