@@ -24,6 +24,7 @@ def _records(out):
             if f.endswith(".json") and f != "manifest.json"}
 
 
+@pytest.mark.slow
 def test_single_process_records_and_resume(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join([
@@ -187,6 +188,7 @@ def _small_batch(tmp_path, out, *extra):
                     f"--out={out}", *extra)
 
 
+@pytest.mark.slow
 def test_resume_redoes_damaged_and_stale_outputs(tmp_path):
     out = tmp_path / "out"
     r = _small_batch(tmp_path, out)
@@ -219,6 +221,7 @@ def test_stray_arguments_are_refused(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_prompt_schedule_switches_every_video(tmp_path):
     """--config.prompt_schedule in batch: each line's prompt opens its video and the schedule's
     switch applies to all; a batch video equals generate's with the same schedule, and the

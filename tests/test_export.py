@@ -43,6 +43,7 @@ def test_export_real_size_configs(tmp_path, config, platform):
     assert f"Pallas kernel ({KERNEL_CALL[platform]}) inside: yes" in r.stdout
 
 
+@pytest.mark.slow
 def test_exported_cpu_step_equals_the_step():
     """The exported function (flat inputs) computes what the jitted `step` does."""
     c = parse_config(["export", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",

@@ -13,6 +13,7 @@ DEMO = "--config=configs/tiny_random.py"
 SMALL = ["--config.num_frames=6", "--config.height=64", "--config.width=64"]
 
 
+@pytest.mark.slow
 def test_demo_writes_latents_and_mp4(tmp_path):
     out = tmp_path / "v.mp4"
     r = run_tool("-m", "pyramid_jax.generate", DEMO, f"--config.output={out}")
@@ -37,6 +38,7 @@ def test_latent_preview_without_vae(tmp_path):
     assert len([f for f in imageio.get_reader(str(out), "ffmpeg")]) == 6 * 4 and "latent preview" in r.stdout
 
 
+@pytest.mark.slow
 def test_replay_round_trip_cli(tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     replay = tmp_path / "replay.npz"
@@ -92,6 +94,7 @@ def test_bad_inputs_one_line(tmp_path, args, want):
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x.npz").exists()
 
 
+@pytest.mark.slow
 def test_prompt_schedule_switches_text_at_its_frame(tmp_path):
     """--config.prompt_schedule: the frames before a switch are those of the opening prompt
     alone; from the switch on the video follows the new text (and differs)."""
@@ -124,6 +127,7 @@ def test_eight_bit_cache_pages_stay_close(tmp_path):
     assert 0 < err < 0.05, err
 
 
+@pytest.mark.slow
 def test_compile_cache_holds_one_step_and_is_reused(tmp_path):
     """The CLI's persistent compilation cache: the chunk step compiles once per run (the first
     cache is committed like every later one), and a second run loads it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pyramid_jax import metrics
 from pyramid_jax.data.shapes import random_clip, render, sample
@@ -47,6 +48,7 @@ def test_drift_flicker_blur_and_loss_are_seen():
     assert metrics.persistence(gone) < 0.6 <= metrics.persistence(v)
 
 
+@pytest.mark.slow
 def test_evaluate_long_tool(tmp_path):
     """The comparison tool runs end to end on the demo (tiny sizes): table, JSON, plots."""
     import json

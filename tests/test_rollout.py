@@ -95,6 +95,7 @@ def test_jitted_rollout_equals_plain_loop(model, f):
     assert rel_err(got, want) <= 1e-5
 
 
+@pytest.mark.slow
 def test_compiles_once_for_any_length(model):
     """The compile count of a 4-chunk rollout equals that of a 40-chunk one."""
     sampler = Sampler()
@@ -135,6 +136,7 @@ def test_replay_round_trip(model):
     np.testing.assert_array_equal(lat, replayed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["window", "pyramid"])
 def test_recache_rewrites_the_cache_of_the_frames_made(model, kind):
     """ChunkLoop.recache: the cache re-written from the chunks made so far under the same

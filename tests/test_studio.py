@@ -165,6 +165,7 @@ def test_last_status_goes_out_when_no_longer_running(models, stop):
     studio.stop(wait=True)
 
 
+@pytest.mark.slow
 def test_serve_cli_errors_are_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,6 +21,7 @@ def test_timesteps_are_per_chunk():
     assert set(np.unique(t)) <= set(FlowSchedule().timesteps.tolist())
 
 
+@pytest.mark.slow
 def test_overfits_a_fixed_batch():
     cfg = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_channels=3, out_channels=3,
                     patch_size=(1, 4, 4), text_dim=16, freq_dim=32, text_len=4)

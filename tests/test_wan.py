@@ -118,6 +118,7 @@ def test_bf16_safetensors_read_exactly(tiny_diffusers, inputs, tmp_path):
     assert rel_err(_ours(model, x, t, ctx), _reference(m16, x, torch.from_numpy(t), ctx)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_orbax_round_trip(tmp_path):
     cfg = WanConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
                     text_dim=48, freq_dim=32, text_len=LT)
