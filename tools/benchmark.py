@@ -503,14 +503,15 @@ def kv_error_rollout(seconds, dtypes=("bfloat16", "int8", "float8_e4m3fn"), poli
     return rows
 
 
-def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16"):
+def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",)):
     """Text-to-pixels minus the text encoder: the DiT rollout and the streaming Wan VAE decode,
     random weights, per policy (window-21, deep_sink, pyramid). x0 stays on the device: the
     decode of chunk k is queued behind its step, and chunk k's frames come to the host only after
     chunk k+1 is queued, so the host never stalls the device. video_fps: frames after the first
     chunk per second; latency_s: until the first chunk's frames are on the host (incl. compile);
     peak_GiB: the device's peak memory (None where the platform does not report it).
-    size: "real" (Wan2.1-1.3B, 480x832) or "tiny" (a CPU smoke run)."""
+    size: "real" (Wan2.1-1.3B, 480x832) or "tiny" (a CPU smoke run). kv_dtypes: the page dtypes
+    to run ("" = the model's); 8-bit pages only with pyramid, the policy they are meant for."""
     from pyramid_jax.attention import target_platform
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
@@ -530,15 +531,18 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16"):
     backend = "pallas" if target_platform() in ("gpu", "tpu") else "reference"
     model = init_model(cfg, seed=0, attention_backend=backend)
     decoder_weights = with_weights(vae.WanVAEDecoder, vcfg, random_vae_params(vcfg))
-    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (hw[0] // 2, hw[1] // 2), 3)
     head_map = (published_type_map() if (cfg.num_layers, cfg.num_heads) == (30, 12)
                 else np.repeat(proportional_row(cfg.num_heads), cfg.num_layers, axis=0))
     tkv = jax.jit(lambda m, c: m.text_kv(c))(model, jax.random.normal(jax.random.key(1), (1, cfg.text_len,
                                                                                           cfg.text_dim)) * 0.1)
     sampler, device, rows = Sampler(), jax.devices()[0], []
-    for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
-                            ("deep_sink", "deep_sink", dict(local_attn_size=21, sink_size=10)),
-                            ("pyramid", "pyramid", dict(head_map=head_map))]:
+    runs = [(label, name, kw, kv) for kv in kv_dtypes
+            for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
+                                    ("deep_sink", "deep_sink", dict(local_attn_size=21, sink_size=10)),
+                                    ("pyramid", "pyramid", dict(head_map=head_map))]
+            if kv in ("", dtype) or name == "pyramid"]
+    for label, name, kw, kv_dtype in runs:
+        spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (hw[0] // 2, hw[1] // 2), 3, kv_dtype=kv_dtype)
         policy = make_policy(name, spec, 3 * chunks, **kw)
         loop = ChunkLoop(model, policy, sampler, tkv, RandomNoise(0, (1, 3 * chunks, cfg.in_channels, *hw), sampler))
         decoder = vae.StreamingDecoder(decoder_weights, 1, hw)
@@ -553,7 +557,8 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16"):
         after += np.asarray(pending).shape[1]
         elapsed = time.perf_counter() - t1
         stats = device.memory_stats() or {}
-        rows.append(dict(section="end_to_end", size=size, policy=label, dtype=dtype, backend=backend,
+        rows.append(dict(section="end_to_end", size=size, policy=label, dtype=dtype, kv_dtype=kv_dtype or dtype,
+                         backend=backend,
                          chunks=chunks, video_frames=first + after, video_fps=after / elapsed,
                          latency_s=latency, peak_GiB=stats.get("peak_bytes_in_use", 0) / 2**30 or None,
                          device=getattr(device, "device_kind", device.platform)))
@@ -720,6 +725,9 @@ def main(argv=None):
                    help="DiT + streaming VAE decode per policy: video frames/s, first-chunk latency, peak memory")
     p.add_argument("--e2e-size", default="real", choices=["real", "tiny"])
     p.add_argument("--e2e-seconds", type=float, default=60.0)
+    p.add_argument("--e2e-kv-dtypes", default="",
+                   help="comma list of cache page dtypes for --end-to-end ('' = the model's; int8 and "
+                        "float8_e4m3fn run with pyramid only)")
     p.add_argument("--plan", action="store_true",
                    help="TPU v5e / v6e / H100 plan at 1.3B 480x832: memory per policy and kv_dtype, expected FPS")
     p.add_argument("--kv-error", action="store_true",
@@ -801,10 +809,11 @@ def main(argv=None):
         print_table(cd, ["stage", "size", "shape", "seconds", "unit", "peak_MiB"])
         rows += cd
     if args.end_to_end:
-        ee = bench_end_to_end(args.e2e_size, args.e2e_seconds, args.dtype if args.e2e_size == "tiny" else "bfloat16")
+        ee = bench_end_to_end(args.e2e_size, args.e2e_seconds, args.dtype if args.e2e_size == "tiny" else "bfloat16",
+                              tuple(args.e2e_kv_dtypes.split(",")))
         print(f"\n## end to end (DiT + streaming VAE decode, no text encoder), {args.e2e_size}, "
               f"{args.e2e_seconds:g} s, random weights")
-        print_table(ee, ["policy", "backend", "chunks", "video_frames", "video_fps", "latency_s", "peak_GiB", "device"])
+        print_table(ee, ["policy", "kv_dtype", "backend", "chunks", "video_frames", "video_fps", "latency_s", "peak_GiB", "device"])
         rows += ee
     if args.plan:
         pl = tpu_plan()
