@@ -90,7 +90,7 @@ def profiles_from_config(cfg_args, frames: int):
     if frames % f or frames < 2 * f:
         raise ToolError(f"--frames must be a multiple of {f} and at least {2 * f}, got {frames}")
     log.info("calibration: %d prompts x %d latent frames, nothing evicted", context.shape[0], frames)
-    text_kv = text_kv_of(model, context)
+    text_kv = text_kv_of(model, context, sampler=sampler)
     noise = RandomNoise(c.seed, (context.shape[0], frames, cfg.in_channels, lh, lw), sampler)
     prof = record_profiles(model, sampler, text_kv, noise, frames, grid,
                            on_chunk=lambda k, n: log.info("calibration chunk %d/%d", k + 1, n))

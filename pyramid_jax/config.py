@@ -47,7 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.denoising_step_list = (1000, 750, 500, 250)
     c.warp_denoising_step = True
     c.shift = 5.0
-    c.context_noise = 0.0
+    c.context_noise = 0.0        # the timestep the cache-writing pass tells the model (x0 is not noised)
+    # classifier-free guidance: flow = u + g (c - u), the unconditional branch reading an empty
+    # (all-zero) text context; 1 = off. g > 1 runs both branches as one batch of twice the size
+    c.guidance_scale = 1.0
     c.seed = 0
     c.dtype = "bfloat16"
     c.output = "outputs/video.mp4"

@@ -51,6 +51,8 @@ def check_config(c) -> None:
         check_schedule(c)
     if c.dtype not in ("float32", "bfloat16"):
         raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
+    if not isinstance(c.guidance_scale, (int, float)) or c.guidance_scale < 0:
+        raise UserError(f"guidance_scale must be a number >= 0 (1 = no guidance), got {c.guidance_scale!r}")
     if c.cache.kv_dtype not in KV_DTYPES:
         raise UserError(f"unknown cache.kv_dtype {c.cache.kv_dtype!r}; choose one of "
                         f"{', '.join(d or '(the model dtype)' for d in KV_DTYPES)}")
@@ -121,7 +123,7 @@ def make_sampler(c) -> Sampler:
     except ValueError as e:
         raise UserError(str(e)) from None
     return Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(c.context_noise),
-                   frames_per_chunk=c.frames_per_chunk, schedule=sched)
+                   frames_per_chunk=c.frames_per_chunk, schedule=sched, guidance_scale=float(c.guidance_scale))
 
 
 @dataclasses.dataclass
@@ -251,7 +253,7 @@ def generate(c, models: Models, job: Inputs, sink: video.VideoSink | None = None
         log.info("chunk %d/%d: frames %d-%d in %.2f s (%.1f video frames/s)%s", k + 1, chunks, k * f,
                  (k + 1) * f - 1, seconds, frames / seconds, " incl. compile" if k == 0 else "")
 
-    texts = [(t // f, text_kv_of(models.dit, ctx, mesh)) for t, ctx in ((0, job.context), *job.switches)]
+    texts = [(t // f, text_kv_of(models.dit, ctx, mesh, models.sampler)) for t, ctx in ((0, job.context), *job.switches)]
     text_at = lambda k: [kv for start, kv in texts if start <= k][-1]
     result = rollout(models.dit, policy, models.sampler, text_at, job.noise,
                      chunks, on_chunk=progress, record_noise=record_noise, mesh=mesh)

@@ -34,7 +34,7 @@ def make_video(c, models, prompts_at: dict[int, str], seed: int, recache: bool) 
     cfg, f = models.dit.cfg, c.frames_per_chunk
     hw = pipeline.latent_size(c, cfg)
     policy = pipeline.build_policy(c, cfg, hw, c.num_frames)
-    encode = lambda p: text_kv_of(models.dit, models.text([p]))
+    encode = lambda p: text_kv_of(models.dit, models.text([p]), sampler=models.sampler)
     noise = RandomNoise(seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
     loop = ChunkLoop(models.dit, policy, models.sampler, encode(prompts_at[0]), noise)
     decoder = video.video_decoder(c, 1, hw, models.vae)

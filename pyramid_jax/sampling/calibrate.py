@@ -62,6 +62,7 @@ def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: 
     if on_chunk is not None:
         on_chunk(chunks - 1, chunks)
     history = num_frames - f
+    logits = logits[:noise.shape[0]]  # the conditional rows (a guided sampler runs 2B)
     times = np.asarray(cache.slot_time)[0, 0]
     assert (times[:history] == np.arange(history)).all()  # window -1: slot t holds frame t
     return logits[..., :history]

@@ -6,6 +6,14 @@ t = context_noise writes the chunk into the cache: each layer first lets the pol
 its keys (`policy.stage`) and attends what the policy then plans, and the policy commits the
 rest after the pass (`policy.commit`).
 
+Classifier-free guidance (`Sampler.guidance_scale` > 1) runs the conditional and the
+unconditional model as one batch of 2B: the text K/V hold the prompts' rows then B rows of
+the empty context (`text_kv_of(..., sampler)`), the cache holds 2B rows, and every pass sees
+the same frames twice; the denoising steps combine the two flows as u + g (c - u), and the
+cache-writing pass writes the guided x0 into both halves, each under its own text. So each
+branch attends what it would have computed itself from the frames actually made, and the
+unconditional branch never sees the prompt.
+
 `chunk_step` is that whole chunk, written once. `step` jits it as one function of (params,
 cache, text K/V, noise, re-noise, chunk index) with the model's graph, the policy and the
 sampler static and the cache donated: the chunk index is traced and every shape is static,
@@ -44,10 +52,29 @@ class Sampler:
     context_noise: float = 0.0
     frames_per_chunk: int = 3
     schedule: FlowSchedule = FlowSchedule()
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = the conditional model alone
 
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
+
+    @property
+    def guided(self) -> bool:
+        """Whether the model runs as a conditional + unconditional pair (batch 2B)."""
+        return self.guidance_scale != 1.0
+
+    def model_batch(self, batch: int) -> int:
+        """Rows the model and the cache hold for `batch` videos."""
+        return 2 * batch if self.guided else batch
+
+
+def flow_of(model, sampler: Sampler, x, t, text_kv, pool, plan):
+    """The (guided) flow [B, F, C, h, w] float32 of x [B, F, C, h, w] at timesteps t [B, F]."""
+    if not sampler.guided:
+        return model(x, t, text_kv, pool, plan)[0].astype(jnp.float32)
+    both = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]), text_kv, pool, plan)[0].astype(jnp.float32)
+    cond, uncond = jnp.split(both, 2)
+    return uncond + sampler.guidance_scale * (cond - uncond)
 
 
 def chunk_step(model, policy, sampler: Sampler, cache, text_kv, noise, renoise, chunk, *,
@@ -70,6 +97,8 @@ def write_pass(model, policy, sampler: Sampler, cache, text_kv, x0, chunk, plan,
     """The cache-writing pass of a chunk's x0 [B, F, C, h, w] at t = context_noise, then the
     commit. plan: the chunk's plan over `cache`. Returns (new cache,) and the probe if asked."""
     stage = (cache, lambda state, layer, k, v: policy.stage(state, plan, layer, k, v, chunk))
+    if sampler.guided:  # both branches write the frames made
+        x0 = jnp.concatenate([x0, x0])
     out = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan, stage=stage, probe_frame=probe_frame)
     new_cache = sharding.constrain(policy.commit(out[2], out[1], chunk), CacheState.logical_axes())
     return (new_cache,) if probe_frame is None else (new_cache, out[3])
@@ -95,9 +124,12 @@ def _text_kv(graphdef, params, context):
     return nnx.merge(graphdef, params).text_kv(context)
 
 
-def text_kv_of(model, context, mesh=None):
+def text_kv_of(model, context, mesh=None, sampler: Sampler | None = None):
     """The per-layer text K/V of encoded prompts [B, Lt, text_dim], once per prompt (on the
-    mesh when given)."""
+    mesh when given). With a guided sampler, B rows of the empty context (all zero: every row
+    padding, as the captions dropped in training) follow: the unconditional branch."""
+    if sampler is not None and sampler.guided:
+        context = np.concatenate([np.asarray(context), np.zeros(np.shape(context), np.float32)])
     graphdef, params = nnx.split(model)
     with on_mesh(mesh):
         if mesh is not None:
@@ -131,7 +163,7 @@ def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise):
 
     def one_step(x, xs):
         t_i, t_n, e = xs
-        flow, _ = model(x, full(t_i), text_kv, pool, plan)
+        flow = flow_of(model, sampler, x, full(t_i), text_kv, pool, plan)
         x0 = sched.flow_to_x0(x, flow, full(t_i))
         return sched.add_noise(x0, e, full(t_n)), x0
 
@@ -221,7 +253,7 @@ class ChunkLoop:
 
     def _empty_cache(self) -> CacheState:
         groups = 1 if self.mesh is None else self.mesh.shape[sharding.MODEL]
-        cache = self.policy.init(self.batch, self.dtype, head_groups=groups)
+        cache = self.policy.init(self.sampler.model_batch(self.batch), self.dtype, head_groups=groups)
         if self.mesh is None:  # committed, as every later cache is: the step compiles once, not twice
             return jax.device_put(cache, next(iter(jax.tree.leaves(self.params)[0].devices())))
         with on_mesh(self.mesh):

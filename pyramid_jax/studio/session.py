@@ -174,7 +174,7 @@ class Studio:
         hw = pipeline.latent_size(c, cfg)
         chunks = c.num_frames // f
         policy = pipeline.build_policy(c, cfg, hw, c.num_frames)
-        encode = lambda p: text_kv_of(models.dit, models.text([p]))
+        encode = lambda p: text_kv_of(models.dit, models.text([p]), sampler=models.sampler)
         noise = RandomNoise(req.seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
         loop = ChunkLoop(models.dit, policy, models.sampler, encode(req.prompt), noise)
         decoder = video.video_decoder(c, 1, hw, models.vae)
