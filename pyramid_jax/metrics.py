@@ -10,7 +10,8 @@ arrays:
                   colour seen in the first frames still covers at least a third of its area there
   prompt adherence  for the shapes domain: the share of frames (from 1 s on) that show the
                   caption's background colour (any texture shade) over >= 30% of the frame and
-                  its shape's colour over >= 0.5%
+                  its shape's colour over >= 0.5%, counted after a 3x3 median filter (grain,
+                  single pixels of every colour, does not pass for a shape)
 """
 
 from __future__ import annotations
@@ -157,8 +158,18 @@ def caption_colors(prompt: str) -> tuple[str, str] | None:
     return words[1], background[0]
 
 
-def color_shares(video) -> dict[str, np.ndarray]:
-    """{colour name: [T] share of each frame's pixels nearest to one of its shades}."""
+def median3(video) -> np.ndarray:
+    """Each frame's 3x3 median per channel (edges repeated): [T, H, W, 3] -> the same."""
+    v = np.asarray(video, np.float32)
+    p = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = v.shape[1:3]
+    return np.median(np.stack([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]), axis=0)
+
+
+def color_shares(video, median: bool = False) -> dict[str, np.ndarray]:
+    """{colour name: [T] share of each frame's pixels nearest to one of its shades}; with
+    median, of the frames' 3x3 medians."""
+    video = median3(video) if median else video
     px = np.asarray(video, np.float32).reshape(len(video), -1, 1, 3)
     nearest = np.argmin(((px - _SHADES) ** 2).sum(-1), axis=-1)  # [T, HW]
     names = np.asarray(_SHADE_NAMES)[nearest]
@@ -168,12 +179,13 @@ def color_shares(video) -> dict[str, np.ndarray]:
 def prompt_adherence(video, prompt: str, fps: int, start_s: float = 1.0, background: float = 0.3,
                      shape: float = 0.005) -> float:
     """Share of frames from start_s on that show the caption's background colour over >=
-    `background` of the frame and its shape's colour over >= `shape`; NaN for a prompt outside
-    the shapes caption grammar (or a video shorter than start_s)."""
+    `background` of the frame and its shape's colour over >= `shape`, both counted on the
+    frames' 3x3 medians (so noise grain, which holds every colour, cannot pass for a shape); NaN
+    for a prompt outside the shapes caption grammar (or a video shorter than start_s)."""
     named = caption_colors(prompt)
     frames = np.asarray(video)[int(round(start_s * fps)):]
     if named is None or not len(frames):
         return float("nan")
-    shares = color_shares(frames)
+    shares = color_shares(frames, median=True)
     ok = (shares[named[1]] >= background) & (shares[named[0]] >= shape)
     return float(ok.mean())

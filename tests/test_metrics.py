@@ -86,3 +86,17 @@ def test_prompt_adherence_ground_truth_scores_about_one():
     assert np.mean(other) <= 0.1, other
     assert np.isnan(metrics.prompt_adherence(clips[0][0], "a cat on a sofa", fps=10))
     assert metrics.caption_colors("a red circle bouncing upwards on a blue striped background") == ("red", "blue")
+
+
+def test_prompt_adherence_is_not_fooled_by_grain():
+    """A blue field sprinkled with single pixels of every colour shows no red shape: grain holds
+    the named shape colour over 0.5% of the frame, the 3x3 median does not."""
+    rng = np.random.default_rng(0)
+    video = np.broadcast_to(np.asarray((40, 80, 220), np.uint8), (20, 64, 64, 3)).copy()
+    grain = rng.random((20, 64, 64)) < 0.1
+    video[grain] = rng.integers(0, 256, (int(grain.sum()), 3), dtype=np.uint8)
+    prompt = "a red circle bouncing upwards on a blue striped background"
+    assert (metrics.color_shares(video)["red"] >= 0.005).all()
+    assert metrics.prompt_adherence(video, prompt, fps=10) == 0.0
+    video[:, 20:30, 20:30] = (220, 40, 40)  # a real shape passes
+    assert metrics.prompt_adherence(video, prompt, fps=10) == 1.0
