@@ -159,3 +159,40 @@ def test_cached_pages_equal_block_causal_forward():
     second, _ = model(x[:, F:], t[:, F:], tkv, KVPool(pool_k, pool_v), plan)
     assert rel_err(first, full[:, :F]) <= 1e-5
     assert rel_err(second, full[:, F:]) <= 1e-5
+
+
+def test_block_causal_training_attention_skips_masked_blocks_with_the_same_result():
+    """A static block-causal mask runs as one softmax per chunk over the frames it sees
+    (prefix_groups); the result equals the masked full matrix (the same mask given traced)."""
+    from pyramid_jax.models.wan import prefix_groups
+
+    cfg = WanConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
+                    text_dim=48, freq_dim=32, text_len=LT)
+    model = init_model(cfg, seed=6)
+    mask = block_causal_mask(3 * F, F)
+    assert prefix_groups(mask) == ((0, F, F), (F, 2 * F, 2 * F), (2 * F, 3 * F, 3 * F))
+    assert prefix_groups(~mask) is None and prefix_groups(jnp.asarray(mask)) is None
+    x = jax.random.normal(jax.random.key(4), (2, 3 * F, C, HH, WW))
+    t = jax.random.uniform(jax.random.key(5), (2, 3 * F), maxval=1000.0)
+    tkv = model.text_kv(jax.random.normal(jax.random.key(6), (2, LT, 48)))
+    grouped, _ = model(x, t, tkv, frame_mask=mask)
+    masked, _ = model(x, t, tkv, frame_mask=jnp.asarray(mask))
+    assert rel_err(grouped, masked) <= 1e-6
+
+
+def test_x0_prediction_returns_the_flow_of_the_predicted_frames():
+    """prediction="x0": the head's output is x0 and the call returns (x - x0) / sigma, so the
+    sampler's x0 = x - sigma * flow gives the head's output back."""
+    kw = dict(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4, text_dim=48,
+              freq_dim=32, text_len=LT)
+    flow_model = init_model(WanConfig(**kw), seed=8)
+    x0_model = init_model(WanConfig(**kw, prediction="x0"), seed=8)  # the same weights
+    x = jax.random.normal(jax.random.key(7), (1, F, C, HH, WW))
+    t = jnp.asarray([[1000.0, 400.0, 250.0]])
+    tkv = flow_model.text_kv(jax.random.normal(jax.random.key(8), (1, LT, 48)))
+    head, _ = flow_model(x, t, tkv)  # what the head computes, read as x0 by the other model
+    flow, _ = x0_model(x, t, tkv)
+    sigma = (t / 1000.0)[:, :, None, None, None]
+    assert rel_err(x - sigma * flow, head) <= 1e-5
+    with pytest.raises(ValueError, match="prediction"):
+        WanConfig(**kw, prediction="eps")

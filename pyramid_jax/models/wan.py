@@ -44,6 +44,11 @@ class WanConfig:
     cross_attn_norm: bool = True
     rope_theta: float = rope.WAN_THETA
     dtype: str = "float32"
+    # What the head predicts: "flow" (Wan, Self Forcing: v = noise - x0) or "x0" (the clean
+    # frames; the call still returns the flow). A pixel model with patches wider than the
+    # model (8x8x3 = 192 values a token, width 128) cannot pass white noise through a token:
+    # predicting the clean frames, which are smooth, needs no such width.
+    prediction: str = "flow"
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -52,6 +57,8 @@ class WanConfig:
         if self.patch_size[0] != 1:
             raise ValueError("frame-causal generation needs a temporal patch of 1, "
                              f"got patch_size {self.patch_size}")
+        if self.prediction not in ("flow", "x0"):
+            raise ValueError(f"prediction must be flow or x0, got {self.prediction!r}")
 
     @property
     def head_dim(self) -> int:
@@ -335,6 +342,8 @@ class CausalWan(nnx.Module):
         (tokens, carry), (chunk_kv, probe) = jax.lax.scan(jax.checkpoint(body) if remat else body,
                                                           (tokens, carry), layer_xs)
         flow = self.unpatchify(self.head(tokens, e), hh, ww)
+        if cfg.prediction == "x0":
+            flow = flow_from_x0(x, flow, t)
         out = (flow, chunk_kv) + ((carry,) if stage is not None else ())
         return out if probe_frame is None else out + (probe,)
 
@@ -342,6 +351,9 @@ class CausalWan(nnx.Module):
         """One layer's self-attention as attend(q, k, k_pre, v, carry, layer) -> (y, carry)
         ([B, N, H, Dh] tensors), and the carry it starts from (the stage's state, or ())."""
         if frame_mask is not None:
+            groups = prefix_groups(frame_mask)
+            if groups is not None:  # each query frame sees a prefix of frames (block-causal)
+                return lambda q, k, k_pre, v, c, layer: (prefix_attention(q, k, v, groups, tpf), c), ()
             frame = jnp.arange(f * tpf) // tpf
             mask = jnp.asarray(frame_mask)[frame[:, None], frame[None, :]]
             return lambda q, k, k_pre, v, c, layer: (ref_attn.chunk_attention(q, k, v, mask), c), ()
@@ -365,6 +377,40 @@ class CausalWan(nnx.Module):
             return out.reshape(q.shape), carry
 
         return attend, (() if stage is None else stage[0])
+
+
+def prefix_groups(frame_mask) -> tuple[tuple[int, int, int], ...] | None:
+    """For a static [F, F] frame mask in which every query frame attends a prefix of the key
+    frames (block-causal training): runs of query frames with the same prefix, as (first query
+    frame, end query frame, key frames) triples. None for a traced mask or any other pattern."""
+    if not isinstance(frame_mask, np.ndarray):
+        return None
+    m = np.asarray(frame_mask, bool)
+    ends = m.sum(1)
+    if not all(m[i, :e].all() for i, e in enumerate(ends)) or (ends == 0).any():
+        return None
+    cuts = [0] + [i for i in range(1, len(ends)) if ends[i] != ends[i - 1]] + [len(ends)]
+    return tuple((a, b, int(ends[a])) for a, b in zip(cuts[:-1], cuts[1:]))
+
+
+def prefix_attention(q, k, v, groups, tpf):
+    """Masked attention computed as one softmax per query group over only the key frames it
+    sees: the same result as the masked [N, N] matrix, without the masked blocks' work.
+    q, k, v: [B, N, H, Dh] (N = frames x tpf)."""
+    outs = [ref_attn.chunk_attention(q[:, a * tpf:b * tpf], k[:, :n * tpf], v[:, :n * tpf]) for a, b, n in groups]
+    return jnp.concatenate(outs, axis=1)
+
+
+# The flow schedules' timesteps are 1000 x sigma (sampling.schedule.FlowSchedule).
+NUM_TRAIN_TIMESTEPS = 1000
+MIN_SIGMA = 1e-3  # the clean pass (t = 0) divides by this; its flow is never used
+
+
+def flow_from_x0(x, x0, t):
+    """The flow (x - x0) / sigma, sigma = t / 1000, of a predicted x0; x, x0 [B, F, C, H, W],
+    t [B, F]. In float32, cast to x0's dtype."""
+    sigma = jnp.maximum(t.astype(jnp.float32) / NUM_TRAIN_TIMESTEPS, MIN_SIGMA)[:, :, None, None, None]
+    return ((x.astype(jnp.float32) - x0.astype(jnp.float32)) / sigma).astype(x0.dtype)
 
 
 def block_causal_mask(num_frames: int, frames_per_chunk: int) -> np.ndarray:
