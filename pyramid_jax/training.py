@@ -2,12 +2,15 @@
 
 Each chunk of `frames_per_chunk` frames gets its own timestep (diffusion-forcing style), the
 attention mask is block-causal, and the target is the flow v = noise - x0 (what the model
-predicts at inference). Pure functions: `loss_fn` and a jitted `train_step` over
-(graphdef, params, optimizer state).
+predicts at inference). How the noise is drawn is a `Recipe` (static: part of the compiled
+step). The text can be fixed features, or token ids read by a umT5 encoder trained with the
+DiT (`text_cfg`). Pure functions: `loss_fn` and a jitted `train_step` over (graphdef, params,
+optimizer state, EMA).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -16,59 +19,115 @@ import numpy as np
 import optax
 from flax import nnx
 
+from pyramid_jax.models import umt5
 from pyramid_jax.models.wan import block_causal_mask
 from pyramid_jax.sampling.schedule import FlowSchedule
 
 
-def sample_timesteps(key, batch: int, num_frames: int, frames_per_chunk: int, schedule: FlowSchedule):
-    """[B, F] timesteps: one schedule timestep per chunk, repeated over its frames."""
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a training sample is noised.
+
+    timesteps: the noise levels trained (each chunk draws one uniformly); () = every timestep
+        of `schedule`. Training at the sampler's own levels spends the steps where sampling
+        happens.
+    clean_context_prob: with this probability a sample's chunks before a random chunk are
+        context (no loss), as at inference, where a chunk is denoised against earlier frames.
+    context_t_max: context chunks are noised to a timestep drawn uniformly in [0, this] (0 =
+        clean), so the model learns not to trust every detail of its own earlier frames.
+    text_drop_prob: the share of samples whose text is dropped (an all-zero context, the
+        unconditional branch of classifier-free guidance).
+    """
+
+    frames_per_chunk: int = 3
+    schedule: FlowSchedule = FlowSchedule()
+    timesteps: tuple[float, ...] = ()
+    clean_context_prob: float = 0.0
+    context_t_max: float = 0.0
+    text_drop_prob: float = 0.0
+    remat: bool = True
+
+
+def sample_timesteps(key, batch: int, num_frames: int, frames_per_chunk: int, schedule: FlowSchedule,
+                     levels=()):
+    """[B, F] timesteps: one per chunk, repeated over its frames; drawn from `levels` (any
+    timesteps) or, when empty, from the schedule's."""
     blocks = -(-num_frames // frames_per_chunk)
-    idx = jax.random.randint(key, (batch, blocks), 0, schedule.num_train_timesteps)
-    t = jnp.asarray(schedule.timesteps)[idx]
+    table = jnp.asarray(np.asarray(levels, np.float32) if len(levels) else schedule.timesteps)
+    t = table[jax.random.randint(key, (batch, blocks), 0, table.shape[0])]
     return jnp.repeat(t, frames_per_chunk, axis=1)[:, :num_frames]
 
 
-def loss_fn(model, x0, context, key, frames_per_chunk: int = 3, schedule: FlowSchedule = FlowSchedule(),
-            clean_context_prob: float = 0.0):
-    """Mean squared flow error. x0: [B, F, C, H, W] clean frames; context: [B, Lt, text_dim].
-
-    With probability clean_context_prob a sample's chunks before a random chunk are left clean
-    (t = 0, no loss): the condition the model meets at inference, where it denoises against a
-    cache of clean frames.
-    """
+def loss_fn(model, x0, context, key, recipe: Recipe = Recipe()):
+    """Mean squared flow error over the noised chunks. x0: [B, F, C, H, W] clean frames;
+    context: [B, Lt, text_dim]."""
     b, f = x0.shape[:2]
-    k_t, k_n, k_c, k_k = jax.random.split(key, 4)
-    t = sample_timesteps(k_t, b, f, frames_per_chunk, schedule)
-    chunk = jnp.arange(f) // frames_per_chunk
+    k_t, k_n, k_c, k_k, k_x, k_d = jax.random.split(key, 6)
+    r = recipe
+    t = sample_timesteps(k_t, b, f, r.frames_per_chunk, r.schedule, r.timesteps)
+    chunk = jnp.arange(f) // r.frames_per_chunk
     first = jax.random.randint(k_k, (b, 1), 0, chunk[-1] + 1)
-    clean = (jax.random.uniform(k_c, (b, 1)) < clean_context_prob) & (chunk[None] < first)  # [B, F]
-    t = jnp.where(clean, 0.0, t)
+    context_frame = (jax.random.uniform(k_c, (b, 1)) < r.clean_context_prob) & (chunk[None] < first)  # [B, F]
+    t_context = jax.random.uniform(k_x, (b, 1), maxval=r.context_t_max) if r.context_t_max else 0.0
+    t = jnp.where(context_frame, t_context, t)
+    if r.text_drop_prob:
+        keep = jax.random.uniform(k_d, (b, 1, 1)) >= r.text_drop_prob
+        context = jnp.where(keep, context, 0.0)
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
-    x_t = schedule.add_noise(x0.astype(jnp.float32), noise, t)
-    flow, _ = model(x_t, t, model.text_kv(context), frame_mask=block_causal_mask(f, frames_per_chunk), remat=True)
+    x_t = r.schedule.add_noise(x0.astype(jnp.float32), noise, t)
+    flow, _ = model(x_t, t, model.text_kv(context), frame_mask=block_causal_mask(f, r.frames_per_chunk),
+                    remat=r.remat)
     err = jnp.mean(jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32))), axis=(2, 3, 4))
-    weight = (~clean).astype(jnp.float32)
+    weight = (~context_frame).astype(jnp.float32)
     return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def make_optimizer(lr: float = 3e-4, warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0):
-    sched = optax.linear_schedule(0.0, lr, max(warmup, 1))
+def make_optimizer(lr: float = 3e-4, warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0,
+                   total_steps: int = 0, final_lr_fraction: float = 0.1):
+    """AdamW with linear warm-up; with total_steps, then a cosine decay to final_lr_fraction x lr
+    at total_steps (a fixed-length run ends on a small step size)."""
+    warmup = max(warmup, 1)
+    sched = optax.linear_schedule(0.0, lr, warmup)
+    if total_steps > warmup:
+        sched = optax.join_schedules([sched, optax.cosine_decay_schedule(lr, total_steps - warmup,
+                                                                        alpha=final_lr_fraction)], [warmup])
     return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, weight_decay=weight_decay))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "frames_per_chunk", "clean_context_prob"),
-                   donate_argnames=("params", "opt_state"))
-def train_step(graphdef, optimizer, params, opt_state, x0, context, key, *, frames_per_chunk: int = 3,
-               clean_context_prob: float = 0.0):
-    """One optimizer step on the block-causal loss -> (params, opt_state, loss); params and
-    opt_state are updated in place."""
+def text_context(params, text, text_cfg: umt5.UMT5Config | None):
+    """The DiT's context: `text` itself ([B, Lt, text_dim] features), or, with text_cfg, the
+    umT5 encoding of text = (ids, mask) [B, Lt] by params["text"]."""
+    if text_cfg is None:
+        return text
+    ids, mask = text
+    return umt5.encode_prompts(params["text"], text_cfg, ids, mask)
+
+
+def dit_params(params, text_cfg):
+    return params["dit"] if text_cfg is not None else params
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "recipe", "text_cfg", "ema_decay"),
+                   donate_argnames=("params", "opt_state", "ema"))
+def train_step(graphdef, optimizer, params, opt_state, x0, text, key, *, recipe: Recipe = Recipe(),
+               text_cfg: umt5.UMT5Config | None = None, ema=None, ema_decay: float = 0.999):
+    """One optimizer step -> (params, opt_state, loss), or (params, opt_state, loss, ema) when
+    an EMA of the params is kept; params, opt_state and ema are updated in place.
+
+    params: the DiT's nnx state, or {"dit": state, "text": umT5 params} to train the text
+    encoder too (text_cfg its config; `text` is then (ids, mask), else features).
+    """
     def loss_of(p):
-        return loss_fn(nnx.merge(graphdef, p), x0, context, key, frames_per_chunk,
-                       clean_context_prob=clean_context_prob)
+        model = nnx.merge(graphdef, dit_params(p, text_cfg))
+        return loss_fn(model, x0, text_context(p, text, text_cfg), key, recipe)
 
     loss, grads = jax.value_and_grad(loss_of)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    params = optax.apply_updates(params, updates)
+    if ema is None:
+        return params, opt_state, loss
+    ema = jax.tree.map(lambda e, p: e + (1.0 - ema_decay) * (p - e), ema, params)
+    return params, opt_state, loss, ema
 
 
 def to_model_frames(video: np.ndarray) -> np.ndarray:

@@ -1,26 +1,34 @@
-"""Train the demo model: a small causal Wan-architecture DiT on procedural shapes videos.
+"""Train the demo model on this machine's CPU: a small causal Wan DiT and its tiny umT5 text
+encoder, together, on procedural shapes videos read through TensorFlow Datasets.
 
-  python tools/train_demo.py --out runs/demo --steps 6000 --batch 16 --frames 24 --size 64
+  python tools/train_demo.py --out assets/demo          # the shipped recipe (defaults)
 
-Stages, all in OUT:
-  text/     a sentencepiece model trained on the caption vocabulary (spiece.model) and a tiny
-            umT5 encoder (umt5/, random and frozen: the DiT learns to read its features)
-  ckpt/     orbax checkpoints of (params, optimizer state); a rerun resumes from the newest
-  model/    the trained DiT as a pyramid_jax checkpoint (`load_model`), and model.npz (flat)
+Resumable: WORK (default runs/train_demo) holds the dataset and the checkpoints; run the same
+command again after a kill or a --max-minutes stop and it continues from the newest
+checkpoint, with the same result as an uninterrupted run (each step's batch and noise depend
+only on the seed and the step). When all steps are done the EMA weights are written to OUT:
 
-The DiT works in pixel space (patch 1x4x4 on RGB in [-1, 1]): for 64x64 flat-shaded shapes a
-pixel model is smaller and sharper than one behind a VAE we would also have to train, and its
-output needs no decoder (configs/demo.py: vae.kind="pixel"). Training is diffusion forcing:
-block-causal attention, one noise level per 3-frame chunk, and with probability 0.5 the chunks
-before a random one are clean context, as at inference.
+  OUT/dit/            the DiT (pyramid_jax checkpoint; config.json says how it was trained)
+  OUT/text/umt5/      the text encoder, trained with the DiT
+  OUT/text/spiece.model   a sentencepiece vocabulary of the caption words
+
+The recipe (docs/demo_model.md has the measurements behind each choice): the DiT works on
+64x64 RGB pixels in patches of 8x8 (64 tokens a frame) and predicts the clean frames (x0; a
+flow head cannot pass 192 values of noise through a 128-wide token); 6-frame clips (two
+chunks: the second attends the first, as at inference) cut from 12-frame clips; the noise
+levels trained are the 8 of the demo sampler (configs/demo.py samples them, or every other
+one); the first chunk is clean or lightly noised context half of the time; 10% of the
+captions are dropped for classifier-free guidance; an EMA of the weights is what ships.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import multiprocessing
 import os
+import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -34,29 +42,36 @@ from pyramid_jax import logs
 
 log = logging.getLogger("train_demo")
 
+# The demo sampler's 8 steps (configs/demo.py samples these or every other one): the noise
+# levels trained.
+DEMO_STEPS = (1000, 875, 750, 625, 500, 375, 250, 125)
+DEMO_SHIFT = 2.0
 
-def demo_dit_config():
+
+def dit_config(args):
     from pyramid_jax.models.wan import WanConfig
 
-    return WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=6, in_channels=3, out_channels=3,
-                     patch_size=(1, 4, 4), text_len=32, text_dim=64, freq_dim=64)
+    return WanConfig(dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.heads, num_layers=args.layers,
+                     in_channels=3, out_channels=3, patch_size=(1, args.patch, args.patch), text_len=32,
+                     text_dim=64, freq_dim=64, prediction=args.prediction)
 
 
-def demo_t5_config(vocab_size: int):
+def t5_config(vocab_size: int):
     from pyramid_jax.models.umt5 import UMT5Config
 
     return UMT5Config(vocab_size=vocab_size, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2)
 
 
-def build_text_encoder(out: str, seed: int = 0) -> None:
-    """Write OUT/spiece.model (word pieces of every caption word) and OUT/umt5 (tiny, random)."""
+def build_vocabulary(out: str) -> str:
+    """OUT/spiece.model: one word piece per caption word (pad 0, end 1, unknown 2)."""
     import sentencepiece as spm
 
     from pyramid_jax.data.shapes import random_clip
-    from pyramid_jax.weights.checkpoint import save_params
-    from pyramid_jax.weights.t5_names import random_t5_params
 
     os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "spiece.model")
+    if os.path.exists(path):
+        return path
     captions = {random_clip(i).caption for i in range(20000)}
     words = {w for c in captions for w in c.split()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,162 +82,229 @@ def build_text_encoder(out: str, seed: int = 0) -> None:
             input=corpus, model_prefix=os.path.join(tmp, "spiece"), model_type="word",
             vocab_size=len(words) + 3, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
             character_coverage=1.0, minloglevel=2)
-        os.replace(os.path.join(tmp, "spiece.model"), os.path.join(out, "spiece.model"))
-    cfg = demo_t5_config(len(words) + 3)
-    save_params(os.path.join(out, "umt5"), random_t5_params(cfg, seed), cfg,
-                source=f"train_demo: random tiny umT5, seed {seed}", kind="t5")
-    log.info("text encoder: %d caption words, %d distinct captions -> %s", len(words), len(captions), out)
+        os.replace(os.path.join(tmp, "spiece.model"), path)
+    log.info("vocabulary: %d caption words -> %s", len(words), path)
+    return path
 
 
 def encode_captions(text_dir: str, captions: list[str], text_len: int) -> np.ndarray:
-    """[N, text_len, d_model] float32 features of the tiny umT5."""
+    """[N, text_len, d_model] float32: the context the training step computes for these
+    captions from the text encoder in text_dir (umt5/, spiece.model)."""
     from pyramid_jax.models import umt5
+    from pyramid_jax.training import text_context
     from pyramid_jax.weights.checkpoint import load_t5
 
     encoder = load_t5(os.path.join(text_dir, "umt5"))
     ids, mask = umt5.Tokenizer(os.path.join(text_dir, "spiece.model"), text_len)(captions)
-    params, cfg = encoder.params(), encoder.cfg
-    enc = jax.jit(lambda i, m: umt5.encode_prompts(params, cfg, i, m))
-    with jax.default_matmul_precision("highest"):  # the features generate computes on a CPU in fp32
-        return np.concatenate([np.asarray(enc(ids[i:i + 256], mask[i:i + 256])) for i in range(0, len(ids), 256)])
+    encode = jax.jit(lambda p, i, m: text_context({"text": p}, (i, m), encoder.cfg))
+    return np.asarray(encode(encoder.params(), ids, mask))
 
 
-def _clip(args):
-    from pyramid_jax.data.shapes import sample
+def recipe_of(args):
+    from pyramid_jax.sampling.schedule import FlowSchedule
+    from pyramid_jax.training import Recipe
 
-    seed, frames, size = args
-    return sample(seed, frames, size, size)
+    levels = FlowSchedule(shift=args.shift).warp(DEMO_STEPS)
+    return Recipe(frames_per_chunk=3, schedule=FlowSchedule(shift=args.shift), timesteps=tuple(map(float, levels)),
+                  clean_context_prob=args.context_prob, context_t_max=args.context_t_max,
+                  text_drop_prob=args.text_drop, remat=False)
 
 
-def make_dataset(seed: int, n: int, frames: int, size: int, workers: int):
-    """(videos uint8 [N, F, S, S, 3], captions [N]) of deterministic shape clips."""
-    jobs = [(seed * 1_000_003 + i, frames, size) for i in range(n)]
-    if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            clips = pool.map(_clip, jobs, chunksize=64)
-    else:
-        clips = [_clip(j) for j in jobs]
-    return np.stack([v for v, _ in clips]), [c for _, c in clips]
+class Batches:
+    """Step s's batch: clips and crops drawn from rng(seed, s) alone (resumable), as model
+    frames [B, F, 3, S, S] and caption token ids / masks [B, text_len]."""
+
+    def __init__(self, source, tokenizer, batch: int, frames: int, seed: int):
+        self.source, self.tokenizer, self.batch, self.frames, self.seed = source, tokenizer, batch, frames, seed
+
+    def __call__(self, step: int):
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.integers(0, len(self.source), self.batch)
+        records = [self.source[int(i)] for i in idx]
+        clip_frames = records[0]["video"].shape[0]
+        starts = rng.integers(0, clip_frames - self.frames + 1, self.batch)
+        video = np.stack([r["video"][s:s + self.frames] for r, s in zip(records, starts)])
+        ids, mask = self.tokenizer([r["caption"].decode() for r in records])
+        frames = (video.astype(np.float32) / 127.5 - 1.0).transpose(0, 1, 4, 2, 3)
+        return frames, ids, mask
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--frames", type=int, default=24, help="frames per clip (a multiple of 3)")
-    p.add_argument("--size", type=int, default=64, help="frame height and width (a multiple of 4)")
-    p.add_argument("--clips", type=int, default=8000, help="distinct clips in the training set")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes drawing clips")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--clean-context-prob", type=float, default=0.5)
+    p.add_argument("--out", required=True, help="where the trained model goes (dit/, text/)")
+    p.add_argument("--work", default="runs/train_demo", help="dataset and checkpoints (resumable)")
+    p.add_argument("--steps", type=int, default=9000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=6, help="frames per training clip (a multiple of 3)")
+    p.add_argument("--size", type=int, default=64, help="frame height and width (pixels)")
+    p.add_argument("--patch", type=int, default=8, help="pixels per token side")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--prediction", default="x0", choices=["x0", "flow"], help="what the DiT's head predicts")
+    p.add_argument("--clips", type=int, default=20000, help="train clips in the dataset")
+    p.add_argument("--clip-frames", type=int, default=12, help="frames per dataset clip (crops are cut from them)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--shift", type=float, default=DEMO_SHIFT, help="the sampler's shift (its noise levels are trained)")
+    p.add_argument("--context-prob", type=float, default=0.5, help="share of samples with a context chunk")
+    p.add_argument("--context-t-max", type=float, default=100.0, help="context chunks noised up to this timestep")
+    p.add_argument("--text-drop", type=float, default=0.1, help="share of captions dropped (guidance)")
+    p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=1000)
-    p.add_argument("--max-minutes", type=float, default=0, help="stop (and export) after this long; 0 = no limit")
-    p.add_argument("--from-npz", default="", help="only write OUT/model from this model.npz")
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--max-minutes", type=float, default=0, help="save and stop after this long (resume later)")
+    p.add_argument("--run-steps", type=int, default=0, help="save and stop after this many steps (resume later)")
+    p.add_argument("--export-now", action="store_true",
+                   help="only write OUT from the newest checkpoint's EMA weights (a look at a run in progress)")
     args = p.parse_args(argv)
     logs.setup()
-    if args.from_npz:
-        if not os.path.isfile(args.from_npz):
-            print(f"train_demo: error: --from-npz {args.from_npz!r}: no such file", file=sys.stderr)
-            return 2
-        return export_npz(args.from_npz, os.path.join(os.path.abspath(args.out), "model"))
-    if args.frames % 3 or args.size % 4:
-        print("train_demo: error: --frames must be a multiple of 3 and --size of 4", file=sys.stderr)
+    problem = check_args(args)
+    if problem:
+        print(f"train_demo: error: {problem}", file=sys.stderr)
         return 2
+    return train(args)
 
+
+def check_args(args) -> str:
+    if args.frames % 3 or args.frames < 3:
+        return f"--frames must be a positive multiple of 3, got {args.frames}"
+    if args.size % args.patch:
+        return f"--size {args.size} is not a multiple of --patch {args.patch}"
+    if args.clip_frames < args.frames:
+        return f"--clip-frames {args.clip_frames} is shorter than --frames {args.frames}"
+    if args.dim % args.heads:
+        return f"--dim {args.dim} is not divisible by --heads {args.heads}"
+    return ""
+
+
+def clips_of(args, work: str):
+    """The training clips through TFDS (built in WORK/data on the first run)."""
+    from pyramid_jax.data import shapes_tfds
+
+    data_dir = os.path.join(work, "data")
+    name = shapes_tfds.prepare(data_dir, args.size, args.clip_frames, args.clips)
+    log.info("clips: %s in %s", name, data_dir)
+    return shapes_tfds.data_source(data_dir, name)
+
+
+def train(args, source=None) -> int:
+    """source: the clips (default: the TFDS dataset of args); source[i] -> {"video", "caption"}."""
     import orbax.checkpoint as ocp
 
+    from pyramid_jax.models import umt5
     from pyramid_jax.models.wan import init_model
     from pyramid_jax.training import make_optimizer, train_step
+    from pyramid_jax.weights.t5_names import random_t5_params
 
     t_start = time.perf_counter()
-    out = os.path.abspath(args.out)
-    text_dir = os.path.join(out, "text")
-    if not os.path.exists(os.path.join(text_dir, "umt5")):
-        build_text_encoder(text_dir, args.seed)
-    cfg = demo_dit_config()
-    videos, captions = make_dataset(args.seed, args.clips, args.frames, args.size, args.workers)
-    ctx = encode_captions(text_dir, captions, cfg.text_len)
-    log.info("dataset: %d clips of %d frames at %dx%d (%.0f MB) in %.1f s", len(videos), args.frames,
-             args.size, args.size, videos.nbytes / 2**20, time.perf_counter() - t_start)
+    work, out = os.path.abspath(args.work), os.path.abspath(args.out)
+    vocab = build_vocabulary(os.path.join(work, "text"))
+    tokenizer = umt5.Tokenizer(vocab, 32)
+    source = clips_of(args, work) if source is None else source
+    log.info("%d train clips ready in %.1f s", len(source), time.perf_counter() - t_start)
+    batches = Batches(source, tokenizer, args.batch, args.frames, args.seed)
 
-    model = init_model(cfg, seed=args.seed)
-    graphdef, params = nnx.split(model)
-    opt = make_optimizer(lr=args.lr, warmup=200)
-    opt_state = opt.init(params)
-    mgr = ocp.CheckpointManager(os.path.join(out, "ckpt"), options=ocp.CheckpointManagerOptions(max_to_keep=2))
-    start = 0
+    cfg, t5_cfg = dit_config(args), t5_config(tokenizer.sp.get_piece_size())
+    graphdef, dit = nnx.split(init_model(cfg, seed=args.seed))
+    params = {"dit": dit, "text": jax.tree.map(jnp.asarray, random_t5_params(t5_cfg, args.seed))}
+    opt = make_optimizer(lr=args.lr, warmup=args.warmup, total_steps=args.steps)
+    opt_state, ema = opt.init(params), jax.tree.map(jnp.copy, params)
+    recipe = recipe_of(args)
+    log.info("DiT %d params, text encoder %d params; recipe %s", _count(params["dit"]), _count(params["text"]), recipe)
+
+    mgr = ocp.CheckpointManager(os.path.join(work, "ckpt"), options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    start, spent = 0, 0.0
     if mgr.latest_step() is not None:
         start = mgr.latest_step()
-        target = {"params": nnx.to_pure_dict(params), "opt": opt_state}
-        restored = mgr.restore(start, args=ocp.args.StandardRestore(jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)))
-        nnx.replace_by_pure_dict(params, restored["params"])
-        opt_state = restored["opt"]
-        log.info("resumed from %s at step %d", mgr.directory, start)
-    to_frames = jax.jit(lambda v: (v.astype(jnp.float32) / 127.5 - 1.0).transpose(0, 1, 4, 2, 3))
+        params, opt_state, ema, spent = restore(mgr, start, params, opt_state, ema)
+        log.info("resumed from %s at step %d (%.1f min of training before)", mgr.directory, start, spent / 60)
     key = jax.random.key(args.seed)
-    t0, losses, step = time.perf_counter(), [], start
-    for step in range(start, args.steps):
-        idx = np.random.default_rng([args.seed, step]).integers(0, len(videos), args.batch)  # resumable
-        params, opt_state, loss = train_step(graphdef, opt, params, opt_state, to_frames(jnp.asarray(videos[idx])),
-                                             jnp.asarray(ctx[idx]), jax.random.fold_in(key, step),
-                                             clean_context_prob=args.clean_context_prob)
+    t0, losses, step, done = time.perf_counter(), [], start, start
+    stop = start if args.export_now else args.steps if not args.run_steps else min(args.steps, start + args.run_steps)
+    for step in range(start, stop):
+        frames, ids, mask = batches(step)
+        params, opt_state, loss, ema = train_step(graphdef, opt, params, opt_state, jnp.asarray(frames),
+                                                  (jnp.asarray(ids), jnp.asarray(mask)), jax.random.fold_in(key, step),
+                                                  recipe=recipe, text_cfg=t5_cfg, ema=ema, ema_decay=args.ema)
         losses.append(loss)
         done = step + 1
-        if done % 100 == 0 or done == args.steps or done - start in (1, 3):
-            mean_loss = float(np.mean(jax.device_get(losses[-100:])))  # waits for the queued steps
-            seconds = time.perf_counter() - t0
-            log.info("step %d/%d  loss %.4f  %.1f s, %.2f steps/s (incl. compile)", done, args.steps, mean_loss,
-                     seconds, len(losses) / seconds)
-        if done % args.save_every == 0 or done == args.steps:
-            mgr.save(done, args=ocp.args.StandardSave({"params": nnx.to_pure_dict(params), "opt": opt_state}))
-        if args.max_minutes and time.perf_counter() - t_start > 60 * args.max_minutes:
-            log.info("stopping at step %d: --max-minutes %.1f reached", done, args.max_minutes)
-            mgr.save(done, args=ocp.args.StandardSave({"params": nnx.to_pure_dict(params), "opt": opt_state}),
-                     force=True)
+        if done % 50 == 0 or done == stop or done - start in (1, 3):
+            mean = float(np.mean(jax.device_get(losses[-50:])))  # waits for the queued steps
+            sec = time.perf_counter() - t0
+            rate = (done - start) / sec
+            log.info("step %d/%d  loss %.4f  %.2f steps/s  %.1f min, ETA %.1f min", done, args.steps, mean, rate,
+                     (spent + sec) / 60, (args.steps - done) / rate / 60)
+        out_of_time = args.max_minutes and time.perf_counter() - t_start > 60 * args.max_minutes
+        if done % args.save_every == 0 or done == stop or out_of_time:
+            save(mgr, done, params, opt_state, ema, spent + time.perf_counter() - t0)
+        if out_of_time:
             break
     mgr.wait_until_finished()
-    trained = nnx.merge(graphdef, params)
-    np.savez(os.path.join(out, "model.npz"), **flat_params(trained))
-    export(trained, os.path.join(out, "model"), f"train_demo {step + 1} steps, batch {args.batch}, "
-                                                f"{args.frames}x{args.size}x{args.size} clips")
-    log.info("(%.1f min in all)", (time.perf_counter() - t_start) / 60)
+    spent += time.perf_counter() - t0
+    if done < args.steps and not args.export_now:
+        log.info("stopped at step %d of %d: run the same command again to continue", done, args.steps)
+        return 0
+    final_loss = float(np.mean(jax.device_get(losses[-200:]))) if losses else float("nan")
+    export(out, vocab, graphdef, ema, cfg, t5_cfg, args, spent, final_loss, done)
+    log.info("(%.1f min in all this run)", (time.perf_counter() - t_start) / 60)
     return 0
 
 
-def flat_params(model) -> dict:
-    """{"blocks/attn/q/kernel": array, ...}: the model's params as one flat npz-able dict."""
-    tree = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def _count(tree) -> int:
+    return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
 
 
-def export(model, dst: str, source: str) -> None:
-    """Write `model` as a pyramid_jax DiT checkpoint at dst (replacing one there)."""
-    import shutil
-
-    from pyramid_jax.weights.checkpoint import save_model
-
-    if os.path.exists(dst):
-        shutil.rmtree(dst)
-    save_model(dst, model, source=source)
-    log.info("wrote %s", dst)
+def _pure(params):
+    return {"dit": nnx.to_pure_dict(params["dit"]), "text": params["text"]}
 
 
-def export_npz(npz: str, dst: str) -> int:
-    """`--from-npz`: rebuild the checkpoint directory from model.npz (e.g. copied off a GPU machine)."""
-    from pyramid_jax.models.wan import init_model
+def save(mgr, step, params, opt_state, ema, seconds):
+    import orbax.checkpoint as ocp
 
-    model = init_model(demo_dit_config())
-    state = nnx.state(model, nnx.Param)
-    data = np.load(npz)
-    leaves = [jnp.asarray(data[name]) for name in flat_params(model)]  # same order as the tree
-    nnx.replace_by_pure_dict(state, jax.tree.unflatten(jax.tree.structure(nnx.to_pure_dict(state)), leaves))
-    nnx.update(model, state)
-    export(model, dst, f"train_demo (from {os.path.basename(npz)})")
-    return 0
+    state = {"params": _pure(params), "opt": opt_state, "ema": _pure(ema), "seconds": np.float64(seconds)}
+    mgr.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def restore(mgr, step, params, opt_state, ema):
+    """(params, opt_state, ema, training seconds so far) of checkpoint `step`."""
+    import orbax.checkpoint as ocp
+
+    target = {"params": _pure(params), "opt": opt_state, "ema": _pure(ema), "seconds": np.float64(0)}
+    got = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), target)))
+    for tree, pure in ((params, got["params"]), (ema, got["ema"])):
+        nnx.replace_by_pure_dict(tree["dit"], pure["dit"])
+        tree["text"] = pure["text"]
+    return params, got["opt"], ema, float(got["seconds"])
+
+
+def export(out, vocab, graphdef, ema, cfg, t5_cfg, args, seconds, final_loss, steps):
+    """The EMA weights after `steps` steps as the demo's files: OUT/dit, OUT/text/umt5,
+    OUT/text/spiece.model (final_loss: the mean of this run's last 200 steps, NaN if none)."""
+    from pyramid_jax.weights.checkpoint import save_model, save_params
+
+    how = {"training": dict(steps=steps, of_steps=args.steps, minutes=round(seconds / 60, 1),
+                            final_loss=round(final_loss, 4),
+                            machine=machine(), batch=args.batch, frames=args.frames, size=args.size,
+                            recipe={k: v for k, v in vars(args).items() if k not in ("out", "work")})}
+    source = f"tools/train_demo.py: {steps} of {args.steps} steps ({seconds / 60:.0f} min on {machine()}), EMA weights"
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out) or ".")
+    try:
+        save_model(os.path.join(tmp, "dit"), nnx.merge(graphdef, ema["dit"]), source=source, extra=how)
+        save_params(os.path.join(tmp, "text", "umt5"), ema["text"], t5_cfg, source=source, kind="t5", extra=how)
+        shutil.copy(vocab, os.path.join(tmp, "text", "spiece.model"))
+        os.makedirs(out, exist_ok=True)
+        for part in ("dit", "text"):  # replace only what training makes (head maps stay)
+            shutil.rmtree(os.path.join(out, part), ignore_errors=True)
+            os.rename(os.path.join(tmp, part), os.path.join(out, part))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote %s (dit, text): %s", out, json.dumps(how["training"], default=str)[:300])
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} CPUs, {jax.devices()[0].platform}, jax {jax.__version__}"
 
 
 if __name__ == "__main__":

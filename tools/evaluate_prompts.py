@@ -1,0 +1,124 @@
+"""Prompt adherence of a shapes model: every (prompt, seed) as one batch, in this process.
+
+  python tools/evaluate_prompts.py --config=configs/demo.py --prompts FILE.txt --seeds 0,1,2 \
+      [--seconds 10] [--guidance 1,3] [--json OUT.json] [--strip OUT.png] [--config.FIELD=VALUE ...]
+
+For each guidance scale: per prompt, `metrics.prompt_adherence` (from 1 s on) averaged over the
+seeds, and the mean share of frames showing the named background colour (>= 30%) and the
+named shape colour (>= 0.5%): which half of a prompt a model misses. Prints a table, writes JSON;
+--strip writes one row of frames per prompt (first seed, every second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from pyramid_jax import logs, metrics, pipeline, video
+from pyramid_jax.config import parse_config
+from pyramid_jax.errors import UserError
+from pyramid_jax.media import write_text
+
+
+def generate_videos(c, models, prompts: list[str], seeds: list[int]) -> np.ndarray:
+    """uint8 [len(prompts) * len(seeds), T, H, W, 3]: prompt-major, then seed."""
+    pairs = [(p, s) for p in prompts for s in seeds]
+    hw = pipeline.latent_size(c, models.dit.cfg)
+    job = pipeline.scheduled_inputs(c, models, [p for p, _ in pairs], [s for _, s in pairs], hw)
+    decoder = video.video_decoder(c, len(pairs), hw, models.vae)
+    frames = []
+    pipeline.generate(c, models, job, sink=_Collect(decoder, frames))
+    return np.concatenate(frames, axis=1)
+
+
+class _Collect:
+    """A sink that keeps the decoded frames instead of writing mp4s."""
+
+    def __init__(self, decoder, frames):
+        self.decoder, self.frames = decoder, frames
+
+    def push(self, x0):
+        self.frames.append(self.decoder.push(x0))
+
+
+def score(videos, prompts, seeds, fps) -> list[dict]:
+    """Per prompt: adherence and the background / shape halves of it, means over seeds."""
+    rows = []
+    for i, prompt in enumerate(prompts):
+        vids = videos[i * len(seeds):(i + 1) * len(seeds)]
+        shape, background = metrics.caption_colors(prompt)
+        start = int(round(fps))
+        shares = [metrics.color_shares(v[start:], median=True) for v in vids]
+        rows.append(dict(prompt=prompt,
+                         adherence=float(np.mean([metrics.prompt_adherence(v, prompt, fps) for v in vids])),
+                         background_ok=float(np.mean([(s[background] >= 0.3).mean() for s in shares])),
+                         shape_ok=float(np.mean([(s[shape] >= 0.005).mean() for s in shares]))))
+    return rows
+
+
+def strip(videos, seeds, fps) -> np.ndarray:
+    """uint8 image: one row per prompt (its first seed), a frame every second."""
+    first = videos[::len(seeds)]
+    picks = np.arange(0, first.shape[1], fps)
+    rows = [np.concatenate(list(v[picks]), axis=1) for v in first]
+    return np.concatenate(rows, axis=0)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg_args = [a for a in argv if a.startswith("--config")]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", required=True, help="a text file, one prompt per line")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--guidance", default="", help="comma list of guidance scales (default: the config's)")
+    p.add_argument("--json", default="")
+    p.add_argument("--strip", default="", help="png of the first seed's videos, one frame a second")
+    args = p.parse_args([a for a in argv if not a.startswith("--config")])
+    logs.setup()
+    try:
+        with open(args.prompts) as fh:
+            prompts = [line.strip() for line in fh if line.strip()]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        scales = [float(g) for g in args.guidance.split(",") if g.strip()]
+    except (OSError, ValueError) as e:
+        print(f"evaluate_prompts: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        c = parse_config(["evaluate", *cfg_args])
+        f = c.frames_per_chunk
+        c.num_frames = int(round(args.seconds * c.fps / video.strides(c)[0] / f)) * f
+        c.output = ""
+        pipeline.check_config(c)
+        models = pipeline.load(c)
+    except UserError as e:
+        print(f"evaluate_prompts: error: {e}", file=sys.stderr)
+        return 2
+    results = {}
+    for g in scales or [c.guidance_scale]:
+        c.guidance_scale = g
+        models.sampler = pipeline.make_sampler(c)
+        t0 = time.perf_counter()
+        videos = generate_videos(c, models, prompts, seeds)
+        rows = score(videos, prompts, seeds, int(c.fps))
+        results[g] = dict(rows=rows, mean=float(np.mean([r["adherence"] for r in rows])),
+                          min=float(np.min([r["adherence"] for r in rows])), seconds=time.perf_counter() - t0)
+        print(f"\n## guidance {g:g}: adherence mean {results[g]['mean']:.3f}, min {results[g]['min']:.3f} "
+              f"({len(prompts)} prompts x {len(seeds)} seeds, {args.seconds:g} s)")
+        for r in rows:
+            print(f"{r['adherence']:6.3f}  bg {r['background_ok']:5.2f}  shape {r['shape_ok']:5.2f}  {r['prompt']}")
+        if args.strip:
+            from PIL import Image
+
+            Image.fromarray(strip(videos, seeds, int(c.fps))).save(args.strip.replace(".png", f"_g{g:g}.png"))
+    if args.json:
+        write_text(args.json, json.dumps({"results": results, "seeds": seeds, "config_args": cfg_args}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
