@@ -56,9 +56,24 @@ def to_upstream(sd, nrb=NRB, stages=4):
         elif m := re.match(r"decoder\.up_blocks\.(\d)\.upsamplers\.0\.(.+)", k):
             n = f"decoder.upsamples.{int(m.group(1)) * (nrb + 2) + nrb + 1}.{m.group(2)}"
         elif k.startswith("encoder."):
-            n = k  # upstream's encoder names differ too; the decoder-only converter drops them
+            n = _upstream_encoder_key(k, res)
         out[n] = v.clone()
     return out
+
+
+def _upstream_encoder_key(k, res):
+    """diffusers -> upstream Wan VAE encoder names (its flat down list keeps its indices)."""
+    for a, b in (("encoder.conv_in.", "encoder.conv1."), ("encoder.norm_out.", "encoder.head.0."),
+                 ("encoder.conv_out.", "encoder.head.2.")):
+        if k.startswith(a):
+            return k.replace(a, b)
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.(.+)", k):
+        return f"encoder.downsamples.{m.group(1)}.{res.get(m.group(2), m.group(2))}"
+    if m := re.match(r"encoder\.mid_block\.resnets\.(\d)\.(.+)", k):
+        return f"encoder.middle.{2 * int(m.group(1))}.{res[m.group(2)]}"
+    if m := re.match(r"encoder\.mid_block\.attentions\.0\.(.+)", k):
+        return f"encoder.middle.1.{m.group(1)}"
+    raise KeyError(k)
 
 
 def _diffusers_decode(m, z):
@@ -108,3 +123,50 @@ def test_vae_converter_names_missing_key(ref_vae, tmp_path):
                  "--kind", "vae")
     assert r.returncode != 0 and "missing keys: decoder.conv_out.bias" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _diffusers_encode(m, video):
+    """The normalised posterior mean, as upstream's WanVAE.encode returns it. video [B, 3, T, H, W]."""
+    mean = torch.tensor(vae.LATENTS_MEAN).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.LATENTS_STD).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        mu = m.encode(video).latent_dist.mean
+        return ((mu - mean) * (1.0 / std)).numpy()
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "upstream"])
+def test_vae_encode_parity(ref_vae, tmp_path, layout):
+    """The encoder from the same files as the decoder equals upstream's chunked encode (first
+    frame alone, then 4 at a time with causal caches) for 1, 5 and 9 frames."""
+    from pyramid_jax.weights.checkpoint import load_vae_encoder
+
+    if layout == "diffusers":
+        ref_vae.save_pretrained(tmp_path / "src", safe_serialization=True)
+        src = tmp_path / "src"
+    else:
+        src = tmp_path / "Wan2.1_VAE.pth"
+        torch.save(to_upstream(ref_vae.state_dict()), src)
+    assert convert.main(["--src", str(src), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
+    encoder = load_vae_encoder(str(tmp_path / "vae"))
+    for frames in (1, 5, 9):
+        video = torch.rand(1, 3, frames, 24, 40, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+        want = _diffusers_encode(ref_vae, video)
+        got = np.asarray(encoder(jnp.asarray(video.numpy().transpose(0, 2, 3, 4, 1)))).transpose(0, 4, 1, 2, 3)
+        assert got.shape == want.shape == (1, 16, 1 + (frames - 1) // 4, 3, 5)
+        err = rel_err(got, want)
+        print(f"{layout}: {frames} frames, encode rel err {err:.2e}")
+        assert err <= 1e-5
+
+
+def test_old_vae_checkpoint_still_decodes_and_refuses_to_encode(ref_vae, tmp_path):
+    """A checkpoint converted from a file without an encoder loads as a decoder; asking it for
+    an encoder is one line that says what to do."""
+    from pyramid_jax.weights.checkpoint import CheckpointError, load_vae_encoder
+
+    sd = {k: v for k, v in to_upstream(ref_vae.state_dict()).items() if not k.startswith(("encoder.", "conv1."))}
+    torch.save(sd, tmp_path / "decoder_only.pth")
+    assert convert.main(["--src", str(tmp_path / "decoder_only.pth"), "--dst", str(tmp_path / "vae"),
+                         "--kind", "vae"]) == 0
+    assert load_vae(str(tmp_path / "vae")).cfg.base_dim == 16
+    with pytest.raises(CheckpointError, match="holds no VAE encoder .* convert Wan2.1_VAE.pth again"):
+        load_vae_encoder(str(tmp_path / "vae"))

@@ -28,6 +28,7 @@ from flax import nnx
 from pyramid_jax.errors import first_line
 from pyramid_jax.models.umt5 import UMT5Config, UMT5Encoder
 from pyramid_jax.models.vae import VAEConfig, WanVAEDecoder
+from pyramid_jax.models.vae_encoder import WanVAEEncoder
 from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded; the message says why."""
 
 
-def save_params(dst: str, params: dict, cfg, source: str = "", kind: str = "dit") -> None:
-    """Write `params` (nested dict of arrays matching the model state) and cfg to dst.
+def save_params(dst: str, params: dict, cfg, source: str = "", kind: str = "dit", extra: dict | None = None) -> None:
+    """Write `params` (nested dict of arrays matching the model state) and cfg to dst; extra:
+    more metadata for config.json (e.g. how the weights were trained).
 
     Fails if dst exists. Nothing is left at dst unless the whole write succeeded.
     """
@@ -54,7 +56,7 @@ def save_params(dst: str, params: dict, cfg, source: str = "", kind: str = "dit"
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, "params"), jax.tree.map(jnp.asarray, params))
             ckptr.wait_until_finished()
-        meta = {"kind": kind, "format": FORMAT, "model": dataclasses.asdict(cfg), "source": source}
+        meta = {"kind": kind, "format": FORMAT, "model": dataclasses.asdict(cfg), "source": source, **(extra or {})}
         with open(os.path.join(tmp, "config.json"), "w") as fh:
             json.dump(meta, fh, indent=2)
         os.rename(tmp, dst)
@@ -63,8 +65,8 @@ def save_params(dst: str, params: dict, cfg, source: str = "", kind: str = "dit"
         raise
 
 
-def save_model(dst: str, model: CausalWan, source: str = "") -> None:
-    save_params(dst, nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.cfg, source)
+def save_model(dst: str, model: CausalWan, source: str = "", extra: dict | None = None) -> None:
+    save_params(dst, nnx.to_pure_dict(nnx.state(model, nnx.Param)), model.cfg, source, extra=extra)
 
 
 def restore_tree(path: str, target=None):
@@ -169,9 +171,30 @@ def with_weights(module_cls, cfg, params: dict):
     return nnx.merge(graphdef, state)
 
 
+def _part(module_cls, cfg, params: dict, path: str):
+    """The module_cls of cfg from the part of a flat VAE checkpoint that is its own."""
+    from pyramid_jax.models import vae as vae_model, vae_encoder
+
+    shapes = (vae_model if module_cls is WanVAEDecoder else vae_encoder).param_shapes(cfg)
+    missing = sorted(set(shapes) - set(params))
+    if missing:
+        what = "encoder" if module_cls is WanVAEEncoder else "decoder"
+        raise CheckpointError(f"{path} holds no VAE {what} (converted before encoders were kept?): convert "
+                              "Wan2.1_VAE.pth again with tools/convert_checkpoint.py --kind vae")
+    return with_weights(module_cls, cfg, {k: params[k] for k in shapes})
+
+
 def load_vae(path: str, dtype: str | None = None) -> WanVAEDecoder:
     """The decoder written by `convert_checkpoint.py --kind vae`."""
-    return with_weights(WanVAEDecoder, *load_flat(path, "vae", VAEConfig, dtype))
+    cfg, params = load_flat(path, "vae", VAEConfig, dtype)
+    return _part(WanVAEDecoder, cfg, params, path)
+
+
+def load_vae_encoder(path: str, dtype: str | None = None) -> WanVAEEncoder:
+    """The encoder of a `convert_checkpoint.py --kind vae` checkpoint (CheckpointError, one
+    line, for checkpoints converted without one)."""
+    cfg, params = load_flat(path, "vae", VAEConfig, dtype)
+    return _part(WanVAEEncoder, cfg, params, path)
 
 
 def load_t5(path: str, dtype: str | None = None) -> UMT5Encoder:

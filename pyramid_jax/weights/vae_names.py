@@ -1,8 +1,9 @@
-"""Wan VAE weights: upstream `Wan2.1_VAE.pth` / diffusers `AutoencoderKLWan` -> decoder params.
+"""Wan VAE weights: upstream `Wan2.1_VAE.pth` / diffusers `AutoencoderKLWan` -> the decoder's
+params and, when the file has them, the encoder's.
 
-The diffusers names are canonical (`models/vae.py` reads them); upstream names are mapped
-onto them. Only the decoder and post_quant_conv are kept (encoder keys are recognised and
-dropped); kernels are stored channel-last.
+The diffusers names are canonical (`models/vae.py` and `models/vae_encoder.py` read them);
+upstream names are mapped onto them; kernels are stored channel-last. A checkpoint holds one
+flat dict: decoder + post_quant_conv, and encoder + quant_conv when the source had an encoder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import numpy as np
 from flax import nnx
 
+from pyramid_jax.models import vae_encoder
 from pyramid_jax.models.vae import VAEConfig, WanVAEDecoder, param_shapes
 from pyramid_jax.weights.errors import ConversionError
 from pyramid_jax.weights.table import Name, checkpoint_shapes, params_from
@@ -26,8 +28,26 @@ def is_upstream(keys) -> bool:
     return any(k.startswith("decoder.upsamples.") or k.startswith("decoder.middle.") for k in keys)
 
 
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+
+
+def _upstream_encoder_name(key: str) -> str | None:
+    """The diffusers name of an upstream encoder key (its down list is flat in both)."""
+    new = {"conv1.weight": "quant_conv.weight", "conv1.bias": "quant_conv.bias",
+           "encoder.conv1.weight": "encoder.conv_in.weight", "encoder.conv1.bias": "encoder.conv_in.bias",
+           "encoder.head.0.gamma": "encoder.norm_out.gamma", "encoder.head.2.weight": "encoder.conv_out.weight",
+           "encoder.head.2.bias": "encoder.conv_out.bias"}.get(key)
+    if new is None and (m := re.match(r"encoder\.middle\.(\d)\.(.+)$", key)):
+        i, rest = int(m.group(1)), m.group(2)
+        new = (f"encoder.mid_block.attentions.0.{rest}" if i == 1
+               else f"encoder.mid_block.resnets.{i // 2}.{_RES.get(rest, rest)}")
+    if new is None and (m := re.match(r"encoder\.downsamples\.(\d+)\.(.+)$", key)):
+        new = f"encoder.down_blocks.{m.group(1)}.{_RES.get(m.group(2), m.group(2))}"
+    return new
+
+
 def upstream_rename(sd: dict) -> dict:
-    """Rename upstream Wan VAE keys (decoder part) to diffusers names; encoder keys dropped."""
+    """Rename upstream Wan VAE keys (decoder and encoder) to diffusers names."""
     ups = sorted({int(m.group(1)) for k in sd if (m := re.match(r"decoder\.upsamples\.(\d+)\.", k))})
     # upstream's flat list: per stage, its resnets then (except the last stage) one resampler
     stage_of, stage, local = {}, 0, 0
@@ -41,6 +61,7 @@ def upstream_rename(sd: dict) -> dict:
     out = {}
     for key, val in sd.items():
         if key.startswith(("encoder.", "conv1.")):
+            out[_upstream_encoder_name(key) or key] = val
             continue
         new = {"conv2.weight": "post_quant_conv.weight", "conv2.bias": "post_quant_conv.bias",
                "decoder.conv1.weight": "decoder.conv_in.weight", "decoder.conv1.bias": "decoder.conv_in.bias",
@@ -96,22 +117,36 @@ def names(cfg: VAEConfig) -> list[Name]:
     return [Name(k, ("weights", k), *_layout(k, len(shape))) for k, shape in param_shapes(cfg).items()]
 
 
-def abstract_params(cfg: VAEConfig) -> dict:
-    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: WanVAEDecoder(cfg)), nnx.Param))
+def encoder_names(cfg: VAEConfig) -> list[Name]:
+    """The encoder's name table: diffusers key -> WanVAEEncoder.weights[key]."""
+    return [Name(k, ("weights", k), *_layout(k, len(shape))) for k, shape in vae_encoder.param_shapes(cfg).items()]
+
+
+def abstract_params(cfg: VAEConfig, module=WanVAEDecoder) -> dict:
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: module(cfg)), nnx.Param))
 
 
 def params(sd: dict, cfg: VAEConfig) -> dict:
-    """Check names and shapes against the decoder, then lay kernels out channel-last: the flat
-    {diffusers name: array} dict a vae checkpoint holds."""
-    sd = {k: v for k, v in sd.items() if not k.startswith(("encoder.", "quant_conv."))}
-    return params_from(sd, names(cfg), abstract_params(cfg))["weights"]
+    """Check names and shapes against the decoder (and the encoder, if the file has one: all
+    of it or a ConversionError naming what is missing), then lay kernels out channel-last: the
+    flat {diffusers name: array} dict a vae checkpoint holds."""
+    decoder = {k: v for k, v in sd.items() if not k.startswith(ENCODER_PREFIXES)}
+    encoder = {k: v for k, v in sd.items() if k.startswith(ENCODER_PREFIXES)}
+    out = params_from(decoder, names(cfg), abstract_params(cfg))["weights"]
+    if encoder:
+        out.update(params_from(encoder, encoder_names(cfg), abstract_params(cfg, vae_encoder.WanVAEEncoder))["weights"])
+    return out
 
 
-def random_vae_params(cfg: VAEConfig, seed: int = 0) -> dict:
-    """Random decoder params of a config (demos and tests before trained weights exist)."""
+def random_vae_params(cfg: VAEConfig, seed: int = 0, encoder: bool = False) -> dict:
+    """Random decoder params of a config (demos and tests before trained weights exist), and
+    the encoder's too with encoder=True."""
     rng = np.random.default_rng(seed)
     sd = {}
-    for k, shape in checkpoint_shapes(names(cfg), abstract_params(cfg)).items():
+    shapes = checkpoint_shapes(names(cfg), abstract_params(cfg))
+    if encoder:
+        shapes.update(checkpoint_shapes(encoder_names(cfg), abstract_params(cfg, vae_encoder.WanVAEEncoder)))
+    for k, shape in shapes.items():
         if k.endswith("gamma"):
             sd[k] = np.ones(shape, np.float32)
         elif k.endswith("bias"):
