@@ -57,6 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.save_latents = ""          # npz with `latents` [B, F, C, h, w]
     c.replay = ""                # npz with context, noise, renoise (upstream layout)
     c.save_replay = ""           # write the context and noise this run drew, as a replay file
+    # start from given frames: a video to continue (mp4, or an npz of `latents` as save_latents
+    # writes them) or an image (png / jpg, a still clip); generation adds num_frames latent
+    # frames after them; init_in_output puts the given frames at the head of the mp4
+    c.init_video = ""
+    c.init_image = ""
+    c.init_in_output = True
     # kv_dtype: the cache pages' dtype: "" (the model's), bfloat16, float32, or 8-bit pages with
     # per-token scales: int8 | float8_e4m3fn (dequantized on load by every attention backend)
     c.cache = ml_collections.ConfigDict(dict(

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from pyramid_jax import media, video
+from pyramid_jax import init_frames, media, video
 from pyramid_jax.attention import check_backend
 from pyramid_jax.cache.head_map import HeadMapError, load_head_map
 from pyramid_jax.cache.policies import make_policy
@@ -24,7 +24,7 @@ from pyramid_jax.models.wan import CausalWan, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Rollout, Sampler, rollout, text_kv_of
 from pyramid_jax.sampling.schedule import FlowSchedule
 from pyramid_jax.text import TextEncoder, parse_schedule, prompt_context, prompts_of, schedule_contexts
-from pyramid_jax.weights.checkpoint import CheckpointError, load_model
+from pyramid_jax.weights.checkpoint import CheckpointError, load_model, load_vae_encoder, read_config
 
 log = logging.getLogger("pyramid_jax")
 
@@ -57,6 +57,29 @@ def check_config(c) -> None:
         raise UserError(f"unknown cache.kv_dtype {c.cache.kv_dtype!r}; choose one of "
                         f"{', '.join(d or '(the model dtype)' for d in KV_DTYPES)}")
     _check_files(c)
+    _check_init(c)
+
+
+def model_config(c) -> WanConfig:
+    """The DiT's config without loading it: its checkpoint's config.json, or `c.model`."""
+    try:
+        return read_config(c.checkpoint)[1] if c.checkpoint else WanConfig.from_dict(c.model.to_dict())
+    except (CheckpointError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def _check_init(c) -> None:
+    """init_video / init_image read, fit the model, and a latent model has an encoder for them."""
+    given = init_frames.field_of(c)
+    if given is None:
+        return
+    if c.replay:
+        raise UserError(f"{given[0]} cannot go with replay (a replay file holds its own initial_latent)")
+    cfg = model_config(c)
+    init_frames.check(c, cfg, latent_size(c, cfg))
+    if c.vae.kind == "wan" and not given[1].lower().endswith(".npz") and not (c.vae.checkpoint or c.vae.random):
+        raise UserError(f"{given[0]} needs the Wan VAE's encoder: set vae.checkpoint (tools/convert_checkpoint.py "
+                        "--kind vae) or give latents (.npz)")
 
 
 def check_schedule(c) -> None:
@@ -135,6 +158,32 @@ class Models:
     text: TextEncoder
     vae: tuple | None
     sampler: Sampler
+    vae_encoder: object = None  # the Wan VAE's encoder, loaded when given frames need it
+
+
+def encoder_for(c, models: Models):
+    """The VAE encoder that turns given frames into latents (loaded once, kept on models);
+    None for a pixel model, whose frames are its latents."""
+    if c.vae.kind == "pixel":
+        return None
+    if models.vae_encoder is None:
+        from pyramid_jax.models.vae import VAEConfig
+        from pyramid_jax.models.vae_encoder import WanVAEEncoder
+        from pyramid_jax.weights.checkpoint import with_weights
+        from pyramid_jax.weights.vae_names import random_vae_params
+
+        if c.vae.checkpoint:
+            try:
+                models.vae_encoder = load_vae_encoder(c.vae.checkpoint, dtype=c.dtype)
+            except CheckpointError as e:
+                raise UserError(str(e)) from None
+        else:
+            vcfg = VAEConfig(base_dim=c.vae.base_dim, num_res_blocks=c.vae.num_res_blocks, dtype=c.dtype)
+            params = random_vae_params(vcfg, encoder=True)
+            models.vae_encoder = with_weights(WanVAEEncoder, vcfg, {k: v for k, v in params.items()
+                                                                      if k.startswith(("encoder.", "quant_conv."))})
+            log.warning("NO VAE CHECKPOINT: a random VAE encoder encodes the given frames")
+    return models.vae_encoder
 
 
 def load(c, text: bool = True, decoder: bool = True) -> Models:
@@ -180,10 +229,23 @@ class Inputs:
     num_frames: int
     latent_hw: tuple[int, int]
     switches: tuple = ()  # (start frame, context [B, Lt, text_dim]) of each later prompt
+    initial: np.ndarray | None = None  # given frames to continue: latents [B, F0, C, h, w]
 
     @property
     def batch(self) -> int:
         return self.context.shape[0]
+
+    @property
+    def given_frames(self) -> int:
+        return 0 if self.initial is None else self.initial.shape[1]
+
+
+def with_initial(c, models: Models, job: Inputs) -> Inputs:
+    """The job continuing the config's init_video / init_image, if it names one."""
+    if init_frames.field_of(c) is None:
+        return job
+    initial = init_frames.initial_latents(c, models.dit.cfg, job.latent_hw, encoder_for(c, models), job.batch)
+    return dataclasses.replace(job, initial=initial)
 
 
 def inputs(c, models: Models) -> Inputs:
@@ -192,17 +254,18 @@ def inputs(c, models: Models) -> Inputs:
     if not c.replay:
         hw = latent_size(c, cfg)
         if c.prompt_schedule.strip():
-            return scheduled_inputs(c, models, prompts_of(c), c.seed, hw)
+            return with_initial(c, models, scheduled_inputs(c, models, prompts_of(c), c.seed, hw))
         context = prompt_context(c, cfg, models.text)
         noise = RandomNoise(c.seed, (context.shape[0], c.num_frames, cfg.in_channels, *hw), models.sampler)
-        return Inputs(context, noise, c.num_frames, hw)
-    context, noise, renoise = load_replay(c.replay, cfg)
+        return with_initial(c, models, Inputs(context, noise, c.num_frames, hw))
+    context, noise, renoise, initial = load_replay(c.replay, cfg)
     try:
         source = ReplayNoise(noise, renoise, models.sampler)
     except ValueError as e:
         raise UserError(f"replay {c.replay!r}: {e}") from None
-    log.info("replay from %s: batch %d, %d latent frames, latent %dx%d", c.replay, *noise.shape[:2], *noise.shape[3:])
-    return Inputs(context, source, noise.shape[1], noise.shape[3:])
+    log.info("replay from %s: batch %d, %d latent frames, latent %dx%d%s", c.replay, *noise.shape[:2],
+             *noise.shape[3:], "" if initial is None else f", after {initial.shape[1]} given frames")
+    return Inputs(context, source, noise.shape[1], noise.shape[3:], initial=initial)
 
 
 def scheduled_inputs(c, models: Models, prompts: list[str], seeds, latent_hw, num_frames: int | None = None) -> Inputs:
@@ -219,10 +282,12 @@ def scheduled_inputs(c, models: Models, prompts: list[str], seeds, latent_hw, nu
 
 
 def load_replay(path: str, cfg):
-    """context [B, Lt, text_dim], noise [B, F, C, h, w], renoise [N, B, F_chunk, C, h, w]."""
+    """context [B, Lt, text_dim], noise [B, F, C, h, w], renoise [N, B, F_chunk, C, h, w] and,
+    if the file has it, initial_latent [B, F0, C, h, w] (the given frames; else None)."""
     try:
         data = np.load(path)
         context, noise, renoise = (np.asarray(data[k], np.float32) for k in ("context", "noise", "renoise"))
+        initial = np.asarray(data["initial_latent"], np.float32) if "initial_latent" in data.files else None
     except KeyError as e:
         raise UserError(f"replay {path!r} lacks {e}; it needs context, noise and renoise") from None
     except Exception as e:
@@ -233,30 +298,37 @@ def load_replay(path: str, cfg):
     if noise.ndim != 5 or noise.shape[2] != cfg.in_channels or noise.shape[0] != context.shape[0]:
         raise UserError(f"replay noise has shape {list(noise.shape)}; expected [B={context.shape[0]}, F, "
                         f"{cfg.in_channels}, h, w]")
-    return context, noise, renoise  # frames vs the chunk: ReplayNoise checks
+    if initial is not None and (initial.ndim != 5 or initial.shape[0] != noise.shape[0]
+                                or initial.shape[2:] != noise.shape[2:]):
+        raise UserError(f"replay initial_latent has shape {list(initial.shape)}; expected [B={noise.shape[0]}, F0, "
+                        f"{', '.join(map(str, noise.shape[2:]))}]")
+    return context, noise, renoise, initial  # frames vs the chunk: ReplayNoise / prefill check
 
 
 def generate(c, models: Models, job: Inputs, sink: video.VideoSink | None = None, *,
              record_noise: bool = False, mesh=None) -> Rollout:
     """Roll out one generation, streaming each chunk into `sink`, with a progress line per chunk."""
     cfg, f = models.dit.cfg, c.frames_per_chunk
-    chunks, start = job.num_frames // f, time.perf_counter()
-    policy = build_policy(c, cfg, job.latent_hw, job.num_frames)
-    log.info("generating %d x %d latent frames (%d chunks of %d) at latent %dx%d, %s, cache %s",
-             job.batch, job.num_frames, chunks, f, *job.latent_hw, cfg.dtype, c.cache.policy)
+    chunks, start, given = job.num_frames // f, time.perf_counter(), job.given_frames
+    policy = build_policy(c, cfg, job.latent_hw, given + job.num_frames)
+    log.info("generating %d x %d latent frames (%d chunks of %d)%s at latent %dx%d, %s, cache %s",
+             job.batch, job.num_frames, chunks, f, f" after {given} given" if given else "", *job.latent_hw,
+             cfg.dtype, c.cache.policy)
     stride = video.strides(c)[0]
+    if sink is not None and given:  # the decoder runs through the given frames first (its state)
+        sink.push(job.initial, write=c.init_in_output)
 
     def progress(k, x0, seconds):
         if sink is not None:  # decode in step with generation, straight into the mp4s
             sink.push(x0)
-        frames = job.batch * (x0.shape[1] * stride - (stride - 1 if k == 0 else 0))
-        log.info("chunk %d/%d: frames %d-%d in %.2f s (%.1f video frames/s)%s", k + 1, chunks, k * f,
-                 (k + 1) * f - 1, seconds, frames / seconds, " incl. compile" if k == 0 else "")
+        frames = job.batch * (x0.shape[1] * stride - (stride - 1 if k == 0 and not given else 0))
+        log.info("chunk %d/%d: frames %d-%d in %.2f s (%.1f video frames/s)%s", k + 1, chunks, given + k * f,
+                 given + (k + 1) * f - 1, seconds, frames / seconds, " incl. compile" if k == 0 else "")
 
     texts = [(t // f, text_kv_of(models.dit, ctx, mesh, models.sampler)) for t, ctx in ((0, job.context), *job.switches)]
     text_at = lambda k: [kv for start, kv in texts if start <= k][-1]
     result = rollout(models.dit, policy, models.sampler, text_at, job.noise,
-                     chunks, on_chunk=progress, record_noise=record_noise, mesh=mesh)
+                     chunks, on_chunk=progress, record_noise=record_noise, mesh=mesh, initial=job.initial)
     log.info("done: %d latent frames in %.1f s", job.num_frames, time.perf_counter() - start)
     return result
 
@@ -271,7 +343,7 @@ def run(c) -> Rollout:
     sink = video.VideoSink(c, video.output_paths(c.output, job.batch), decoder) if c.output else None
     try:
         result = generate(c, models, job, sink, record_noise=bool(c.save_replay))
-        write_files(c, result, job.context)
+        write_files(c, result, job)
         if sink is not None:
             sink.close(result.latents)
     except OSError as e:  # a full disk, a vanished directory: the partial files go
@@ -285,10 +357,12 @@ def run(c) -> Rollout:
     return result
 
 
-def write_files(c, result: Rollout, context) -> None:
-    """The latents and, if asked, the replay file (what this run drew)."""
+def write_files(c, result: Rollout, job: Inputs) -> None:
+    """The latents (given frames first) and, if asked, the replay file (what this run drew,
+    and the given frames as initial_latent)."""
     media.save_npz(video.latents_path(c), latents=result.latents)
     log.info("wrote latents %s %s", video.latents_path(c), list(result.latents.shape))
     if c.save_replay:
-        media.save_npz(c.save_replay, context=context, noise=result.noise, renoise=result.renoise)
+        given = {} if job.initial is None else {"initial_latent": job.initial}
+        media.save_npz(c.save_replay, context=job.context, noise=result.noise, renoise=result.renoise, **given)
         log.info("wrote replay %s", c.save_replay)

@@ -115,10 +115,13 @@ class VideoSink:
         self.c, self.paths, self.decoder = c, paths, decoder
         self.writers = [media.Mp4Writer(p, fps=c.fps) for p in paths] if decoder is not None else []
 
-    def push(self, x0) -> None:
+    def push(self, x0, write: bool = True) -> None:
+        """Decode a chunk's x0 into the mp4s (write=False: only through the decoder's state, e.g.
+        given frames the output leaves out)."""
         if self.decoder is not None:
             for w, frames in zip(self.writers, self.decoder.push(x0)):
-                w.write(frames)
+                if write:
+                    w.write(frames)
 
     def close(self, latents) -> None:
         for w in self.writers:

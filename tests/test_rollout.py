@@ -58,22 +58,32 @@ def test_cached_chunks_equal_full_masked_forward(model, w, s):
     assert rel_err(jnp.concatenate(outs, 1), full) <= 1e-5
 
 
-def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks):
-    """The upstream loop written plainly: per chunk, steps with re-noise, then the clean pass."""
+def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, initial=None):
+    """The upstream loop written plainly: the given frames (initial) one chunk at a time at
+    t = 0 into the cache; then per chunk, steps with re-noise, then the clean pass."""
     sched, f = sampler.schedule, sampler.frames_per_chunk
     state = policy.init(noise.shape[0], jnp.float32)
-    out = []
-    for k in range(chunks):
+    out, given = [], 0
+    if initial is not None:
+        for k in range(initial.shape[1] // f):
+            plan = policy.plan(state, jnp.int32(k))
+            x0 = jnp.asarray(initial[:, k * f:(k + 1) * f])
+            state = policy.commit(state, model(x0, jnp.zeros(x0.shape[:2]), tkv, state.pool(), plan)[1], jnp.int32(k))
+            out.append(np.asarray(x0))
+        given = initial.shape[1] // f
+    for j in range(chunks):
+        k = given + j
+        noise_k = noise[:, j * f:(j + 1) * f]
         plan = policy.plan(state, jnp.int32(k))
-        x = jnp.asarray(noise[:, k * f:(k + 1) * f])
+        x = jnp.asarray(noise_k)
         for i, ti in enumerate(sampler.timesteps):
             tt = jnp.full(x.shape[:2], ti)
             flow, _ = model(x, tt, tkv, state.pool(), plan)
             x0 = sched.flow_to_x0(x, flow, tt)
             if i + 1 < sampler.num_steps:
-                x = sched.add_noise(x0, jnp.asarray(renoise[k * (sampler.num_steps - 1) + i]),
+                x = sched.add_noise(x0, jnp.asarray(renoise[j * (sampler.num_steps - 1) + i]),
                                     jnp.full(x.shape[:2], sampler.timesteps[i + 1]))
-        _, kv = model(x0, jnp.zeros(x.shape[:2]), tkv, state.pool(), plan)
+        _, kv = model(x0, jnp.full(x.shape[:2], sampler.context_noise), tkv, state.pool(), plan)
         state = policy.commit(state, kv, jnp.int32(k))
         out.append(np.asarray(x0))
     return np.concatenate(out, 1)
@@ -120,6 +130,29 @@ def test_compiles_once_for_any_length(model):
         jax.monitoring.clear_event_listeners()
     assert counts[0] == counts[1] and counts[0] > 0, counts
     assert after_first == counts  # nothing compiles after the first chunk
+
+
+@pytest.mark.parametrize("w,s", [(-1, 0), (6, 1)])
+def test_rollout_from_given_frames_equals_plain_loop(model, w, s):
+    """Continuing given frames (two chunks of latents, as upstream's initial_latent path): each
+    given chunk's cache-writing pass at t = 0, then the chunks made after them; the output
+    starts with the given frames. Batch 2 (upstream's own path builds a [B, 1] timestep and
+    runs one sample at a time)."""
+    chunks, given = 3, 6
+    sampler = Sampler(timesteps=tuple(FlowSchedule().warp([1000, 750, 500, 250])), context_noise=37.0)
+    policy = _policy(w, s, given + chunks * 3)
+    rng = np.random.default_rng(5)
+    initial = rng.standard_normal((2, given, C, HH, WW)).astype(np.float32)
+    noise = rng.standard_normal((2, chunks * 3, C, HH, WW)).astype(np.float32)
+    renoise = rng.standard_normal((chunks * 3, 2, 3, C, HH, WW)).astype(np.float32)
+    tkv = model.text_kv(jnp.asarray(rng.standard_normal((2, CFG.text_len, CFG.text_dim)), jnp.float32))
+    got = rollout(model, policy, sampler, tkv, ReplayNoise(noise, renoise, sampler), chunks, initial=initial).latents
+    assert got.shape == (2, given + chunks * 3, C, HH, WW)
+    np.testing.assert_array_equal(got[:, :given], initial)
+    plain = _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, initial=initial)
+    assert rel_err(got, plain) <= 1e-5
+    ignoring = rollout(model, policy, sampler, tkv, ReplayNoise(noise, renoise, sampler), chunks).latents
+    assert rel_err(got[:, given:], ignoring) > 1e-3  # the given frames matter
 
 
 def test_replay_round_trip(model):

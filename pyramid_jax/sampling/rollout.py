@@ -19,8 +19,9 @@ cache, text K/V, noise, re-noise, chunk index) with the model's graph, the polic
 sampler static and the cache donated: the chunk index is traced and every shape is static,
 so a rollout of any length compiles once. `ChunkLoop` is the one host loop, a chunk at a
 time (one device or a mesh: arrays placed by their declared layouts, the compiler partitions
-the step); it can change the text between chunks and re-write the cache of the frames made so
-far under a new text (`recache`, LongLive's prompt switch). `rollout` runs it to the end.
+the step); it can start from given frames (`prefill`, upstream's initial_latent path), change
+the text between chunks and re-write the cache of the frames made so far under a new text
+(`recache`, LongLive's prompt switch). `rollout` runs it to the end.
 """
 
 from __future__ import annotations
@@ -224,8 +225,9 @@ class ReplayNoise:
 class Rollout(NamedTuple):
     """What `rollout` returns.
 
-    latents: [B, F, C, h, w] float32; noise [B, F, C, h, w] and renoise [N, B, F_chunk, C, h, w]
-    as drawn (with record_noise, else None); cache: the state after the last chunk (with
+    latents: [B, F, C, h, w] float32 (the given frames first, when it continued some); noise
+    [B, F_made, C, h, w] and renoise [N, B, F_chunk, C, h, w] as drawn (with record_noise, else
+    None); cache: the state after the last chunk (with
     keep_cache, else None).
     """
 
@@ -250,6 +252,7 @@ class ChunkLoop:
         self.cache = self._empty_cache()
         self.set_text(text_kv)
         self.chunk = 0  # the next chunk to make
+        self.given = 0  # chunks of given frames (prefill) before the first one made
 
     def _empty_cache(self) -> CacheState:
         groups = 1 if self.mesh is None else self.mesh.shape[sharding.MODEL]
@@ -274,7 +277,7 @@ class ChunkLoop:
         """`next` without waiting: x0 stays a device array (the step is dispatched, so the host
         can queue the decode of this chunk and the next step before anything finishes)."""
         k = self.chunk
-        noise, renoise = self.noise_source.chunk(k)
+        noise, renoise = self.noise_source.chunk(k - self.given)
         with on_mesh(self.mesh):
             if self.mesh is not None:
                 noise, renoise = sharding.put((noise, renoise), self.mesh, (P("batch"), P(None, "batch")))
@@ -283,36 +286,57 @@ class ChunkLoop:
         self.chunk += 1
         return x0, noise, renoise
 
+    def prefill(self, latents) -> None:
+        """Start from given frames (latents [B, F0, C, h, w], F0 a multiple of the chunk): each
+        chunk's cache-writing pass at t = 0, in order, as upstream's initial_latent path runs
+        them; generation then continues after them, its noise drawn from chunk 0 on."""
+        f = self.sampler.frames_per_chunk
+        if latents.shape[1] % f:
+            raise ValueError(f"{latents.shape[1]} given frames are not a whole number of chunks of {f}")
+        at_zero = dataclasses.replace(self.sampler, context_noise=0.0)
+        self.cache = self._write(at_zero, latents, self.cache, first_chunk=self.chunk)
+        self.chunk += latents.shape[1] // f
+        self.given = self.chunk
+
+    def _write(self, sampler, latents, cache, first_chunk: int = 0):
+        """The cache-writing pass of each chunk of latents, from chunk first_chunk on."""
+        f = sampler.frames_per_chunk
+        with on_mesh(self.mesh):
+            for k in range(latents.shape[1] // f):
+                x0 = jnp.asarray(latents[:, k * f:(k + 1) * f])
+                if self.mesh is not None:
+                    x0 = sharding.put(x0, self.mesh, P("batch"))
+                cache = write_step(self.graphdef, self.policy, sampler, self.params, cache, self.text_kv, x0,
+                                   jnp.int32(first_chunk + k))
+        return cache
+
     def recache(self, latents) -> None:
         """Re-write the cache from the chunks made so far (latents [B, F_done, C, h, w], their
         x0s) under the current text: each chunk's cache-writing pass again, from an empty
         cache, so what every policy keeps is what it would hold had the video been made with
         this text's cache passes (LongLive's re-cache at a prompt switch)."""
-        f = self.sampler.frames_per_chunk
-        cache = self._empty_cache()
-        with on_mesh(self.mesh):
-            for k in range(self.chunk):
-                x0 = jnp.asarray(latents[:, k * f:(k + 1) * f])
-                if self.mesh is not None:
-                    x0 = sharding.put(x0, self.mesh, P("batch"))
-                cache = write_step(self.graphdef, self.policy, self.sampler, self.params, cache, self.text_kv,
-                                   x0, jnp.int32(k))
-        self.cache = cache
+        self.cache = self._write(self.sampler, latents[:, :self.chunk * self.sampler.frames_per_chunk],
+                                 self._empty_cache())
 
 
 def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int, *,
             on_chunk: Callable | None = None, record_noise: bool = False, keep_cache: bool = False,
-            mesh=None) -> Rollout:
+            mesh=None, initial=None) -> Rollout:
     """Generate num_chunks chunks; on a mesh (`parallel.make_mesh`) when given.
 
     text_kv: (k, v) [L, B, H, Lt, Dh], or a function chunk -> (k, v) (a prompt schedule: it is
-    asked before every chunk, and a new value is used from that chunk on).
-    on_chunk(k, x0_numpy, seconds) is called after each chunk (progress, streaming).
+    asked before every chunk made, and a new value is used from that chunk on).
+    on_chunk(k, x0_numpy, seconds) is called after each chunk made (progress, streaming).
+    initial: given frames to continue (latents [B, F0, C, h, w], whole chunks), written into
+    the cache first (`ChunkLoop.prefill`); the returned latents start with them.
     """
     text_at = text_kv if callable(text_kv) else (lambda k: text_kv)
     current = text_at(0)
     loop = ChunkLoop(model, policy, sampler, current, noise_source, mesh)
     outs, noises, renoises = [], [], []
+    if initial is not None:
+        loop.prefill(initial)
+        outs.append(np.asarray(initial, np.float32))
     for k in range(num_chunks):
         t0 = time.perf_counter()
         if k and text_at(k) is not current:
