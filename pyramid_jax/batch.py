@@ -2,7 +2,9 @@
 
   python -m pyramid_jax.batch --config=configs/NAME.py --prompts=FILE --out=DIR [--config.F=V ...]
 
-Prompts: .txt (one per line) or .jsonl ({"prompt", optional "seed", "name", "num_frames"}).
+Prompts: .txt (one per line) or .jsonl ({"prompt", optional "seed", "name", "num_frames",
+"init_video" or "init_image": frames to continue, a path relative to the prompts file; the
+content of that file is part of the prompt's resume key; such prompts run one at a time).
 Per prompt: NAME.npz (latents), NAME.mp4 (decoded by the configured Wan VAE, or the pixels of
 a pixel model) and NAME.json (prompt, seed, frames, key, status, error, timings); one
 DIR/manifest.json for the run. A rerun keeps a prompt only if its record matches this run's
@@ -42,7 +44,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from pyramid_jax import compile_cache, logs, media, pipeline, video
+from pyramid_jax import compile_cache, init_frames, logs, media, pipeline, video
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError, first_line, os_reason
 from pyramid_jax.models.wan import WanConfig
@@ -54,7 +56,7 @@ log = logging.getLogger("batch")
 # Fields that do not change a prompt's output (or are checked per prompt, as seed, prompt
 # and num_frames are).
 _NOT_IN_KEY = ("prompt", "prompts_file", "prompt_embeds", "seed", "num_frames", "output", "save_latents",
-               "save_replay", "replay", "batch_size")
+               "save_replay", "replay", "batch_size", "init_video", "init_image")
 # Fields that name files: their content is part of the key, not just their path.
 _FILE_FIELDS = ("checkpoint", "text_encoder.checkpoint", "text_encoder.tokenizer", "vae.checkpoint",
                 "cache.head_map")
@@ -73,6 +75,18 @@ class Job:
     seed: int
     num_frames: int
     error: str = ""
+    init: tuple[str, str] | None = None  # ("init_video" | "init_image", path): frames to continue
+    init_key: str = ""  # the content of that file (part of the resume key)
+    given_frames: int = 0  # latent frames continued (known once they are read)
+
+    def config(self, c):
+        """c with this prompt's given frames (the line's, else the config's) and no others."""
+        if self.init is None:
+            return c
+        c = c.copy_and_resolve_references()
+        c.init_video, c.init_image = "", ""
+        c[self.init[0]] = self.init[1]
+        return c
 
 
 # ---- prompts -----------------------------------------------------------------------
@@ -88,6 +102,7 @@ def read_jobs(path: str, c) -> list[Job]:
     with open(path) as fh:
         lines = fh.read().splitlines()
     jsonl = path.endswith(".jsonl")
+    here = os.path.dirname(os.path.abspath(path))
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -104,6 +119,8 @@ def read_jobs(path: str, c) -> list[Job]:
                   c.seed + idx, c.num_frames, error)
         if not job.error:
             job.error = _check_entry(entry, job, c)
+        if not job.error:
+            job.error = _check_init(entry, job, c, here)
         jobs.append(job)
     names = [j.name for j in jobs]
     for j in jobs:
@@ -126,6 +143,29 @@ def _check_entry(entry, job: Job, c) -> str:
     limit = c.model.text_len if not c.checkpoint else None
     if c.text_encoder.kind == "placeholder" and limit and len(job.prompt.split()) > limit:
         return f"prompt too long: {len(job.prompt.split())} tokens, the text encoder takes {limit}"
+    return ""
+
+
+def _check_init(entry, job: Job, c, here: str) -> str:
+    """The line's init_video / init_image (or the config's), read and checked as generate does."""
+    given = [(f, entry[f]) for f in ("init_video", "init_image") if entry.get(f)]
+    if len(given) > 1:
+        return "init_video and init_image are both set: give one"
+    if given:
+        field, path = given[0]
+        if not isinstance(path, str):
+            return f"bad {field} {path!r}: a path"
+        job.init = (field, path if os.path.isabs(path) else os.path.join(here, path))
+    elif init_frames.field_of(c) is not None:
+        job.init = init_frames.field_of(c)
+    if job.init is None:
+        return ""
+    try:
+        cfg = pipeline.model_config(c)
+        init_frames.check(job.config(c), cfg, pipeline.latent_size(c, cfg))
+    except UserError as e:
+        return str(e)
+    job.init_key = f"{job.init[0]}:{_fingerprint(job.init[1])}"
     return ""
 
 
@@ -175,8 +215,15 @@ class Expected:
     time_stride: int
     video: bool  # an mp4 is written
 
+    init_in_output: bool = True
+
     def video_frames(self, num_frames: int) -> int:
         return 1 + self.time_stride * (num_frames - 1) if self.time_stride > 1 else num_frames
+
+    def written_frames(self, num_frames: int, given: int = 0) -> int:
+        """Frames in the mp4 of num_frames made after `given` given latent frames."""
+        total = self.video_frames(given + num_frames)
+        return total - self.video_frames(given) if given and not self.init_in_output else total
 
 
 def is_complete(out, job, key, expect: Expected) -> bool:
@@ -188,21 +235,24 @@ def is_complete(out, job, key, expect: Expected) -> bool:
     except (OSError, ValueError):
         return False
     if not (rec.get("status") == "ok" and rec.get("key") == key and rec.get("seed") == job.seed
-            and rec.get("prompt") == job.prompt and rec.get("num_frames") == job.num_frames):
+            and rec.get("prompt") == job.prompt and rec.get("num_frames") == job.num_frames
+            and rec.get("init", "") == job.init_key):
         return False
-    want = (1, job.num_frames, expect.channels, *expect.latent_hw)
+    given = rec.get("given_frames", 0)
+    want = (1, given + job.num_frames, expect.channels, *expect.latent_hw)
     try:
         with np.load(latents_path(out, job)) as data:
             if tuple(data["latents"].shape) != want:
                 return False
     except Exception:  # missing, truncated, not an npz: redo it
         return False
-    return not expect.video or media.count_frames(video_path(out, job)) == expect.video_frames(job.num_frames)
+    return not expect.video or media.count_frames(video_path(out, job)) == expect.written_frames(job.num_frames,
+                                                                                                   given)
 
 
 def write_record(out, job, key, status, **extra):
     rec = dict(name=job.name, index=job.index, prompt=job.prompt, seed=job.seed, num_frames=job.num_frames,
-               key=key, status=status, **extra)
+               key=key, status=status, **({"init": job.init_key} if job.init else {}), **extra)
     media.write_text(record_path(out, job), json.dumps(rec, indent=1) + "\n")
 
 
@@ -255,10 +305,11 @@ def write_manifest(out, jobs, key):
 
 # ---- generation --------------------------------------------------------------------
 def _batches(jobs, size):
-    """Consecutive jobs of equal num_frames, `size` at a time."""
+    """Consecutive jobs of equal num_frames, `size` at a time; a job continuing given frames
+    alone (their lengths may differ)."""
     group = []
     for j in jobs:
-        if group and (len(group) == size or group[-1].num_frames != j.num_frames):
+        if group and (len(group) == size or group[-1].num_frames != j.num_frames or j.init or group[-1].init):
             yield group
             group = []
         group.append(j)
@@ -299,8 +350,10 @@ def generate_batch(c, models: pipeline.Models, group, bs, latent_hw, mesh, out, 
     """One batch of prompts: roll out, stream the videos, then write latents. Returns seconds."""
     padded = group + [group[-1]] * (bs - len(group))  # a full batch; the extras are dropped
     frames = group[0].num_frames
-    job = pipeline.scheduled_inputs(c, models, [j.prompt for j in padded], [j.seed for j in padded], latent_hw,
-                                    frames)
+    c = group[0].config(c)  # given frames: a group of one
+    job = pipeline.with_initial(c, models, pipeline.scheduled_inputs(
+        c, models, [j.prompt for j in padded], [j.seed for j in padded], latent_hw, frames))
+    group[0].given_frames = job.given_frames
     decoder = video.video_decoder(c, bs, latent_hw, models.vae) if expect.video else None
     sink = video.VideoSink(c, [video_path(out, j) for j in group], decoder) if decoder else None
     t0 = time.perf_counter()
@@ -336,6 +389,7 @@ def run_jobs(c, jobs, out, key, mesh, progress: Progress, expect: Expected) -> i
             seconds = generate_batch(c, models, group, bs, latent_hw, mesh, out, expect)
             for j in group:
                 write_record(out, j, key, "ok", seconds=round(seconds / len(group), 3), host=host,
+                             **({"given_frames": j.given_frames} if j.init else {}),
                              files=[os.path.basename(p(out, j)) for p in (latents_path, video_path)
                                     if os.path.exists(p(out, j))])
             progress.batch(group, ok=True)
@@ -551,7 +605,8 @@ def expected_outputs(c) -> Expected:
     else:
         cfg = WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
     writes_video = c.vae.kind == "pixel" or bool(c.vae.checkpoint or c.vae.random)
-    return Expected(cfg.in_channels, pipeline.latent_size(c, cfg), video.strides(c)[0], writes_video)
+    return Expected(cfg.in_channels, pipeline.latent_size(c, cfg), video.strides(c)[0], writes_video,
+                    bool(c.init_in_output))
 
 
 if __name__ == "__main__":

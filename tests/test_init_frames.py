@@ -100,3 +100,35 @@ def test_bad_given_frames_one_line(tmp_path, args, want):
     assert len(lines) == 1 and want in lines[0], r.stderr
     assert "random weights" not in r.stdout  # refused before any model loads
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.slow
+def test_batch_lines_continue_their_own_frames_and_resume_on_their_content(tmp_path):
+    """A jsonl line's init_image (relative to the prompts file) is continued by that prompt only;
+    its content is part of the prompt's resume key; a bad one fails that line alone."""
+    import json
+
+    from PIL import Image
+
+    Image.fromarray(_frames(1)[0]).save(tmp_path / "still.png")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps(e) for e in [
+        {"prompt": "a red ball"}, {"prompt": "a blue cube", "init_image": "still.png"},
+        {"prompt": "a green cone", "init_image": "missing.png"}]) + "\n")
+    out = tmp_path / "out"
+    args = ("-m", "pyramid_jax.batch", "--config=configs/tiny_random.py", "--config.num_frames=6",
+            "--config.height=64", "--config.width=64", f"--prompts={prompts}", f"--out={out}")
+    r = run_tool(*args)
+    assert r.returncode == 1, r.stderr  # the missing image's line failed, the others are done
+    recs = {n: json.load(open(out / f"{n}.json")) for n in ("00000", "00001", "00002")}
+    assert recs["00000"]["status"] == "ok" and "init" not in recs["00000"]
+    assert recs["00001"]["status"] == "ok" and recs["00001"]["given_frames"] == 3
+    assert recs["00002"]["status"] == "error" and "no such file" in recs["00002"]["error"]
+    assert np.load(out / "00001.npz")["latents"].shape == (1, 9, 16, 8, 8)
+    assert np.load(out / "00000.npz")["latents"].shape == (1, 6, 16, 8, 8)
+    assert _count(out / "00001.mp4") == 1 + 4 * 8
+    r = run_tool(*args)
+    assert "2 already done" in r.stdout, r.stdout
+    Image.fromarray(_frames(1, seed=3)[0]).save(tmp_path / "still.png")  # new content: that line again
+    r = run_tool(*args)
+    assert "1 already done" in r.stdout and "summary: 1 generated" in r.stdout, r.stdout
