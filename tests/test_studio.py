@@ -81,6 +81,48 @@ def test_serve_generates_streams_and_gives_the_mp4(models, tmp_path):
     assert count_frames(str(tmp_path / "s.mp4")) == 9
 
 
+def _png(mode="RGB") -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((48, 80, len(mode)), 200, np.uint8), mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_continue_the_video_and_start_from_a_given_image(models, tmp_path):
+    """continue: a new generation after the current video's frames (shown first, the same
+    frames); an uploaded image starts one; a bad upload is one line and a 400."""
+    c = demo_config("--config.num_frames=6")
+    with TestClient(create_app(c, models)) as client, client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps(dict(op="continue", prompt=PROMPT_A)))
+        assert "nothing to continue" in ws.receive_json()["message"]
+        ws.send_text(json.dumps(dict(op="start", prompt=PROMPT_A, seed=1, given=True)))
+        assert "no image or video given" in ws.receive_json()["message"]
+        ws.send_text(json.dumps(dict(op="start", prompt=PROMPT_A, seed=1)))
+        first = [m for m in receive_until(ws, is_state("done", "error")) if isinstance(m, bytes)]
+        ws.send_text(json.dumps(dict(op="continue", prompt=PROMPT_B, seed=2)))
+        seen = receive_until(ws, is_state("done", "error"))
+        assert seen[-1]["state"] == "done" and seen[-1]["given"] == 6, seen[-1]
+        frames = [m for m in seen if isinstance(m, bytes)]
+        assert len(frames) == 12 and frames[:6] == first
+        for name, data, want in (("a.png", _png("RGBA"), "alpha channel"), ("notes.txt", b"hi", "not an image"),
+                                 ("e.png", b"", "is empty")):
+            r = client.post(f"/given?name={name}", content=data)
+            assert r.status_code == 400 and want in r.json()["error"], r.text
+        r = client.post("/given?name=still.png", content=_png())
+        assert r.status_code == 200 and r.json()["frames"] == 3, r.text
+        ws.send_text(json.dumps(dict(op="start", prompt=PROMPT_A, seed=1, given=True)))
+        seen = receive_until(ws, is_state("done", "error"))
+        assert seen[-1]["given"] == 3 and sum(isinstance(m, bytes) for m in seen) == 9
+        r = client.get("/video.mp4")
+    (tmp_path / "s.mp4").write_bytes(r.content)
+    assert count_frames(str(tmp_path / "s.mp4")) == 9
+
+
 @pytest.mark.parametrize("msg,want", [
     (dict(op="start", prompt="   "), "the prompt is empty"),
     (dict(op="start", prompt="a " * 600), "too long"),
@@ -254,5 +296,17 @@ def test_studio_in_a_browser(server, tmp_path):
         page.click("#start")
         page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
         assert page.inner_text("#error") == "the prompt is empty"
+
+        page.fill("#prompt", PROMPT_A)  # continue the video made above
+        page.click("#continue")
+        page.wait_for_function("window.studio.status.state === 'running' && window.studio.status.given === 45",
+                               timeout=60_000)
+        assert "after 45 given frames" in page.inner_text("#status")
+        page.click("#stop")
+        page.wait_for_function("window.studio.status.state === 'stopped'", timeout=120_000)
+        (tmp_path / "still.png").write_bytes(_png())  # an image to start from, chosen in the page
+        page.set_input_files("#file", str(tmp_path / "still.png"))
+        page.wait_for_function("window.studio.given && window.studio.given.frames === 3", timeout=60_000)
+        assert page.is_checked("#usegiven") and "still.png: 3 latent frames" in page.inner_text("#given")
         browser.close()
     assert (tmp_path / "studio.png").stat().st_size > 10_000

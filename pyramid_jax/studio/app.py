@@ -1,7 +1,10 @@
 """The studio's web app (FastAPI): the page, one WebSocket per page, the mp4 so far.
 
-WebSocket messages. Page -> server, JSON: {"op": "start", "prompt", "seed", "policy"},
-{"op": "stop"}, {"op": "switch", "prompt", "recache"}. Server -> page: JSON {"type": "hello"
+WebSocket messages. Page -> server, JSON: {"op": "start", "prompt", "seed", "policy",
+optional "given": true (start from the uploaded frames)}, {"op": "continue", "prompt", "seed",
+"policy"} (a new generation from the current video), {"op": "stop"}, {"op": "switch",
+"prompt", "recache"}. POST /given?name=FILE with the file as the body: an image or video to
+start from (read and encoded at once; 400 with one line if it cannot be). Server -> page: JSON {"type": "hello"
 | "status" | "cache" | "error", ...} and binary messages, one JPEG per video frame.
 
 One generation at a time: the page that started it steers it; other pages watch it and are
@@ -16,7 +19,8 @@ import itertools
 import json
 import os
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from pyramid_jax.errors import UserError
@@ -51,6 +55,15 @@ def create_app(c, models) -> FastAPI:
             return JSONResponse({"error": "no video yet: start a generation first"}, status_code=404)
         return Response(data, media_type="video/mp4",
                         headers={"Content-Disposition": 'attachment; filename="studio.mp4"'})
+
+    @app.post("/given")
+    async def given(request: Request, name: str = ""):
+        studio: Studio = app.state.studio
+        try:
+            frames = await run_in_threadpool(studio.give, name, await request.body())
+        except UserError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        return {"name": name, "frames": frames}
 
     @app.websocket("/ws")
     async def socket(ws: WebSocket):
@@ -106,10 +119,12 @@ def handle(studio: Studio, me: int, text: str) -> str:
     except ValueError:
         return "not a JSON message"
     try:
-        if op == "start":
+        if op in ("start", "continue"):
             if studio.running:
                 return "already generating: stop it first" if studio.owner == me else BUSY
-            studio.start(studio.check(msg), owner=me)
+            req = (studio.continue_request(msg) if op == "continue" else
+                   studio.given_request(msg) if msg.get("given") else studio.check(msg))
+            studio.start(req, owner=me)
         elif op in ("stop", "switch"):
             if not studio.running:
                 return "nothing is being generated"
@@ -120,7 +135,7 @@ def handle(studio: Studio, me: int, text: str) -> str:
             else:
                 studio.switch(msg.get("prompt"), bool(msg.get("recache")))
         else:
-            return f"unknown op {str(op)[:40]!r}; use start, stop or switch"
+            return f"unknown op {str(op)[:40]!r}; use start, continue, stop or switch"
     except UserError as e:
         return str(e)
     except Busy:

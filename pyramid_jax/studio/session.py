@@ -3,7 +3,9 @@ frames (JPEG), a status and a picture of the cache to every connected page.
 
 The thread owns the device work; the server's event loop only passes messages. A prompt
 switch is taken between chunks (new text K/V from the next chunk on; with `recache`, the
-frames made so far are re-written into the cache under the new text first).
+frames made so far are re-written into the cache under the new text first). A generation can
+start from given frames (an uploaded image or video, or the current video: "continue"), which
+are written into the cache first (`ChunkLoop.prefill`) and shown at the head of the video.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from pyramid_jax import media, pipeline, video
+from pyramid_jax import init_frames, media, pipeline, video
 from pyramid_jax.cache.picture import attended_frames
 from pyramid_jax.cache.policies import POLICIES
 from pyramid_jax.errors import UserError, first_line
@@ -30,6 +32,7 @@ log = logging.getLogger("pyramid_jax")
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
+MAX_UPLOAD_BYTES = 256 << 20
 
 
 class Busy(Exception):
@@ -41,6 +44,7 @@ class Request:
     prompt: str
     seed: int
     policy: str
+    initial: np.ndarray | None = None  # given latents [1, F0, C, h, w] (whole chunks) to continue
 
 
 class Hub:
@@ -98,6 +102,8 @@ class Studio:
         self.status: dict = dict(type="status", state="idle")
         self.picture: dict | None = None
         self.frames: list[bytes] = []  # JPEGs of the current video, for late pages and the mp4
+        self.latents: list[np.ndarray] = []  # its latents, a chunk at a time (given frames first)
+        self.given: tuple[str, np.ndarray] | None = None  # an uploaded start: (name, latents)
 
     # ---- requests ----------------------------------------------------------------
     def check_prompt(self, prompt) -> str:
@@ -124,6 +130,40 @@ class Studio:
             raise UserError(f"unknown cache policy {str(policy)[:40]!r}; choose one of {', '.join(self.policies)}")
         return Request(prompt, seed, policy)
 
+    def continue_request(self, msg: dict) -> Request:
+        """A continue message: a new generation from the current video (stopped or done)."""
+        if not self.latents:
+            raise UserError("nothing to continue: make a video first")
+        return dataclasses.replace(self.check(msg), initial=np.concatenate(self.latents, axis=1))
+
+    def given_request(self, msg: dict) -> Request:
+        """A start message asking for the uploaded image or video as the first frames."""
+        if self.given is None:
+            raise UserError("no image or video given: drop one on the page first")
+        return dataclasses.replace(self.check(msg), initial=self.given[1])
+
+    def give(self, name: str, data: bytes) -> int:
+        """An uploaded image or video to start from: read, fitted to the config's size and
+        encoded now (UserError, one line, if it cannot be); returns its latent frames."""
+        ext = os.path.splitext(str(name))[1].lower()
+        if ext not in init_frames.IMAGE_TYPES + init_frames.VIDEO_TYPES:
+            raise UserError(f"{str(name)[:80]!r}: not an image (png, jpg) or a video (mp4, webm, ...)")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise UserError(f"{str(name)[:80]!r} is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+        field = "init_image" if ext in init_frames.IMAGE_TYPES else "init_video"
+        c, cfg = self.c.copy_and_resolve_references(), self.models.dit.cfg
+        hw = pipeline.latent_size(c, cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            c.init_video, c.init_image = "", ""
+            c[field] = os.path.join(tmp, "given" + ext)
+            with open(c[field], "wb") as fh:
+                fh.write(data)
+            init_frames.check(c, cfg, hw)
+            latents = init_frames.initial_latents(c, cfg, hw, pipeline.encoder_for(c, self.models), 1)
+        self.given = (str(name), latents)
+        log.info("studio: %s given, %d latent frames", name, latents.shape[1])
+        return latents.shape[1]
+
     @property
     def running(self) -> bool:
         return self.active
@@ -134,7 +174,7 @@ class Studio:
                 raise Busy()
             self.stop_event.clear()
             self.active = True
-            self.pending, self.owner, self.frames, self.picture = None, owner, [], None
+            self.pending, self.owner, self.frames, self.latents, self.picture = None, owner, [], [], None
             self.thread = threading.Thread(target=self._run, args=(req,), name="studio-generation", daemon=True)
             self.thread.start()
 
@@ -172,17 +212,22 @@ class Studio:
         c, models = policy_config(self.c, req.policy), self.models
         cfg, f = models.dit.cfg, c.frames_per_chunk
         hw = pipeline.latent_size(c, cfg)
-        chunks = c.num_frames // f
-        policy = pipeline.build_policy(c, cfg, hw, c.num_frames)
+        chunks, given = c.num_frames // f, 0 if req.initial is None else req.initial.shape[1]
+        policy = pipeline.build_policy(c, cfg, hw, given + c.num_frames)
         encode = lambda p: text_kv_of(models.dit, models.text([p]), sampler=models.sampler)
         noise = RandomNoise(req.seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
         loop = ChunkLoop(models.dit, policy, models.sampler, encode(req.prompt), noise)
         decoder = video.video_decoder(c, 1, hw, models.vae)
-        switches, latents = [[0, req.prompt]], []
+        switches, latents = [[given, req.prompt]], self.latents
         self.status = dict(type="status")
         self._publish_status(state="running", chunk=0, chunks=chunks, fps=0.0, prompt=req.prompt, seed=req.seed,
-                             policy=req.policy, switches=switches, video_fps=c.fps, error="")
-        log.info("studio: %r seed %d, cache %s, %d chunks", req.prompt, req.seed, req.policy, chunks)
+                             policy=req.policy, switches=switches, video_fps=c.fps, error="", given=given)
+        log.info("studio: %r seed %d, cache %s, %d chunks%s", req.prompt, req.seed, req.policy, chunks,
+                 f" after {given} given latent frames" if given else "")
+        if given:  # into the cache, and at the head of the video
+            loop.prefill(req.initial)
+            latents.append(req.initial)
+            self._show(decoder.push(req.initial)[0])
         for k in range(chunks):
             if self.stop_event.is_set():
                 return "stopped"
@@ -192,20 +237,24 @@ class Studio:
                 loop.set_text(encode(prompt))
                 if recache and latents:
                     loop.recache(np.concatenate(latents, axis=1))
-                switches.append([k * f, prompt, recache])
-                log.info("studio: prompt from latent frame %d: %r%s", k * f, prompt, " (re-cached)" if recache else "")
-            self.picture = dict(type="cache", policy=req.policy, **attended_frames(policy, loop.cache, k))
+                switches.append([given + k * f, prompt, recache])
+                log.info("studio: prompt from latent frame %d: %r%s", given + k * f, prompt,
+                         " (re-cached)" if recache else "")
+            self.picture = dict(type="cache", policy=req.policy, **attended_frames(policy, loop.cache, loop.chunk))
             self.hub.publish(self.picture)
             x0, _, _ = loop.next()
             latents.append(x0)
             frames = decoder.push(x0)[0]
-            for frame in frames:
-                self.frames.append(jpeg(frame))
-                self.hub.publish(self.frames[-1])
+            self._show(frames)
             seconds = time.perf_counter() - t0
             self._publish_status(chunk=k + 1, fps=round(len(frames) / seconds, 2), prompt=switches[-1][1],
                                  frames=len(self.frames))
         return "done"
+
+    def _show(self, frames) -> None:
+        for frame in frames:
+            self.frames.append(jpeg(frame))
+            self.hub.publish(self.frames[-1])
 
     def video_mp4(self) -> bytes | None:
         """The video so far as mp4 bytes (None before the first frame)."""
