@@ -170,3 +170,29 @@ def test_old_vae_checkpoint_still_decodes_and_refuses_to_encode(ref_vae, tmp_pat
     assert load_vae(str(tmp_path / "vae")).cfg.base_dim == 16
     with pytest.raises(CheckpointError, match="holds no VAE encoder .* convert Wan2.1_VAE.pth again"):
         load_vae_encoder(str(tmp_path / "vae"))
+
+
+@pytest.mark.slow
+def test_vae_encode_parity_at_full_size(tmp_path):
+    """Wan2.1's own sizes (base_dim 96, 2 residual blocks per stage), random weights, from an
+    upstream-named Wan2.1_VAE.pth: 9 frames, chunked as upstream encodes them."""
+    from diffusers import AutoencoderKLWan
+
+    from pyramid_jax.weights.checkpoint import load_vae_encoder
+
+    torch.manual_seed(1)
+    m = AutoencoderKLWan(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    src = tmp_path / "Wan2.1_VAE.pth"
+    torch.save(to_upstream(m.state_dict(), nrb=2), src)
+    assert convert.main(["--src", str(src), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
+    encoder = load_vae_encoder(str(tmp_path / "vae"))
+    video = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    want = _diffusers_encode(m, video)
+    got = np.asarray(encoder(jnp.asarray(video.numpy().transpose(0, 2, 3, 4, 1)))).transpose(0, 4, 1, 2, 3)
+    assert got.shape == want.shape == (1, 16, 3, 4, 4)
+    err = rel_err(got, want)
+    print(f"full size: 9 frames, encode rel err {err:.2e}")
+    assert err <= 1e-4
