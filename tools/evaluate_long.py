@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head-map", default="", help="head map for the pyramid policy")
     p.add_argument("--policies", default="window,deep_sink,pyramid")
+    p.add_argument("--window", type=int, default=21, help="frames of the window policy (deep_sink keeps its 21 + 10)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--prompts", default="a red circle bouncing left to right on a blue striped background")
     p.add_argument("--seeds", default="0")
@@ -88,10 +89,12 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     rows, curves = [], {}
     per_second = lambda a: a[: len(a) // fps * fps].reshape(-1, fps).mean(1)
+    label = {p: f"window-{args.window}" if p == "window" and args.window != 21 else p for p in policies}
     for policy in policies:
         for pi, seed in runs:
-            path = os.path.join(args.out, f"{policy}_p{pi}_s{seed}.mp4")
+            path = os.path.join(args.out, f"{label[policy]}_p{pi}_s{seed}.mp4")
             extra = POLICIES[policy] + ([f"--config.cache.head_map={args.head_map}"] if policy == "pyramid" else [])
+            extra += [f"--config.cache.local_attn_size={args.window}"] if policy == "window" else []
             video = read_video(path) if args.reuse and os.path.exists(path) else None
             if video is not None and len(video) == video_frames:
                 print(f"reusing {path}")
@@ -102,14 +105,14 @@ def main(argv=None) -> int:
                 if code:
                     return code
                 video = read_video(path)
-            rows.append(dict(policy=policy, prompt=pi, seed=seed,
+            rows.append(dict(policy=label[policy], prompt=pi, seed=seed,
                              **metrics.summary(video, chunk - stride + 1, chunk, fps),
                              prompt_adherence=metrics.prompt_adherence(video, prompts[pi], fps)))
-            curves.setdefault(policy, []).append((per_second(metrics.color_drift(video)),
+            curves.setdefault(label[policy], []).append((per_second(metrics.color_drift(video)),
                                                   per_second(metrics.sharpness(video))))
     cols = ["color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence", "prompt_adherence"]
-    table = [dict(policy=pol, **{c: float(np.nanmean([r[c] for r in rows if r["policy"] == pol])) for c in cols})
-             for pol in policies]
+    table = [dict(policy=label[pol], **{c: float(np.nanmean([r[c] for r in rows if r["policy"] == label[pol]]))
+                                        for c in cols}) for pol in policies]
     print(f"\n## {args.seconds:g} s videos, {len(rows) // len(policies)} per policy (means)")
     print("policy      " + "  ".join(f"{c:>16}" for c in cols))
     for t in table:
