@@ -29,8 +29,8 @@ from pyramid_jax.studio.session import Studio  # noqa: E402
 # The shipped demo model, two denoising steps: quick chunks for tests (the README's picture,
 # made with STUDIO_SCREENSHOT=FILE, uses the demo's own steps).
 FAST = [] if os.environ.get("STUDIO_SCREENSHOT") else ["--config.denoising_step_list=(1000, 500)"]
-PROMPT_A = "a red circle bouncing left to right on a blue striped background"
-PROMPT_B = "a yellow square quickly bouncing upwards on a green checkered background"
+PROMPT_A = "a black square bouncing left to right with 2 other shapes on a blue speckled background"
+PROMPT_B = "a green triangle bouncing upwards with 2 other shapes on a black speckled background"
 
 
 def demo_config(*overrides):
