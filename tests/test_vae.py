@@ -83,15 +83,20 @@ def _diffusers_decode(m, z):
         return m.decode(z / (1.0 / std) + mean, return_dict=False)[0].numpy()  # [B, 3, T, H, W]
 
 
-@pytest.mark.parametrize("layout", ["diffusers", "upstream"])
-def test_vae_decode_parity_and_streaming(ref_vae, tmp_path, layout):
+def _convert(m, tmp_path, layout, nrb=NRB):
+    """m written as diffusers or upstream files, converted to tmp_path/vae."""
     if layout == "diffusers":
-        ref_vae.save_pretrained(tmp_path / "src", safe_serialization=True)
+        m.save_pretrained(tmp_path / "src", safe_serialization=True)
         src = tmp_path / "src"
     else:
         src = tmp_path / "Wan2.1_VAE.pth"
-        torch.save(to_upstream(ref_vae.state_dict()), src)
+        torch.save(to_upstream(m.state_dict(), nrb=nrb), src)
     assert convert.main(["--src", str(src), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "upstream"])
+def test_vae_decode_parity_and_streaming(ref_vae, tmp_path, layout):
+    _convert(ref_vae, tmp_path, layout)
     decoder = load_vae(str(tmp_path / "vae"))
     cfg = decoder.cfg
     assert cfg.base_dim == 16 and cfg.num_res_blocks == NRB and cfg.temperal_upsample == (True, True, False)
@@ -140,13 +145,7 @@ def test_vae_encode_parity(ref_vae, tmp_path, layout):
     frame alone, then 4 at a time with causal caches) for 1, 5 and 9 frames."""
     from pyramid_jax.weights.checkpoint import load_vae_encoder
 
-    if layout == "diffusers":
-        ref_vae.save_pretrained(tmp_path / "src", safe_serialization=True)
-        src = tmp_path / "src"
-    else:
-        src = tmp_path / "Wan2.1_VAE.pth"
-        torch.save(to_upstream(ref_vae.state_dict()), src)
-    assert convert.main(["--src", str(src), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
+    _convert(ref_vae, tmp_path, layout)
     encoder = load_vae_encoder(str(tmp_path / "vae"))
     for frames in (1, 5, 9):
         video = torch.rand(1, 3, frames, 24, 40, generator=torch.Generator().manual_seed(frames)) * 2 - 1
@@ -185,9 +184,7 @@ def test_vae_encode_parity_at_full_size(tmp_path):
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    src = tmp_path / "Wan2.1_VAE.pth"
-    torch.save(to_upstream(m.state_dict(), nrb=2), src)
-    assert convert.main(["--src", str(src), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
+    _convert(m, tmp_path, "upstream", nrb=2)
     encoder = load_vae_encoder(str(tmp_path / "vae"))
     video = torch.rand(1, 3, 9, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1
     want = _diffusers_encode(m, video)

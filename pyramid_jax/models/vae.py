@@ -65,30 +65,39 @@ class VAEConfig:
 TIME_STRIDE, SPACE_STRIDE = VAEConfig().time_stride, VAEConfig().space_stride
 
 
+class ShapeTable(dict):
+    """Parameter shapes by diffusers name, channel-last, filled a layer kind at a time (the
+    encoder's and the decoder's tables share these)."""
+
+    def conv(self, name, cin, cout, k):
+        self[name + ".weight"] = k + (cin, cout)
+        self[name + ".bias"] = (cout,)
+
+    def res(self, name, cin, cout):
+        self[name + ".norm1.gamma"] = (cin,)
+        self.conv(name + ".conv1", cin, cout, (3, 3, 3))
+        self[name + ".norm2.gamma"] = (cout,)
+        self.conv(name + ".conv2", cout, cout, (3, 3, 3))
+        if cin != cout:
+            self.conv(name + ".conv_shortcut", cin, cout, (1, 1, 1))
+
+    def mid_block(self, prefix, d):
+        """resnet, attention, resnet at width d."""
+        self.res(prefix + ".resnets.0", d, d)
+        a = prefix + ".attentions.0"
+        self[a + ".norm.gamma"] = (d,)
+        self.conv(a + ".to_qkv", d, 3 * d, (1, 1))
+        self.conv(a + ".proj", d, d, (1, 1))
+        self.res(prefix + ".resnets.1", d, d)
+
+
 def param_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
     """Every decoder parameter, by its diffusers name, in our (channel-last) layout."""
-    out = {"post_quant_conv.weight": (1, 1, 1, cfg.z_dim, cfg.z_dim), "post_quant_conv.bias": (cfg.z_dim,)}
-
-    def conv(name, cin, cout, k):
-        out[name + ".weight"] = k + (cin, cout)
-        out[name + ".bias"] = (cout,)
-
-    def res(name, cin, cout):
-        out[name + ".norm1.gamma"] = (cin,)
-        conv(name + ".conv1", cin, cout, (3, 3, 3))
-        out[name + ".norm2.gamma"] = (cout,)
-        conv(name + ".conv2", cout, cout, (3, 3, 3))
-        if cin != cout:
-            conv(name + ".conv_shortcut", cin, cout, (1, 1, 1))
-
+    out = ShapeTable({"post_quant_conv.weight": (1, 1, 1, cfg.z_dim, cfg.z_dim), "post_quant_conv.bias": (cfg.z_dim,)})
+    conv, res = out.conv, out.res
     dims = cfg.dims
     conv("decoder.conv_in", cfg.z_dim, dims[0], (3, 3, 3))
-    res("decoder.mid_block.resnets.0", dims[0], dims[0])
-    a = "decoder.mid_block.attentions.0"
-    out[a + ".norm.gamma"] = (dims[0],)
-    conv(a + ".to_qkv", dims[0], 3 * dims[0], (1, 1))
-    conv(a + ".proj", dims[0], dims[0], (1, 1))
-    res("decoder.mid_block.resnets.1", dims[0], dims[0])
+    out.mid_block("decoder.mid_block", dims[0])
     n = len(cfg.dim_mult)
     for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
         cin = cin // 2 if i > 0 else cin
@@ -101,7 +110,7 @@ def param_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
                 conv(u + ".time_conv", cout, 2 * cout, (3, 1, 1))
     out["decoder.norm_out.gamma"] = (dims[-1],)
     conv("decoder.conv_out", dims[-1], cfg.out_channels, (3, 3, 3))
-    return out
+    return dict(out)
 
 
 class WanVAEDecoder(NamedWeights):

@@ -16,27 +16,15 @@ import jax
 import jax.numpy as jnp
 
 from pyramid_jax.models.named import NamedWeights
-from pyramid_jax.models.vae import VAEConfig, _conv, attention, causal_conv, resnet, rms_norm
+from pyramid_jax.models.vae import ShapeTable, VAEConfig, _conv, attention, causal_conv, resnet, rms_norm
 
 FRAMES_PER_CHUNK = 4  # video frames per latent frame after the first
 
 
 def param_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
     """Every encoder parameter (and quant_conv), by its diffusers name, channel-last."""
-    out = {}
-
-    def conv(name, cin, cout, k):
-        out[name + ".weight"] = k + (cin, cout)
-        out[name + ".bias"] = (cout,)
-
-    def res(name, cin, cout):
-        out[name + ".norm1.gamma"] = (cin,)
-        conv(name + ".conv1", cin, cout, (3, 3, 3))
-        out[name + ".norm2.gamma"] = (cout,)
-        conv(name + ".conv2", cout, cout, (3, 3, 3))
-        if cin != cout:
-            conv(name + ".conv_shortcut", cin, cout, (1, 1, 1))
-
+    out = ShapeTable()
+    conv, res = out.conv, out.res
     dims = [cfg.base_dim * u for u in (1,) + cfg.dim_mult]
     conv("encoder.conv_in", 3, dims[0], (3, 3, 3))
     for kind, name, cin, cout in _down_layers(cfg):
@@ -47,16 +35,11 @@ def param_shapes(cfg: VAEConfig) -> dict[str, tuple[int, ...]]:
             if kind == "downsample3d":
                 conv(name + ".time_conv", cout, cout, (3, 1, 1))
     d = dims[-1]
-    res("encoder.mid_block.resnets.0", d, d)
-    a = "encoder.mid_block.attentions.0"
-    out[a + ".norm.gamma"] = (d,)
-    conv(a + ".to_qkv", d, 3 * d, (1, 1))
-    conv(a + ".proj", d, d, (1, 1))
-    res("encoder.mid_block.resnets.1", d, d)
+    out.mid_block("encoder.mid_block", d)
     out["encoder.norm_out.gamma"] = (d,)
     conv("encoder.conv_out", d, 2 * cfg.z_dim, (3, 3, 3))
     conv("quant_conv", 2 * cfg.z_dim, 2 * cfg.z_dim, (1, 1, 1))
-    return out
+    return dict(out)
 
 
 def _down_layers(cfg: VAEConfig):
