@@ -9,9 +9,8 @@ twice with one persistent compilation cache: cold (compiles) and warm (a second 
 same shapes).
 
 Upstream is optional: pass a checkout of Self Forcing (`--upstream DIR`). Its modules are
-imported from there as they are, with one change: its CPU fallback attention casts q/k/v to
-bfloat16 (its default for flash attention), which an fp32 model cannot take, so attention
-runs in fp32 through torch's scaled_dot_product_attention, as that fallback does otherwise.
+imported from there as they are (upstream_modules.py says what changes around them: attention
+runs in fp32 through torch's scaled_dot_product_attention).
 
   python tools/benchmark.py --side-by-side --upstream ~/src/Self-Forcing
   python tools/side_by_side.py ours --ckpt DIR            # one side alone (prints a JSON line)
@@ -91,26 +90,12 @@ def ours(ckpt: str) -> dict:
 def upstream(repo: str, pt: str) -> dict:
     """Upstream's CausalWanModel and its inference loop's order of passes (4 denoising steps,
     then the clean pass that writes the cache), with its own KV cache dicts."""
-    import types
-
     import torch
 
-    torch.set_grad_enabled(False)
-    sys.path.insert(0, repo)
-    for name in ("wan", "wan.modules"):  # skip the package __init__s: they import the whole app
-        mod = types.ModuleType(name)
-        mod.__path__ = [os.path.join(repo, *name.split("."))]
-        sys.modules[name] = mod
-    import wan.modules.attention as wan_attention
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import upstream_modules
 
-    def attention(q, k, v, *args, **kw):  # [B, L, H, D] -> [B, L, H, D], fp32
-        q, k, v = (a.transpose(1, 2) for a in (q, k, v))
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).contiguous()
-
-    wan_attention.attention = wan_attention.flash_attention = attention
-    import wan.modules.causal_model as causal_model
-
-    causal_model.attention = attention
+    causal_model = upstream_modules.load(repo).causal_model
     t_import = time.perf_counter()
     m = MID
     model = causal_model.CausalWanModel(
