@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import jax.numpy as jnp
@@ -193,3 +194,39 @@ def test_vae_encode_parity_at_full_size(tmp_path):
     err = rel_err(got, want)
     print(f"full size: 9 frames, encode rel err {err:.2e}")
     assert err <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SELF_FORCING_DIR"),
+                    reason="set SELF_FORCING_DIR to a Self Forcing checkout to compare with its own WanVAE_")
+def test_vae_encode_equals_upstream_wan_vae(tmp_path):
+    """Upstream's own class (wan/modules/vae.py of a Self Forcing checkout, the Wan2.1 code):
+    WanVAE_ at full size with random weights, its state dict saved as Wan2.1_VAE.pth and
+    converted; encode(x, [mean, 1 / std]) for 1, 5 and 9 frames."""
+    import importlib.util
+
+    from pyramid_jax.weights.checkpoint import load_vae_encoder
+
+    path = os.path.join(os.environ["SELF_FORCING_DIR"], "wan", "modules", "vae.py")
+    spec = importlib.util.spec_from_file_location("upstream_wan_vae", path)
+    upstream = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(upstream)
+    torch.manual_seed(2)
+    m = upstream.WanVAE_(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                         temperal_downsample=[False, True, True], dropout=0.0).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    torch.save(m.state_dict(), tmp_path / "Wan2.1_VAE.pth")
+    assert convert.main(["--src", str(tmp_path / "Wan2.1_VAE.pth"), "--dst", str(tmp_path / "vae"), "--kind", "vae"]) == 0
+    encoder = load_vae_encoder(str(tmp_path / "vae"))
+    scale = [torch.tensor(vae.LATENTS_MEAN), 1.0 / torch.tensor(vae.LATENTS_STD)]
+    for frames in (1, 5, 9):
+        video = torch.rand(1, 3, frames, 32, 32, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+        with torch.no_grad():
+            want = m.encode(video, scale).numpy()
+        got = np.asarray(encoder(jnp.asarray(video.numpy().transpose(0, 2, 3, 4, 1)))).transpose(0, 4, 1, 2, 3)
+        assert got.shape == want.shape == (1, 16, 1 + (frames - 1) // 4, 4, 4)
+        err = rel_err(got, want)
+        print(f"upstream WanVAE_: {frames} frames, encode rel err {err:.2e}")
+        assert err <= 1e-4
