@@ -3,7 +3,7 @@ or an npz of latents as `save_latents` writes them) or an image (`init_image`: p
 taken as a still clip).
 
 Frames are resized (keeping their aspect) to cover the config's height x width and cut from
-the centre; a latent model encodes them with the Wan VAE's encoder, a pixel model (the demo)
+the centre; a latent model encodes them with its VAE's encoder (Wan or TAEHV), a pixel model (the demo)
 takes them as they are. Of the latent frames, the last whole chunks are kept: they are what
 generation continues from (`ChunkLoop.prefill`).
 """
@@ -156,7 +156,7 @@ def given_frames(c) -> np.ndarray:
 
 def initial_latents(c, cfg, latent_hw, vae_encoder, batch: int) -> np.ndarray:
     """The latents generation continues from: [batch, F0, C, h, w] float32, F0 the last whole
-    chunks of what was given. vae_encoder: the Wan VAE encoder (None for a pixel model)."""
+    chunks of what was given. vae_encoder: the VAE's encoder (None for a pixel model)."""
     f = c.frames_per_chunk
     if c.init_video and os.path.splitext(c.init_video)[1].lower() == ".npz":
         lat = _read_latents(c.init_video, cfg, latent_hw, f)

@@ -77,9 +77,9 @@ def _check_init(c) -> None:
         raise UserError(f"{given[0]} cannot go with replay (a replay file holds its own initial_latent)")
     cfg = model_config(c)
     init_frames.check(c, cfg, latent_size(c, cfg))
-    if c.vae.kind == "wan" and not given[1].lower().endswith(".npz") and not (c.vae.checkpoint or c.vae.random):
-        raise UserError(f"{given[0]} needs the Wan VAE's encoder: set vae.checkpoint (tools/convert_checkpoint.py "
-                        "--kind vae) or give latents (.npz)")
+    if c.vae.kind != "pixel" and not given[1].lower().endswith(".npz") and not (c.vae.checkpoint or c.vae.random):
+        raise UserError(f"{given[0]} needs a VAE encoder: set vae.checkpoint (tools/convert_checkpoint.py "
+                        f"--kind {'taehv' if c.vae.kind == 'taehv' else 'vae'}) or give latents (.npz)")
 
 
 def check_schedule(c) -> None:
@@ -108,13 +108,15 @@ def _check_files(c) -> None:
             load_head_map(c.cache.head_map)
         except HeadMapError as e:
             raise UserError(str(e)) from None
-    if c.vae.kind not in ("wan", "pixel"):
-        raise UserError(f"unknown vae.kind {c.vae.kind!r}; choose wan or pixel")
+    if c.vae.kind not in ("wan", "taehv", "pixel"):
+        raise UserError(f"unknown vae.kind {c.vae.kind!r}; choose wan, taehv or pixel")
     if c.fps <= 0:
         raise UserError(f"fps must be positive, got {c.fps}")
     if c.vae.checkpoint and not os.path.isdir(c.vae.checkpoint):
-        raise UserError(f"vae.checkpoint {c.vae.checkpoint!r} not found: convert Wan2.1_VAE.pth with "
-                        "tools/convert_checkpoint.py --kind vae, or set --config.vae.checkpoint=''")
+        source = "taew2_1.pth with tools/convert_checkpoint.py --kind taehv" if c.vae.kind == "taehv" else \
+            "Wan2.1_VAE.pth with tools/convert_checkpoint.py --kind vae"
+        raise UserError(f"vae.checkpoint {c.vae.checkpoint!r} not found: convert {source}, "
+                        "or set --config.vae.checkpoint=''")
     if c.checkpoint and not os.path.isdir(c.checkpoint):
         raise UserError(f"checkpoint {c.checkpoint!r} not found: convert one with "
                         "tools/convert_checkpoint.py, or set --config.checkpoint='' for random weights")
@@ -158,7 +160,7 @@ class Models:
     text: TextEncoder
     vae: tuple | None
     sampler: Sampler
-    vae_encoder: object = None  # the Wan VAE's encoder, loaded when given frames need it
+    vae_encoder: object = None  # the VAE's encoder, loaded when given frames need it
 
 
 def encoder_for(c, models: Models):
@@ -166,6 +168,10 @@ def encoder_for(c, models: Models):
     None for a pixel model, whose frames are its latents."""
     if c.vae.kind == "pixel":
         return None
+    if models.vae_encoder is None and c.vae.kind == "taehv":
+        from pyramid_jax.models.taehv import FramesEncoder
+
+        models.vae_encoder = FramesEncoder(models.vae or video.load_video_weights(c, models.dit.cfg))
     if models.vae_encoder is None:
         from pyramid_jax.models.vae import VAEConfig
         from pyramid_jax.models.vae_encoder import WanVAEEncoder

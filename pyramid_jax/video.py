@@ -1,5 +1,5 @@
-"""From a chunk's x0 to files: decoding (the streaming Wan VAE, or a pixel model's frames),
-the mp4 writers, and the output checks made before any compute."""
+"""From a chunk's x0 to files: decoding (the streaming Wan VAE or TAEHV, or a pixel model's
+frames), the mp4 writers, and the output checks made before any compute."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 
 from pyramid_jax import media
 from pyramid_jax.errors import UserError, os_reason
-from pyramid_jax.models import vae as vae_model
-from pyramid_jax.weights.checkpoint import CheckpointError, load_vae, with_weights
+from pyramid_jax.models import taehv, vae as vae_model
+from pyramid_jax.weights import taehv_names
+from pyramid_jax.weights.checkpoint import CheckpointError, load_taehv, load_vae, with_weights
 from pyramid_jax.weights.vae_names import random_vae_params
 
 log = logging.getLogger("pyramid_jax")
@@ -37,8 +38,8 @@ class PixelFrames:
 
 
 def load_video_weights(c, cfg):
-    """The Wan VAE decoder of this model's latents, or None: a pixel model's outputs are its
-    frames (it must be RGB), and without a VAE there is no decoded video."""
+    """The decoder of this model's latents (the Wan VAE's, or TAEHV), or None: a pixel model's
+    outputs are its frames (it must be RGB), and without a VAE there is no decoded video."""
     if c.vae.kind == "pixel":
         if cfg.out_channels != 3:
             raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has "
@@ -46,9 +47,13 @@ def load_video_weights(c, cfg):
         return None
     if c.vae.checkpoint:
         try:
-            return load_vae(c.vae.checkpoint, dtype=c.dtype)
+            return (load_taehv if c.vae.kind == "taehv" else load_vae)(c.vae.checkpoint, dtype=c.dtype)
         except CheckpointError as e:
             raise UserError(str(e)) from None
+    if c.vae.random and c.vae.kind == "taehv":
+        tcfg = taehv.TAEHVConfig(latent_channels=cfg.out_channels, dtype=c.dtype)
+        log.warning("NO VAE CHECKPOINT: a random TAEHV decodes the latents")
+        return with_weights(taehv.TAEHV, tcfg, taehv_names.params(taehv_names.random_checkpoint(tcfg), tcfg))
     if c.vae.random:
         vcfg = vae_model.VAEConfig(base_dim=c.vae.base_dim, num_res_blocks=c.vae.num_res_blocks, dtype=c.dtype)
         log.warning("NO VAE CHECKPOINT: a random VAE (base dim %d) decodes the latents", vcfg.base_dim)
@@ -58,11 +63,13 @@ def load_video_weights(c, cfg):
 
 def video_decoder(c, batch: int, latent_hw, vae):
     """What turns each chunk's x0 [B, F, C, h, w] into uint8 frames as it is generated: the
-    pixels of a pixel model, the streaming Wan VAE, or None (no decoded video)."""
+    pixels of a pixel model, the streaming Wan VAE or TAEHV, or None (no decoded video)."""
     if c.vae.kind == "pixel":
         return PixelFrames()
     if vae is None:
         return None
+    if isinstance(vae, taehv.TAEHV):
+        return taehv.StreamingTAEHV(vae, batch, latent_hw)
     return vae_model.StreamingDecoder(vae, batch, latent_hw)
 
 

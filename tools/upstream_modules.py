@@ -1,6 +1,6 @@
 """Import upstream Self Forcing's modules from a checkout, on a CPU, in fp32.
 
-Used by the tools that run upstream beside us (side_by_side.py, upstream_replay.py). Its
+Used by the tools that run upstream beside us (side_by_side.py, record_upstream.py). Its
 modules are imported as they are, with these changes, all outside its files:
 - its package __init__s are skipped (they import the whole training app and its weights);
 - demo_utils.memory and wan.modules.t5 are stubs: they ask CUDA for the current device at

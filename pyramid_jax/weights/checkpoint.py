@@ -27,6 +27,7 @@ from flax import nnx
 
 from pyramid_jax.errors import first_line
 from pyramid_jax.models.umt5 import UMT5Config, UMT5Encoder
+from pyramid_jax.models.taehv import TAEHV, TAEHVConfig
 from pyramid_jax.models.vae import VAEConfig, WanVAEDecoder
 from pyramid_jax.models.vae_encoder import WanVAEEncoder
 from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
@@ -140,7 +141,7 @@ def model_from_params(cfg: WanConfig, params: dict, attention_backend: str = "re
 
 
 def load_flat(path: str, kind: str, cfg_cls, dtype: str | None = None):
-    """Restore (config, flat params) of a `vae` or `t5` checkpoint from convert_checkpoint.py."""
+    """Restore (config, flat params) of a `vae`, `t5` or `taehv` checkpoint from convert_checkpoint.py."""
     path = os.path.abspath(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
@@ -200,3 +201,8 @@ def load_vae_encoder(path: str, dtype: str | None = None) -> WanVAEEncoder:
 def load_t5(path: str, dtype: str | None = None) -> UMT5Encoder:
     """The encoder written by `convert_checkpoint.py --kind t5`."""
     return with_weights(UMT5Encoder, *load_flat(path, "t5", UMT5Config, dtype))
+
+
+def load_taehv(path: str, dtype: str | None = None) -> TAEHV:
+    """TAEHV (encoder and decoder) written by `convert_checkpoint.py --kind taehv`."""
+    return with_weights(TAEHV, *load_flat(path, "taehv", TAEHVConfig, dtype))

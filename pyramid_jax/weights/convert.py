@@ -1,5 +1,5 @@
-"""Checkpoint conversion: upstream / diffusers / transformers Wan DiT, VAE and umT5 weights
--> orbax + config, one interface for the three (docs/conversion.md).
+"""Checkpoint conversion: upstream / diffusers / transformers Wan DiT, VAE and umT5 weights,
+and TAEHV's -> orbax + config, one interface for all (docs/conversion.md).
 
 CLI: tools/convert_checkpoint.py (this module's `main`).
 """
@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from pyramid_jax import logs
-from pyramid_jax.weights import files, t5_names, vae_names, wan_names
+from pyramid_jax.weights import files, t5_names, taehv_names, vae_names, wan_names
 from pyramid_jax.weights.checkpoint import CheckpointError, save_params
 from pyramid_jax.weights.errors import ConversionError
 
@@ -25,12 +25,13 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 # kind -> (name module, subfolder of a diffusers pipeline folder). Each name module offers
 # canonical(sd), infer_config(sd, dtype, ...), params(sd, cfg) and describe(cfg).
-FORMATS = {"dit": (wan_names, "transformer"), "vae": (vae_names, "vae"), "t5": (t5_names, "text_encoder")}
+FORMATS = {"dit": (wan_names, "transformer"), "vae": (vae_names, "vae"), "t5": (t5_names, "text_encoder"),
+           "taehv": (taehv_names, None)}
 
 
 def convert(kind: str, src: str, dst: str, dtype: str = "float32", num_heads: int | None = None,
             ema: bool = True):
-    """Convert the DiT, VAE or umT5 checkpoint at src (upstream .pt/.pth, safetensors, or a
+    """Convert the DiT, VAE, umT5 or TAEHV checkpoint at src (upstream .pt/.pth, safetensors, or a
     diffusers / transformers folder) to an orbax checkpoint at dst; returns its config.
     num_heads and ema concern the DiT (heads are not visible in its weights; Self Forcing
     files hold `generator_ema` and `generator`)."""
@@ -54,7 +55,7 @@ def parse_args(argv):
         description="Convert a Wan / Self Forcing PyTorch or diffusers checkpoint to pyramid_jax (orbax).")
     p.add_argument("--src", required=True, help=".pt/.pth, .safetensors, or a diffusers folder")
     p.add_argument("--dst", required=True, help="output directory (must not exist)")
-    p.add_argument("--kind", default="dit", choices=["dit", "vae", "t5"])
+    p.add_argument("--kind", default="dit", choices=list(FORMATS))
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads (inferred for the published 1.3B / 14B widths)")
     p.add_argument("--no-ema", action="store_true", help="use `generator` instead of `generator_ema`")

@@ -1,11 +1,13 @@
-"""Upstream's video extension, recorded for replay: a tiny random Self Forcing model run by
-upstream's own `CausalInferencePipeline.inference(noise, prompts, initial_latent=...)` on this
-CPU, its random draws written as our replay file and what it made saved beside them, so that
-`generate --config.replay=...` can be held to upstream's numbers without upstream installed.
+"""Upstream Self Forcing's numbers, recorded for the tests (which must run without upstream):
+run here with a checkout of Self Forcing, the files go to tests/data/.
 
-  python tools/upstream_replay.py --upstream ~/src/Self-Forcing --out tests/data/upstream_continue
+  python tools/record_upstream.py --upstream ~/src/Self-Forcing [--what continue|taehv|all]
 
-Writes to --out:
+continue (tests/data/upstream_continue/): upstream's video extension. A tiny random Self
+Forcing model run by upstream's own `CausalInferencePipeline.inference(noise, prompts,
+initial_latent=...)` on this CPU, its random draws written as our replay file and what it made
+saved beside them, so that `generate --config.replay=...` is held to upstream's numbers.
+Files:
   dit.pt                     the model, a Self Forcing file ({"generator_ema": {"model.*": ...}})
   replay.npz                 context [B, Lt, text_dim], noise [B, F, C, h, w], renoise
                              [N, B, 3, C, h, w] (upstream's draws, in its order), initial_latent
@@ -15,7 +17,12 @@ Writes to --out:
 for CASE in global (local_attn_size -1) and window6_sink1 (local_attn_size 6, sink_size 1).
 Both cases draw the same re-noise (torch's global generator, seeded alike before each).
 
-Upstream is run as it is (its pipeline, its wrapper, its model, its scheduler), around it:
+taehv (tests/data/upstream_taehv.npz): upstream's TAEHV class (demo_utils/taehv.py) at full
+size, its weights `taehv_names.random_checkpoint(seed)` (numpy-drawn: the test makes the same
+file), decode_video (parallel and sequential) of latents [1, 6, 16, 2, 3] and encode_video of
+frames [1, 8, 3, 16, 24], with the inputs.
+
+For continue, upstream is run as it is (its pipeline, its wrapper, its model, its scheduler), around it:
 - the weights come from this tool, not from wan_models/ (CausalWanModel.from_pretrained is
   replaced by the tiny model); the text encoder and the VAE are stubs (the prompt embeddings
   are given; the decode is not compared);
@@ -126,12 +133,11 @@ def run_case(up, generator_ema: dict, case: dict, context, noise, initial):
     return np.stack(latents), np.stack(renoise, axis=1)
 
 
-def record(repo: str, out: str, seed: int = 0) -> dict:
+def record_continue(repo: str, out: str, seed: int = 0) -> dict:
     """Run every case; write the files. Returns {case: path of its upstream latents}."""
     import numpy as np
     import torch
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import upstream_modules
 
     up = upstream_modules.load(repo)
@@ -160,15 +166,51 @@ def record(repo: str, out: str, seed: int = 0) -> dict:
     return written
 
 
+def record_taehv(repo: str, out: str, seed: int = 0) -> str:
+    """Upstream's TAEHV on random weights; returns the npz path."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from pyramid_jax.weights import taehv_names
+
+    spec = importlib.util.spec_from_file_location("upstream_taehv", os.path.join(repo, "demo_utils", "taehv.py"))
+    up = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(up)
+    model = up.TAEHV(checkpoint_path=None).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in taehv_names.random_checkpoint(seed=seed).items()})
+    rng = np.random.default_rng(seed + 1)
+    latents = rng.standard_normal((1, 6, 16, 2, 3)).astype(np.float32)
+    frames = rng.random((1, 8, 3, 16, 24)).astype(np.float32)
+    with torch.no_grad():
+        z, v = torch.from_numpy(latents), torch.from_numpy(frames)
+        got = dict(decode_parallel=model.decode_video(z, parallel=True),
+                   decode_sequential=model.decode_video(z, parallel=False),
+                   encode_parallel=model.encode_video(v, parallel=True, show_progress_bar=False),
+                   encode_sequential=model.encode_video(v, parallel=False, show_progress_bar=False))
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "upstream_taehv.npz")
+    np.savez(path, seed=np.int64(seed), latents=latents, frames=frames, **{k: t.numpy() for k, t in got.items()})
+    print(f"taehv: decode {list(got['decode_parallel'].shape)}, encode {list(got['encode_parallel'].shape)} -> {path}")
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", required=True, help="a Self Forcing checkout")
-    p.add_argument("--out", default="tests/data/upstream_continue", help="folder for the files")
+    p.add_argument("--what", default="all", choices=["continue", "taehv", "all"])
+    p.add_argument("--out", default="tests/data", help="folder for the files (continue: its upstream_continue/)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    record(a.upstream, a.out, a.seed)
+    if a.what in ("continue", "all"):
+        record_continue(a.upstream, os.path.join(a.out, "upstream_continue"), a.seed)
+    if a.what in ("taehv", "all"):
+        record_taehv(a.upstream, a.out, a.seed)
     return 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

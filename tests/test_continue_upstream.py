@@ -1,6 +1,6 @@
 """Continuing given frames, held to upstream's numbers: `generate` replaying what upstream's
 CausalInferencePipeline.inference(initial_latent=...) drew and made (recorded in
-tests/data/upstream_continue by tools/upstream_replay.py, with upstream run one sample at a
+tests/data/upstream_continue by tools/record_upstream.py, with upstream run one sample at a
 time) for the global cache and a rolling window of 6 with 1 sink frame; ours runs the batch of
 2 at once."""
 
@@ -57,8 +57,9 @@ def test_continuation_matches_upstream(checkpoint, case, tmp_path):
 def test_recording_is_what_upstream_makes_now(tmp_path):
     """Re-run upstream (SELF_FORCING_DIR) and compare with the recorded files. A process of its
     own: upstream's modules are imported around stubs that should not outlive it."""
-    r = run_tool("tools/upstream_replay.py", "--upstream", os.environ["SELF_FORCING_DIR"], "--out", str(tmp_path))
+    r = run_tool("tools/record_upstream.py", "--upstream", os.environ["SELF_FORCING_DIR"], "--what", "continue",
+                 "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     for case in ("global", "window6_sink1"):
-        again = np.load(tmp_path / f"{case}_upstream.npz")["latents"]
+        again = np.load(tmp_path / "upstream_continue" / f"{case}_upstream.npz")["latents"]
         assert rel_err(again, np.load(os.path.join(DATA, f"{case}_upstream.npz"))["latents"]) <= 1e-6
