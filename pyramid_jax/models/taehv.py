@@ -22,6 +22,7 @@ DiT makes them (the normalised Wan latents: no scaling).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -221,7 +222,7 @@ class StreamingTAEHV:
         self.params, self.cfg = model.params(), cfg
         self.memory = init_memory(self.params, cfg, batch, latent_hw, jnp.dtype(cfg.dtype))
         self.to_trim = cfg.frames_to_trim
-        self._step = jax.jit(lambda p, z, m: _decode_uint8(p, cfg, z, m))
+        self._step = _streaming_step(cfg)
 
     def push(self, z) -> np.ndarray:
         return np.asarray(self.push_on_device(z))
@@ -233,9 +234,14 @@ class StreamingTAEHV:
         return frames[:, trim:]
 
 
-def _decode_uint8(p, cfg, z, memory):
-    frames, memory = decode_chunk(p, cfg, z, memory)
-    return to_uint8_on_device(frames), memory
+@functools.lru_cache(maxsize=None)
+def _streaming_step(cfg: TAEHVConfig):
+    """The jitted chunk decode of a config, shared by every StreamingTAEHV (none compiles again)."""
+    def step(p, z, memory):
+        frames, memory = decode_chunk(p, cfg, z, memory)
+        return to_uint8_on_device(frames), memory
+
+    return jax.jit(step)
 
 
 class FramesEncoder:
