@@ -604,7 +604,7 @@ def expected_outputs(c) -> Expected:
             raise UserError(str(e)) from None
     else:
         cfg = WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
-    writes_video = c.vae.kind == "pixel" or bool(c.vae.checkpoint or c.vae.random)
+    writes_video = c.vae.kind == "pixel" or c.vae.kind in video.decoder_checkpoints(c) or bool(c.vae.random)
     return Expected(cfg.in_channels, pipeline.latent_size(c, cfg), video.strides(c)[0], writes_video,
                     bool(c.init_in_output))
 

@@ -70,7 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     # VAE (kind "wan"): an orbax dir from `convert_checkpoint.py --kind vae`; or random=True (a
     # random VAE of base_dim, announced); neither = no decode (latents + a latent-channel preview
     # mp4). kind "pixel": the DiT works on RGB pixels in [-1, 1] (the demo model), no VAE.
-    c.vae = ml_collections.ConfigDict(dict(kind="wan", checkpoint="", random=False, base_dim=96, num_res_blocks=2))
+    # kind "taehv": the tiny autoencoder (convert_checkpoint.py --kind taehv), a preview-quality
+    # decoder cheap enough for every chunk. taehv_checkpoint: a TAEHV beside the Wan VAE of
+    # `checkpoint` (kind taehv then uses it, and the studio offers both decoders)
+    c.vae = ml_collections.ConfigDict(dict(kind="wan", checkpoint="", taehv_checkpoint="", random=False, base_dim=96,
+                                           num_res_blocks=2))
     c.fps = 16                   # of the written mp4 (the Wan VAE's video rate)
     c.attention = ml_collections.ConfigDict(dict(backend="reference"))
     # devices: data splits the batch, model splits heads; data=0 fills all local devices

@@ -77,7 +77,8 @@ def _check_init(c) -> None:
         raise UserError(f"{given[0]} cannot go with replay (a replay file holds its own initial_latent)")
     cfg = model_config(c)
     init_frames.check(c, cfg, latent_size(c, cfg))
-    if c.vae.kind != "pixel" and not given[1].lower().endswith(".npz") and not (c.vae.checkpoint or c.vae.random):
+    if c.vae.kind != "pixel" and not given[1].lower().endswith(".npz") and not (
+            c.vae.kind in video.decoder_checkpoints(c) or c.vae.random):
         raise UserError(f"{given[0]} needs a VAE encoder: set vae.checkpoint (tools/convert_checkpoint.py "
                         f"--kind {'taehv' if c.vae.kind == 'taehv' else 'vae'}) or give latents (.npz)")
 
@@ -112,11 +113,12 @@ def _check_files(c) -> None:
         raise UserError(f"unknown vae.kind {c.vae.kind!r}; choose wan, taehv or pixel")
     if c.fps <= 0:
         raise UserError(f"fps must be positive, got {c.fps}")
-    if c.vae.checkpoint and not os.path.isdir(c.vae.checkpoint):
-        source = "taew2_1.pth with tools/convert_checkpoint.py --kind taehv" if c.vae.kind == "taehv" else \
-            "Wan2.1_VAE.pth with tools/convert_checkpoint.py --kind vae"
-        raise UserError(f"vae.checkpoint {c.vae.checkpoint!r} not found: convert {source}, "
-                        "or set --config.vae.checkpoint=''")
+    for kind, path in video.decoder_checkpoints(c).items():
+        if not os.path.isdir(path):
+            field = "vae.taehv_checkpoint" if path == c.vae.taehv_checkpoint else "vae.checkpoint"
+            source = ("taew2_1.pth with tools/convert_checkpoint.py --kind taehv" if kind == "taehv" else
+                      "Wan2.1_VAE.pth with tools/convert_checkpoint.py --kind vae")
+            raise UserError(f"{field} {path!r} not found: convert {source}, or set --config.{field}=''")
     if c.checkpoint and not os.path.isdir(c.checkpoint):
         raise UserError(f"checkpoint {c.checkpoint!r} not found: convert one with "
                         "tools/convert_checkpoint.py, or set --config.checkpoint='' for random weights")

@@ -37,6 +37,32 @@ class PixelFrames:
         return vae_model.to_uint8(np.moveaxis(np.asarray(x0), 2, -1))
 
 
+def decoder_checkpoints(c) -> dict[str, str]:
+    """{decoder kind: checkpoint dir} of the decoders a config names: `vae.checkpoint` is the
+    decoder of `vae.kind`, except that with kind taehv and a `vae.taehv_checkpoint` it names the
+    Wan VAE (so a config can name both: the studio then offers both)."""
+    v = c.vae
+    if v.kind == "pixel":
+        return {}
+    out = {}
+    if v.checkpoint:
+        out["taehv" if v.kind == "taehv" and not v.taehv_checkpoint else "wan"] = v.checkpoint
+    if v.taehv_checkpoint:
+        out["taehv"] = v.taehv_checkpoint
+    return out
+
+
+def load_decoder(c, kind: str):
+    """The decoder `kind` (wan | taehv) from its checkpoint in the config."""
+    path = decoder_checkpoints(c).get(kind)
+    if not path:
+        raise UserError(f"no {kind} decoder in this config (vae.checkpoint / vae.taehv_checkpoint)")
+    try:
+        return (load_taehv if kind == "taehv" else load_vae)(path, dtype=c.dtype)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+
+
 def load_video_weights(c, cfg):
     """The decoder of this model's latents (the Wan VAE's, or TAEHV), or None: a pixel model's
     outputs are its frames (it must be RGB), and without a VAE there is no decoded video."""
@@ -45,11 +71,8 @@ def load_video_weights(c, cfg):
             raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has "
                             f"{cfg.out_channels}")
         return None
-    if c.vae.checkpoint:
-        try:
-            return (load_taehv if c.vae.kind == "taehv" else load_vae)(c.vae.checkpoint, dtype=c.dtype)
-        except CheckpointError as e:
-            raise UserError(str(e)) from None
+    if c.vae.kind in decoder_checkpoints(c):
+        return load_decoder(c, c.vae.kind)
     if c.vae.random and c.vae.kind == "taehv":
         tcfg = taehv.TAEHVConfig(latent_channels=cfg.out_channels, dtype=c.dtype)
         log.warning("NO VAE CHECKPOINT: a random TAEHV decodes the latents")

@@ -81,6 +81,33 @@ def test_serve_generates_streams_and_gives_the_mp4(models, tmp_path):
     assert count_frames(str(tmp_path / "s.mp4")) == 9
 
 
+def test_decoder_choice_where_the_config_names_both(tmp_path):
+    """A latent model whose config names a Wan VAE and a TAEHV: the page is offered both, and a
+    run decodes with the one it asks for (the same frame count); an unknown one is a message."""
+    from pyramid_jax.models import taehv, vae
+    from pyramid_jax.weights import taehv_names
+    from pyramid_jax.weights.checkpoint import save_params
+    from pyramid_jax.weights.vae_names import random_vae_params
+
+    vcfg, tcfg = vae.VAEConfig(base_dim=16, num_res_blocks=1), taehv.TAEHVConfig()
+    save_params(str(tmp_path / "wan"), random_vae_params(vcfg), vcfg, kind="vae")
+    save_params(str(tmp_path / "taehv"), taehv_names.params(taehv_names.random_checkpoint(tcfg), tcfg), tcfg,
+                kind="taehv")
+    c = parse_config(["serve", "--config=configs/tiny_random.py", "--config.vae.random=False",
+                      f"--config.vae.checkpoint={tmp_path / 'wan'}", f"--config.vae.taehv_checkpoint={tmp_path / 'taehv'}",
+                      "--config.num_frames=3", "--config.height=64", "--config.width=64"])
+    with TestClient(create_app(c, serve.load_models(c))) as client, client.websocket_connect("/ws") as ws:
+        hello = ws.receive_json()
+        assert hello["decoders"] == ["wan", "taehv"] and hello["decoder"] == "wan"
+        for decoder in ("taehv", "wan"):
+            ws.send_text(json.dumps(dict(op="start", prompt="a red circle", seed=1, decoder=decoder)))
+            seen = receive_until(ws, is_state("done", "error"))
+            assert seen[-1]["state"] == "done" and seen[-1]["decoder"] == decoder, seen[-1]
+            assert len([m for m in seen if isinstance(m, bytes)]) == 1 + 4 * 2
+        ws.send_text(json.dumps(dict(op="start", prompt="a red circle", seed=1, decoder="vqgan")))
+        assert "unknown decoder 'vqgan'; this config has wan, taehv" in ws.receive_json()["message"]
+
+
 def _png(mode="RGB") -> bytes:
     import io
 

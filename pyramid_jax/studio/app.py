@@ -1,8 +1,9 @@
 """The studio's web app (FastAPI): the page, one WebSocket per page, the mp4 so far.
 
 WebSocket messages. Page -> server, JSON: {"op": "start", "prompt", "seed", "policy",
-optional "given": true (start from the uploaded frames)}, {"op": "continue", "prompt", "seed",
-"policy"} (a new generation from the current video), {"op": "stop"}, {"op": "switch",
+optional "decoder" (wan | taehv, where the config names both), optional "given": true (start
+from the uploaded frames)}, {"op": "continue", "prompt", "seed", "policy", "decoder"} (a new
+generation from the current video), {"op": "stop"}, {"op": "switch",
 "prompt", "recache"}. POST /given?name=FILE with the file as the body: an image or video to
 start from (read and encoded at once; 400 with one line if it cannot be). Server -> page: JSON {"type": "hello"
 | "status" | "cache" | "error", ...} and binary messages, one JPEG per video frame.
@@ -95,7 +96,8 @@ def create_app(c, models) -> FastAPI:
 def hello(studio: Studio) -> dict:
     """What a page needs on connecting: the choices, the defaults, and what is on now."""
     c = studio.c
-    return dict(type="hello", policies=studio.policies, policy=c.cache.policy, prompt=c.prompt, seed=c.seed,
+    return dict(type="hello", policies=studio.policies, policy=c.cache.policy, decoders=studio.decoders,
+                decoder=c.vae.kind, prompt=c.prompt, seed=c.seed,
                 num_frames=c.num_frames, frames_per_chunk=c.frames_per_chunk, video_fps=c.fps,
                 running=studio.running, status=studio.status, cache=studio.picture,
                 frames=len(studio.frames))

@@ -45,6 +45,7 @@ class Request:
     seed: int
     policy: str
     initial: np.ndarray | None = None  # given latents [1, F0, C, h, w] (whole chunks) to continue
+    decoder: str = ""  # wan | taehv where the config names both; "" = the config's vae.kind
 
 
 class Hub:
@@ -93,6 +94,9 @@ class Studio:
     def __init__(self, c, models: pipeline.Models, hub: Hub):
         self.c, self.models, self.hub = c, models, hub
         self.policies = [p for p in POLICIES if p != "pyramid" or c.cache.head_map]
+        # the decoders a run may pick (offered when the config names both), loaded when first asked
+        self.decoders = sorted(video.decoder_checkpoints(c), key=lambda k: k != c.vae.kind)
+        self.decoder_weights = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.active = False  # a generation runs; cleared before its last status goes out
@@ -128,7 +132,11 @@ class Studio:
         policy = msg.get("policy") or self.c.cache.policy
         if policy not in self.policies:
             raise UserError(f"unknown cache policy {str(policy)[:40]!r}; choose one of {', '.join(self.policies)}")
-        return Request(prompt, seed, policy)
+        decoder = msg.get("decoder") or ""
+        if decoder and decoder not in self.decoders:
+            raise UserError(f"unknown decoder {str(decoder)[:40]!r}; this config has "
+                            f"{', '.join(self.decoders) or 'none to choose from'}")
+        return Request(prompt, seed, policy, decoder=decoder)
 
     def continue_request(self, msg: dict) -> Request:
         """A continue message: a new generation from the current video (stopped or done)."""
@@ -203,6 +211,16 @@ class Studio:
             self.active = False
             self.hub.publish(self.status)
 
+    def weights_of(self, decoder: str):
+        """The decoder a run asked for ("" = the config's), loaded once."""
+        kind = decoder or self.c.vae.kind
+        if kind == self.c.vae.kind:  # what the server loaded (None for a pixel model: its frames)
+            return self.models.vae
+        if kind not in self.decoder_weights:
+            self.decoder_weights[kind] = video.load_decoder(self.c, kind)
+            log.info("studio: %s decoder loaded", kind)
+        return self.decoder_weights[kind]
+
     def _publish_status(self, **fields) -> None:
         self.status = dict(self.status, type="status", **fields)
         self.hub.publish(self.status)
@@ -217,11 +235,12 @@ class Studio:
         encode = lambda p: text_kv_of(models.dit, models.text([p]), sampler=models.sampler)
         noise = RandomNoise(req.seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
         loop = ChunkLoop(models.dit, policy, models.sampler, encode(req.prompt), noise)
-        decoder = video.video_decoder(c, 1, hw, models.vae)
+        decoder = video.video_decoder(c, 1, hw, self.weights_of(req.decoder))
         switches, latents = [[given, req.prompt]], self.latents
         self.status = dict(type="status")
         self._publish_status(state="running", chunk=0, chunks=chunks, fps=0.0, prompt=req.prompt, seed=req.seed,
-                             policy=req.policy, switches=switches, video_fps=c.fps, error="", given=given)
+                             policy=req.policy, decoder=req.decoder or c.vae.kind, switches=switches,
+                             video_fps=c.fps, error="", given=given)
         log.info("studio: %r seed %d, cache %s, %d chunks%s", req.prompt, req.seed, req.policy, chunks,
                  f" after {given} given latent frames" if given else "")
         if given:  # into the cache, and at the head of the video
