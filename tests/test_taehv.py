@@ -105,3 +105,21 @@ def test_recording_is_what_upstream_makes_now(recorded, tmp_path):
     again = np.load(tmp_path / "upstream_taehv.npz")
     for key in ("decode_parallel", "decode_sequential", "encode_parallel", "encode_sequential"):
         assert rel_err(again[key], recorded[key]) <= 1e-6, key
+
+
+def test_compare_decoders_scores_taehv_against_the_wan_vae(converted, tmp_path):
+    """The PSNR tool's mechanics on random weights (the published ones cannot be fetched here)."""
+    import json
+
+    from pyramid_jax.models import vae
+    from pyramid_jax.weights.checkpoint import save_params
+    from pyramid_jax.weights.vae_names import random_vae_params
+
+    vcfg = vae.VAEConfig(base_dim=16, num_res_blocks=1)
+    save_params(str(tmp_path / "wan"), random_vae_params(vcfg), vcfg, kind="vae")
+    r = run_tool("tools/compare_decoders.py", "--vae", str(tmp_path / "wan"), "--taehv", converted,
+                 "--random-latents", "6", "--hw", "2x3", "--json", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stderr
+    row = json.loads((tmp_path / "p.json").read_text())
+    assert row["video_frames"] == 21 and row["size"] == "24x16" and np.isfinite(row["psnr_dB"])
+    assert "PSNR" in r.stdout and "random normal latents" in r.stdout

@@ -503,8 +503,9 @@ def kv_error_rollout(seconds, dtypes=("bfloat16", "int8", "float8_e4m3fn"), poli
     return rows
 
 
-def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",)):
-    """Text-to-pixels minus the text encoder: the DiT rollout and the streaming Wan VAE decode,
+def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",), decoder="wan"):
+    """Text-to-pixels minus the text encoder: the DiT rollout and the streaming decode (decoder:
+    the Wan VAE or TAEHV),
     random weights, per policy (window-21, deep_sink, pyramid). x0 stays on the device: the
     decode of chunk k is queued behind its step, and chunk k's frames come to the host only after
     chunk k+1 is queued, so the host never stalls the device. video_fps: frames after the first
@@ -512,12 +513,14 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",
     peak_GiB: the device's peak memory (None where the platform does not report it).
     size: "real" (Wan2.1-1.3B, 480x832) or "tiny" (a CPU smoke run). kv_dtypes: the page dtypes
     to run ("" = the model's); 8-bit pages only with pyramid, the policy they are meant for."""
+    import bench_decoders
     from pyramid_jax.attention import target_platform
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
-    from pyramid_jax.models import vae
+    from pyramid_jax.models import taehv, vae
     from pyramid_jax.models.wan import WanConfig, init_model
     from pyramid_jax.sampling.rollout import ChunkLoop, RandomNoise, Sampler
+    from pyramid_jax.weights import taehv_names
     from pyramid_jax.weights.checkpoint import with_weights
     from pyramid_jax.weights.vae_names import random_vae_params
 
@@ -530,7 +533,11 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",
     chunks = max(2, round(seconds * 16 / vae.TIME_STRIDE / 3))  # 60 s: 240 latent frames
     backend = "pallas" if target_platform() in ("gpu", "tpu") else "reference"
     model = init_model(cfg, seed=0, attention_backend=backend)
-    decoder_weights = with_weights(vae.WanVAEDecoder, vcfg, random_vae_params(vcfg))
+    if decoder == "taehv":
+        tcfg = taehv.TAEHVConfig(dtype=dtype)
+        decoder_weights = with_weights(taehv.TAEHV, tcfg, taehv_names.params(taehv_names.random_checkpoint(tcfg), tcfg))
+    else:
+        decoder_weights = with_weights(vae.WanVAEDecoder, vcfg, random_vae_params(vcfg))
     head_map = (published_type_map() if (cfg.num_layers, cfg.num_heads) == (30, 12)
                 else np.repeat(proportional_row(cfg.num_heads), cfg.num_layers, axis=0))
     tkv = jax.jit(lambda m, c: m.text_kv(c))(model, jax.random.normal(jax.random.key(1), (1, cfg.text_len,
@@ -545,24 +552,24 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",
         spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (hw[0] // 2, hw[1] // 2), 3, kv_dtype=kv_dtype)
         policy = make_policy(name, spec, 3 * chunks, **kw)
         loop = ChunkLoop(model, policy, sampler, tkv, RandomNoise(0, (1, 3 * chunks, cfg.in_channels, *hw), sampler))
-        decoder = vae.StreamingDecoder(decoder_weights, 1, hw)
+        stream = bench_decoders.streaming(decoder, decoder_weights, hw)
         t0 = time.perf_counter()
-        first = np.asarray(decoder.push_on_device(loop.next_on_device()[0])).shape[1]
+        first = np.asarray(stream.push_on_device(loop.next_on_device()[0])).shape[1]
         latency, t1, pending, after = time.perf_counter() - t0, time.perf_counter(), None, 0
         for _ in range(1, chunks):
-            queued = decoder.push_on_device(loop.next_on_device()[0])
+            queued = stream.push_on_device(loop.next_on_device()[0])
             if pending is not None:  # the previous chunk's frames, while this one runs
                 after += np.asarray(pending).shape[1]
             pending = queued
         after += np.asarray(pending).shape[1]
         elapsed = time.perf_counter() - t1
         stats = device.memory_stats() or {}
-        rows.append(dict(section="end_to_end", size=size, policy=label, dtype=dtype, kv_dtype=kv_dtype or dtype,
-                         backend=backend,
+        rows.append(dict(section="end_to_end", size=size, policy=label, decoder=decoder, dtype=dtype,
+                         kv_dtype=kv_dtype or dtype, backend=backend,
                          chunks=chunks, video_frames=first + after, video_fps=after / elapsed,
                          latency_s=latency, peak_GiB=stats.get("peak_bytes_in_use", 0) / 2**30 or None,
                          device=getattr(device, "device_kind", device.platform)))
-        del loop, decoder
+        del loop, stream
     return rows
 
 
@@ -584,51 +591,51 @@ def step_flops(cfg, keys_per_query_frame: float, tokens_per_frame: int, frames: 
     return passes * cfg.num_layers * (linear + attention)
 
 
-def vae_frame_flops(latent_hw=(60, 104)):
-    """XLA's FLOP count of decoding one latent frame (4 video frames) with the Wan VAE, bf16."""
-    from pyramid_jax.models import vae
-
-    cfg = vae.VAEConfig(dtype="bfloat16")
-    params = {k: jax.ShapeDtypeStruct(sh, jnp.bfloat16) for k, sh in vae.param_shapes(cfg).items()}
-    state = jax.eval_shape(lambda p: vae.init_state(p, cfg, 1, latent_hw, jnp.bfloat16), params)
-    z = jax.ShapeDtypeStruct((1, 1, *latent_hw, cfg.z_dim), jnp.bfloat16)
-    lowered = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False)).lower(params, z, state)
-    return float(lowered.cost_analysis()["flops"])
-
-
-def tpu_plan():
-    """Per chip, policy and kv_dtype at Wan2.1-1.3B 480x832: memory (weights, cache, VAE, the
-    rest), whether it fits, videos per chip, and the expected video frames/s end to end (DiT +
-    VAE decode) if the chip reaches the fraction of its peak the measured H100 step reaches."""
+def tpu_plan(decoders=("wan", "taehv")):
+    """Per chip, decoder, policy and kv_dtype at Wan2.1-1.3B 480x832: memory (weights, cache,
+    decoder, the rest), whether it fits, videos per chip, and the expected video frames/s end to
+    end (DiT + decode) if the chip reaches the fraction of its peak the measured H100 step
+    reaches."""
+    import bench_decoders
     from pyramid_jax.models.wan import WanConfig
 
     cfg, tpf = WanConfig(), 30 * 52
     weights = 1_418_996_800 * 2  # parameters of the 1.3B DiT (nnx.eval_shape), bf16
-    vae_mem, act, text_kv = 0.14 * 2**30 + 2 * 2**30, 2**30, 30 * 512 * 1536 * 2 * 2  # README memory plan
-    vae_chunk = 3 * vae_frame_flops()
+    act, text_kv = 2**30, 30 * 512 * 1536 * 2 * 2
+    # decoder weights + streaming working set: the Wan VAE's from the README memory plan (about
+    # 2 GiB of activations); TAEHV's weights (9.8 M decoder parameters, bf16) and the Wan figure
+    # scaled by the ratio of XLA's estimates of one streaming call each (TAEHV: a chunk; Wan: a
+    # latent frame), so both come from one measure
+    wan_act = 2 * 2**30
+    ratio = bench_decoders.peak_bytes("taehv", (60, 104), jnp.bfloat16) / bench_decoders.peak_bytes(
+        "wan", (60, 104), jnp.bfloat16)
+    decoder_mem = {"wan": 0.14 * 2**30 + wan_act, "taehv": 9_844_611 * 2 + wan_act * ratio}
     policy_rows = {(r["policy"].split(" ")[0], r["kv_dtype"]): r for r in policy_keys("real")}
     efficiency = step_flops(cfg, policy_rows[("pyramid", "bfloat16")]["keys_per_query_frame"], tpf) / (
         H100_PYRAMID_STEP_S * CHIPS["H100 SXM"][0])
     rows = []
-    for chip, (peak, hbm, bw) in CHIPS.items():
-        for (policy, kv), pr in policy_rows.items():
-            cache = pr["cache_GiB"] * 2**30
-            dit = step_flops(cfg, pr["keys_per_query_frame"], tpf)
-            # compute time at the H100's efficiency, or the HBM floor (weights + cache read per pass)
-            seconds = max((dit + vae_chunk) / (peak * efficiency), 5 * (weights + cache) / bw)
-            fixed = weights + vae_mem
-            per_video = cache + text_kv + act
-            rows.append(dict(section="tpu_plan", chip=chip, policy=policy, kv_dtype=kv,
-                             memory_GiB=(fixed + per_video) / 2**30, fits=fixed + per_video <= hbm,
-                             videos_per_chip=int(max(0, (hbm - fixed) // per_video)),
-                             dit_TFLOP_per_chunk=dit / 1e12, vae_TFLOP_per_chunk=vae_chunk / 1e12,
-                             video_fps=12 / seconds, assumed_efficiency=efficiency))
+    for decoder in decoders:
+        vae_chunk = 3 * bench_decoders.flops_per_latent_frame(decoder)
+        for chip, (peak, hbm, bw) in CHIPS.items():
+            for (policy, kv), pr in policy_rows.items():
+                cache = pr["cache_GiB"] * 2**30
+                dit = step_flops(cfg, pr["keys_per_query_frame"], tpf)
+                # compute time at the H100's efficiency, or the HBM floor (weights + cache read per pass)
+                seconds = max((dit + vae_chunk) / (peak * efficiency), 5 * (weights + cache) / bw)
+                fixed = weights + decoder_mem[decoder]
+                per_video = cache + text_kv + act
+                rows.append(dict(section="tpu_plan", chip=chip, decoder=decoder, policy=policy, kv_dtype=kv,
+                                 memory_GiB=(fixed + per_video) / 2**30, fits=fixed + per_video <= hbm,
+                                 videos_per_chip=int(max(0, (hbm - fixed) // per_video)),
+                                 dit_TFLOP_per_chunk=dit / 1e12, vae_TFLOP_per_chunk=vae_chunk / 1e12,
+                                 video_fps=12 / seconds, assumed_efficiency=efficiency))
     return rows
 
 
 def bench_codecs(repeats):
-    """VAE decode seconds per chunk (3 latent frames, streaming) and umT5 seconds per prompt,
-    with random weights, and each stage's peak memory (XLA estimate)."""
+    """VAE decode seconds per chunk (3 latent frames, streaming) at small sizes and umT5 seconds
+    per prompt, with random weights, and each stage's peak memory (XLA estimate). The decoders
+    at real sizes, beside upstream's: bench_decoders.rows."""
     from pyramid_jax.models import umt5, vae
     from pyramid_jax.weights.t5_names import random_t5_params
     from pyramid_jax.weights.vae_names import random_vae_params
@@ -720,11 +727,16 @@ def main(argv=None):
                    help="batch-path throughput on 1, 2, 4, 8 fake CPU devices (demo config)")
     p.add_argument("--devices-child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--codecs", action="store_true",
-                   help="VAE decode s/chunk and umT5 s/prompt (demo and mid sizes) with peak memory")
+                   help="VAE decode s/chunk and umT5 s/prompt (demo and mid sizes) with peak memory; the Wan VAE "
+                        "and TAEHV decoders at 64x64 and 480x832 (with --upstream: upstream's beside them), "
+                        "their FLOPs per latent frame and peak memory")
+    p.add_argument("--codec-clips", default="all", choices=["all", "small"],
+                   help="--codecs decoders: all clips, or only the 64x64 one (the 480x832 chunk takes minutes)")
     p.add_argument("--end-to-end", action="store_true",
                    help="DiT + streaming VAE decode per policy: video frames/s, first-chunk latency, peak memory")
     p.add_argument("--e2e-size", default="real", choices=["real", "tiny"])
     p.add_argument("--e2e-seconds", type=float, default=60.0)
+    p.add_argument("--decoder", default="wan", choices=["wan", "taehv"], help="the decoder for --end-to-end")
     p.add_argument("--e2e-kv-dtypes", default="",
                    help="comma list of cache page dtypes for --end-to-end ('' = the model's; int8 and "
                         "float8_e4m3fn run with pyramid only)")
@@ -735,7 +747,7 @@ def main(argv=None):
     p.add_argument("--kv-seconds", type=float, default=60.0)
     p.add_argument("--side-by-side", action="store_true",
                    help="this CPU: our whole process (load + compile + 8 chunks, mid size) vs upstream's")
-    p.add_argument("--upstream", default="", help="a Self Forcing checkout, for --side-by-side")
+    p.add_argument("--upstream", default="", help="a Self Forcing checkout, for --side-by-side and --codecs")
     p.add_argument("--side-runs", type=int, default=3, help="runs per side for --side-by-side (medians)")
     p.add_argument("--frames", type=int, default=21, help="latent frames for --rollout")
     p.add_argument("--sizes", default="tiny,demo,mid", help="comma list of: " + ",".join(SIZES))
@@ -808,18 +820,28 @@ def main(argv=None):
         print("\n## VAE decode and umT5 encode, fp32, batch 1, random weights (peak: XLA memory estimate)")
         print_table(cd, ["stage", "size", "shape", "seconds", "unit", "peak_MiB"])
         rows += cd
+        import bench_decoders
+
+        clips = tuple(bench_decoders.CLIPS)[:1 if args.codec_clips == "small" else None]
+        dc = bench_decoders.rows(args.repeats, args.upstream or None, clips)
+        print("\n## decoders at the Wan VAE's real sizes, fp32, batch 1, random weights: seconds to decode the "
+              "clip streaming (a fresh decoder each run)" + (", upstream's classes beside ours" if args.upstream else "")
+              + "; GFLOP per latent frame (XLA, bf16) and peak memory of one streaming call at 480x832")
+        print_table(dc, ["decoder", "clip", "video_frames", "ours_s", "upstream_s", "vs_upstream",
+                         "GFLOP_per_latent_frame_480x832", "peak_MiB_480x832"])
+        rows += dc
     if args.end_to_end:
         ee = bench_end_to_end(args.e2e_size, args.e2e_seconds, args.dtype if args.e2e_size == "tiny" else "bfloat16",
-                              tuple(args.e2e_kv_dtypes.split(",")))
-        print(f"\n## end to end (DiT + streaming VAE decode, no text encoder), {args.e2e_size}, "
+                              tuple(args.e2e_kv_dtypes.split(",")), args.decoder)
+        print(f"\n## end to end (DiT + streaming {args.decoder} decode, no text encoder), {args.e2e_size}, "
               f"{args.e2e_seconds:g} s, random weights")
-        print_table(ee, ["policy", "kv_dtype", "backend", "chunks", "video_frames", "video_fps", "latency_s", "peak_GiB", "device"])
+        print_table(ee, ["policy", "decoder", "kv_dtype", "backend", "chunks", "video_frames", "video_fps", "latency_s", "peak_GiB", "device"])
         rows += ee
     if args.plan:
         pl = tpu_plan()
         print(f"\n## plan: Wan2.1-1.3B 480x832 bf16, one video per chip unless said; expected frames/s assume "
               f"{pl[0]['assumed_efficiency']:.0%} of peak (the measured H100 step)")
-        print_table(pl, ["chip", "policy", "kv_dtype", "memory_GiB", "fits", "videos_per_chip", "dit_TFLOP_per_chunk",
+        print_table(pl, ["chip", "decoder", "policy", "kv_dtype", "memory_GiB", "fits", "videos_per_chip", "dit_TFLOP_per_chunk",
                          "vae_TFLOP_per_chunk", "video_fps"])
         rows += pl
     if args.kv_error:
