@@ -63,7 +63,7 @@ def _free_port():
 
 
 def _launch(prompts, out, extra=(), config="configs/tiny_random.py", frames=12):
-    """Two hosts of a pod, as the README's pod command starts them (each in its own session,
+    """Two hosts of a pod, as the pod command of docs/batch.md starts them (each in its own session,
     so a host can be killed whole)."""
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -155,7 +155,7 @@ def test_two_processes_kill_and_rerun(tmp_path, victim):
 
 @pytest.mark.slow
 def test_two_processes_restore_the_demo_checkpoint_like_one(tmp_path):
-    """The README's pod command with a checkpoint config: both hosts restore assets/demo and the
+    """The pod command of docs/batch.md with a checkpoint config: both hosts restore assets/demo and the
     outputs equal a single-process run bit for bit."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red circle bouncing left to right on a blue striped background\n"

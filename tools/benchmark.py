@@ -576,7 +576,7 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",
 # Chips for --plan: (peak dense bf16 FLOP/s, HBM bytes, HBM bytes/s), published figures.
 CHIPS = {"TPU v5e": (197e12, 16 * 2**30, 819e9), "TPU v6e": (918e12, 32 * 2**30, 1640e9),
          "H100 SXM": (989e12, 80 * 2**30, 3350e9)}
-# The measured H100 whole step (DiT only, pallas, pyramid: README / bench_results/
+# The measured H100 whole step (DiT only, pallas, pyramid: docs/benchmarks.md / bench_results/
 # h100_step_real_bf16_pallas.json): the efficiency --plan assumes on every chip.
 H100_PYRAMID_STEP_S = 0.479
 
@@ -602,7 +602,7 @@ def tpu_plan(decoders=("wan", "taehv")):
     cfg, tpf = WanConfig(), 30 * 52
     weights = 1_418_996_800 * 2  # parameters of the 1.3B DiT (nnx.eval_shape), bf16
     act, text_kv = 2**30, 30 * 512 * 1536 * 2 * 2
-    # decoder weights + streaming working set: the Wan VAE's from the README memory plan (about
+    # decoder weights + streaming working set: the Wan VAE's from the memory plan in docs/accelerators.md (about
     # 2 GiB of activations); TAEHV's weights (9.8 M decoder parameters, bf16) and the Wan figure
     # scaled by the ratio of XLA's estimates of one streaming call each (TAEHV: a chunk; Wan: a
     # latent frame), so both come from one measure

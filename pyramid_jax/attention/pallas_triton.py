@@ -21,7 +21,7 @@ from jax.experimental.pallas import triton as plgpu
 from pyramid_jax.attention.pallas import _NEG, _swap_matrix, prepare
 from pyramid_jax.attention.plan import per_frame
 
-# (block_q, block_kv, num_warps, num_stages), measured on an H100 (README, benchmark section);
+# (block_q, block_kv, num_warps, num_stages), measured on an H100 (docs/benchmarks.md);
 # fp32 tiles are halved to stay inside shared memory.
 DEFAULT_TILING = (128, 128, 8, 3)
 FP32_TILING = (64, 64, 4, 2)
