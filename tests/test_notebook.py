@@ -30,7 +30,7 @@ def test_notebook_is_valid_and_parametrised():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     src = parameters_cell(nb).source
-    for name in ("PROMPT", "NUM_FRAMES", "OUTPUT", "RUN_PUBLISHED"):
+    for name in ("PROMPT", "NUM_FRAMES", "OUTPUT", "RUN_PUBLISHED", "DECODER"):
         assert f"{name} =" in src
     assert "RUN_PUBLISHED = False" in src
 
@@ -44,6 +44,7 @@ def test_notebook_executes_demo_path(tmp_path, monkeypatch):
         "NUM_FRAMES = 6",
         f"OUTPUT = {str(output)!r}",
         "RUN_PUBLISHED = False",
+        'DECODER = "taehv"',  # the published path's commands then include TAEHV's
     ])
     # a first cell so a failure shows which interpreter the kernel ran
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
@@ -71,6 +72,7 @@ def test_notebook_executes_demo_path(tmp_path, monkeypatch):
     assert "generating 1 x 6 latent frames" in everything
     assert "RUN_PUBLISHED is False" in everything
     assert "tools/convert_checkpoint.py --kind t5" in everything
+    assert "tools/convert_checkpoint.py --kind taehv" in everything and "--config.vae.kind=taehv" in everything
     videos = [o for c in nb.cells for o in c.get("outputs", [])
               if o.output_type == "display_data" and "text/html" in o.get("data", {})]
     assert any("<video" in o["data"]["text/html"] for o in videos)
