@@ -80,6 +80,22 @@ def run_tool(*args, timeout=300, env=None):
                           timeout=timeout, env=env)
 
 
+def run_main(main, argv):
+    """A CLI's main(argv) in this process (argv as that main takes it), its stdout and stderr
+    captured: a CompletedProcess like run_tool's, for tests where the process boundary is not
+    what is tested (bad input refused in one line, exit codes)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse refusals
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))

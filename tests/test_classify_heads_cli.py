@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pf_head_profiles")
 
@@ -35,7 +35,9 @@ def test_bad_profiles(tmp_path, content, want):
         path.write_text("junk")
     elif content == "3d":
         np.savez(path, profiles=np.zeros((2, 3, 4)))
-    r = run_tool("tools/classify_heads.py", "--profiles", str(path), "--out", str(tmp_path / "m.csv"))
+    from pyramid_jax import classify_tool
+
+    r = run_main(classify_tool.main, ["--profiles", str(path), "--out", str(tmp_path / "m.csv")])
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and want in lines[0], r.stderr

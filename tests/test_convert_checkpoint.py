@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from conftest import run_tool, save_self_forcing_pt
+from conftest import run_main, run_tool, save_self_forcing_pt
+from pyramid_jax.weights import convert
 
 
 class NotATensor:  # a pickled object that weights_only loading must refuse
@@ -73,7 +74,7 @@ def test_refusals(kind, tiny_diffusers, tmp_path):
     out_parent = tmp_path / "out"
     out_parent.mkdir()
     dst = out_parent / "ckpt"
-    r = run_tool("tools/convert_checkpoint.py", "--src", str(src), "--dst", str(dst), "--num-heads", "2")
+    r = run_main(convert.main, ["--src", str(src), "--dst", str(dst), "--num-heads", "2"])
     assert r.returncode != 0
     err_lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(err_lines) == 1, r.stderr

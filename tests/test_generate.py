@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 
 DEMO = "--config=configs/tiny_random.py"
 SMALL = ["--config.num_frames=6", "--config.height=64", "--config.width=64"]
@@ -88,7 +88,9 @@ def _bad_embeds(tmp_path):
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):
     args = [a.replace("EMB", str(_bad_embeds(tmp_path))) for a in args]
-    r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, f"--config.output={tmp_path / 'x.mp4'}", *args)
+    from pyramid_jax import generate
+
+    r = run_main(generate.main, ["generate", DEMO, *SMALL, f"--config.output={tmp_path / 'x.mp4'}", *args])
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and want in lines[0], r.stderr
@@ -115,6 +117,7 @@ def test_prompt_schedule_switches_text_at_its_frame(tmp_path):
     np.testing.assert_array_equal(explicit, switched)
 
 
+@pytest.mark.slow
 def test_eight_bit_cache_pages_stay_close(tmp_path):
     """cache.kv_dtype=int8: the same video as the model-dtype pages, up to the quantization."""
     outs = {}

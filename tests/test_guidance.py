@@ -64,6 +64,7 @@ def _plain_guided(model, sampler, context, noise, renoise):
     return np.concatenate(out, 1)
 
 
+@pytest.mark.slow
 def test_guided_rollout_equals_two_branches_written_plainly(model):
     sampler = Sampler(guidance_scale=3.5)
     context = _context(2)

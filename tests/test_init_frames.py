@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 from pyramid_jax import generate, media
 
 TINY = ["--config=configs/tiny_random.py", "--config.height=64", "--config.width=64", "--config.num_frames=3"]
@@ -94,7 +94,7 @@ def _bad_files(tmp_path):
 def test_bad_given_frames_one_line(tmp_path, args, want):
     _bad_files(tmp_path)
     args = [a.replace("DIR", str(tmp_path)) for a in args]
-    r = run_tool("-m", "pyramid_jax.generate", *TINY, f"--config.output={tmp_path / 'x.mp4'}", *args)
+    r = run_main(generate.main, ["generate", *TINY, f"--config.output={tmp_path / 'x.mp4'}", *args])
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and want in lines[0], r.stderr

@@ -113,6 +113,7 @@ def test_kernel_bf16():
     assert err <= 1e-2 and not np.isnan(np.asarray(got, np.float32)).any()
 
 
+@pytest.mark.slow
 def test_kernel_tpu_interpreter():
     """TPU semantics (Mosaic block rules, scalar prefetch, scratch) checked by the TPU interpreter."""
     args, _ = _case(3, 1, 3, (4, 4), 2, 128, 4, 3, "random", page_len=True, span=2)
@@ -145,7 +146,7 @@ def test_eight_bit_pages_tpu_interpreter():
     assert rel_err(got, ref.paged_attention(*eight, theta=THETA, k_scale=k_scale, v_scale=v_scale)) <= 1e-5
 
 
-@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("shifted", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_shared_plan_row_equals_per_frame_plan(shifted):
     """A plan of one row for every query frame ([1, H, P]; no time shifts as None) gives what
     that row repeated per frame gives, on the reference and both kernels."""

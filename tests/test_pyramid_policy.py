@@ -138,6 +138,7 @@ def recorded():
     return policy, state, out
 
 
+@pytest.mark.slow
 def test_every_pass_matches_upstream_over_45_chunks(recorded):
     """All three head types, noisy and clean passes, sources and RoPE times, chunks 0..44."""
     _, _, out = recorded
@@ -146,6 +147,7 @@ def test_every_pass_matches_upstream_over_45_chunks(recorded):
         assert got == want, (chunk, kind, layer, c, h, got, want)
 
 
+@pytest.mark.slow
 def test_clean_pass_reads_the_stores_with_the_chunk_in_them(recorded):
     _, _, out = recorded
     # Wave (layer 0, head 0), chunk 10 (frames 30-32): the query frame's own frame is in its
@@ -162,6 +164,7 @@ def test_clean_pass_reads_the_stores_with_the_chunk_in_them(recorded):
     assert out[10, "clean", 0, 0, 1].count((30, 30)) == 1
 
 
+@pytest.mark.slow
 def test_sinks_sit_at_sync_time_from_chunk_0(recorded):
     _, _, out = recorded
     for pass_ in ("noisy", "clean"):
@@ -173,6 +176,7 @@ def test_sinks_sit_at_sync_time_from_chunk_0(recorded):
     assert (2, 0) in out[1, "noisy", 0, 0, 1]  # chunk 1: committed sinks at sync_t = 0 too
 
 
+@pytest.mark.slow
 def test_veil_never_attends_block_0(recorded):
     _, _, out = recorded
     for (chunk, _, layer, c, h), got in out.items():
@@ -181,6 +185,7 @@ def test_veil_never_attends_block_0(recorded):
     assert (("block", 1), 5) in out[3, "noisy", 0, 0, 2]  # block 1 does appear
 
 
+@pytest.mark.slow
 def test_merged_blocks_stay_distinct(recorded):
     """Upstream's merge store, once full, lets older slots read the newest block's data; here
     the last 4 completed blocks stay distinct (44 chunks: blocks 29..32)."""

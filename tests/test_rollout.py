@@ -132,7 +132,7 @@ def test_compiles_once_for_any_length(model):
     assert after_first == counts  # nothing compiles after the first chunk
 
 
-@pytest.mark.parametrize("w,s", [(-1, 0), (6, 1)])
+@pytest.mark.parametrize("w,s", [pytest.param(-1, 0, marks=pytest.mark.slow), (6, 1)])
 def test_rollout_from_given_frames_equals_plain_loop(model, w, s):
     """Continuing given frames (two chunks of latents, as upstream's initial_latent path): each
     given chunk's cache-writing pass at t = 0, then the chunks made after them; the output

@@ -81,6 +81,7 @@ def test_serve_generates_streams_and_gives_the_mp4(models, tmp_path):
     assert count_frames(str(tmp_path / "s.mp4")) == 9
 
 
+@pytest.mark.slow
 def test_decoder_choice_where_the_config_names_both(tmp_path):
     """A latent model whose config names a Wan VAE and a TAEHV: the page is offered both, and a
     run decodes with the one it asks for (the same frame count); an unknown one is a message."""

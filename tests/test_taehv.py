@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, rel_err, run_tool
+from conftest import REPO, rel_err, run_main, run_tool
 from pyramid_jax import generate
 from pyramid_jax.models import taehv
 from pyramid_jax.weights import convert, taehv_names
@@ -73,12 +73,12 @@ def test_converter_refuses_what_is_not_taehv(tmp_path):
     sd.pop("decoder.8.weight")
     sd["decoder.99.weight"] = np.zeros(3, np.float32)
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "bad.pth")
-    r = run_tool("tools/convert_checkpoint.py", "--src", str(tmp_path / "bad.pth"), "--dst", str(tmp_path / "o"),
-                 "--kind", "taehv")
+    r = run_main(convert.main, ["--src", str(tmp_path / "bad.pth"), "--dst", str(tmp_path / "o"), "--kind", "taehv"])
     assert r.returncode == 2 and "missing keys: decoder.8.weight" in r.stderr and "unknown keys: decoder.99.weight" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_generate_streams_through_taehv_and_continues_with_its_encoder(converted, tmp_path):
     """vae.kind=taehv: the mp4 has 1 + 4 (F - 1) frames, as with the Wan VAE; init_video of
     that mp4 is encoded by TAEHV's encoder (the latent model continues from it)."""
@@ -107,6 +107,7 @@ def test_recording_is_what_upstream_makes_now(recorded, tmp_path):
         assert rel_err(again[key], recorded[key]) <= 1e-6, key
 
 
+@pytest.mark.slow
 def test_compare_decoders_scores_taehv_against_the_wan_vae(converted, tmp_path):
     """The PSNR tool's mechanics on random weights (the published ones cannot be fetched here)."""
     import json

@@ -134,6 +134,7 @@ def test_orbax_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_cached_pages_equal_block_causal_forward():
     """Chunk 2 attending chunk 1's committed frames as pages equals a block-causal forward."""
     cfg = WanConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
@@ -161,6 +162,7 @@ def test_cached_pages_equal_block_causal_forward():
     assert rel_err(second, full[:, F:]) <= 1e-5
 
 
+@pytest.mark.slow
 def test_block_causal_training_attention_skips_masked_blocks_with_the_same_result():
     """A static block-causal mask runs as one softmax per chunk over the frames it sees
     (prefix_groups); the result equals the masked full matrix (the same mask given traced)."""

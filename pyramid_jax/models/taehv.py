@@ -110,7 +110,7 @@ class TAEHV(NamedWeights):
 
     def decode_video(self, z):
         """z [B, F, h, w, C] -> frames [B, 4 F, 8h, 8w, 3] (about [0, 1]), all kept."""
-        return decode_video(self.params(), self.cfg, z)
+        return _whole_video(self.cfg)(self.params(), z)
 
     def encode_video(self, video):
         """video [B, T, H, W, 3] in [0, 1], T a multiple of 4 -> latents [B, T / 4, H/8, W/8, C]."""
@@ -192,7 +192,7 @@ def encode_video(p, cfg: TAEHVConfig, video, frames_per_call: int = 16):
     t = video.shape[1]
     if t % TIME_STRIDE:
         raise ValueError(f"TAEHV encodes 4 frames per latent frame; got {t} frames")
-    step = jax.jit(lambda p, x, m: encode_chunk(p, cfg, x, m))
+    step = _encode_step(cfg)
     memory, outs = {}, []
     for s in range(0, t, frames_per_call):
         z, memory = step(p, video[:, s:s + frames_per_call], memory)
@@ -232,6 +232,16 @@ class StreamingTAEHV:
         frames, self.memory = self._step(self.params, z, self.memory)
         trim, self.to_trim = min(self.to_trim, frames.shape[1]), max(0, self.to_trim - frames.shape[1])
         return frames[:, trim:]
+
+
+@functools.lru_cache(maxsize=None)
+def _encode_step(cfg: TAEHVConfig):
+    return jax.jit(lambda p, x, m: encode_chunk(p, cfg, x, m))
+
+
+@functools.lru_cache(maxsize=None)
+def _whole_video(cfg: TAEHVConfig):
+    return jax.jit(lambda p, z: decode_video(p, cfg, z))
 
 
 @functools.lru_cache(maxsize=None)

@@ -126,11 +126,11 @@ class WanVAEDecoder(NamedWeights):
         return init_state(self.params(), self.cfg, batch, latent_hw, jnp.dtype(self.cfg.dtype))
 
     def decode_frame(self, z, state, first: bool):
-        return decode_frame(self.params(), self.cfg, z, state, first)
+        return _streaming_steps(self.cfg)[0 if first else 1](self.params(), z, state)
 
     def __call__(self, z):
         """Whole-video decode of z [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3]."""
-        return decode_video(self.params(), self.cfg, z)
+        return _whole_video(self.cfg)(self.params(), z)
 
 
 # ---- layers ------------------------------------------------------------------------
@@ -293,6 +293,11 @@ def to_uint8(video):
 
 def uint8_on_device(video):
     return jnp.round(jnp.clip(video.astype(jnp.float32) * 0.5 + 0.5, 0, 1) * 255).astype(jnp.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _whole_video(cfg: VAEConfig):
+    return jax.jit(lambda p, z: decode_video(p, cfg, z))
 
 
 @functools.lru_cache(maxsize=None)

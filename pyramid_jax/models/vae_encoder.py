@@ -12,6 +12,8 @@ are dropped, as upstream does). The latents are the posterior mean, normalised p
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -125,10 +127,17 @@ def encode_chunk(p, cfg: VAEConfig, frames, state, first: bool):
 def encode_video(p, cfg: VAEConfig, video):
     """video [B, T, H, W, 3] -> [B, 1 + (T - 1) // 4, H/8, W/8, z_dim], chunk by chunk."""
     n = 1 + (video.shape[1] - 1) // FRAMES_PER_CHUNK
-    first, state = jax.jit(lambda p, x: encode_chunk(p, cfg, x, {}, first=True))(p, video[:, :1])
+    start, step = _steps(cfg)
+    first, state = start(p, video[:, :1])
     outs = [first]
-    step = jax.jit(lambda p, x, s: encode_chunk(p, cfg, x, s, first=False))
     for i in range(1, n):
         z, state = step(p, video[:, 1 + FRAMES_PER_CHUNK * (i - 1):1 + FRAMES_PER_CHUNK * i], state)
         outs.append(z)
     return jnp.concatenate(outs, axis=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _steps(cfg: VAEConfig):
+    """The jitted first chunk and next chunk of a config, shared by every call (no recompiles)."""
+    return (jax.jit(lambda p, x: encode_chunk(p, cfg, x, {}, first=True)),
+            jax.jit(lambda p, x, s: encode_chunk(p, cfg, x, s, first=False)))
