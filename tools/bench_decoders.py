@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from benchmark import _median_seconds  # one warm-up, then the median of repeats
 
 DECODERS = ("wan", "taehv")
 # (label, latent grid, latent frames): the check of the issue that found the gap, and one chunk
@@ -57,7 +57,7 @@ def ours_seconds(kind: str, latent_hw, frames: int, repeats: int) -> float:
             out = dec.push_on_device(z[:, s:s + 3])
         out.block_until_ready()
 
-    return _median(run, repeats)
+    return _median_seconds(run, repeats)
 
 
 def upstream_seconds(repo: str, kind: str, latent_hw, frames: int, repeats: int) -> float:
@@ -74,19 +74,9 @@ def upstream_seconds(repo: str, kind: str, latent_hw, frames: int, repeats: int)
                         temperal_downsample=[False, True, True], dropout=0.0).eval()
         scale = [torch.zeros(16), torch.ones(16)]
         x = z.permute(0, 2, 1, 3, 4).contiguous()
-        return _median(lambda: m.decode(x, scale), repeats)
+        return _median_seconds(lambda: m.decode(x, scale), repeats)
     m = mod.TAEHV(checkpoint_path=None).eval()
-    return _median(lambda: m.decode_video(z, parallel=False), repeats)
-
-
-def _median(fn, repeats: int) -> float:
-    fn()  # warm-up: compile / allocate
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _median_seconds(lambda: m.decode_video(z, parallel=False), repeats)
 
 
 def _abstract(kind: str, latent_hw, dtype):
