@@ -5,6 +5,8 @@ places the arrays and the compiler partitions the chunk step around the attentio
 
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
@@ -27,6 +29,17 @@ def make_mesh(data: int = 0, model: int = 1, devices=None) -> Mesh:
         raise ParallelError(f"mesh {data}x{model} needs {data * model} devices, {n} are available")
     return Mesh(np.array(devices[: data * model]).reshape(data, model), (DATA, MODEL),
                 axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def batch_mesh(data: int, model: int, batch: int, cfg, devices=None) -> Mesh | None:
+    """The mesh a batch of `batch` runs on (None: one device). data=0 takes as many of the
+    devices left by `model` as divide the batch; an explicit `data` must divide it."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not data and model >= 1 and len(devices) % model == 0:
+        data = math.gcd(batch, len(devices) // model)
+    mesh = make_mesh(data, model, devices)
+    check_fit(mesh, batch, cfg)
+    return None if mesh.size == 1 else mesh
 
 
 def check_fit(mesh: Mesh, batch: int, cfg) -> None:

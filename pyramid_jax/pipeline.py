@@ -341,16 +341,20 @@ def generate(c, models: Models, job: Inputs, sink: video.VideoSink | None = None
     return result
 
 
-def run(c) -> Rollout:
-    """`python -m pyramid_jax.generate`: check, load, generate, write (mp4s, latents, replay)."""
+def run(c, mesh_for=None) -> Rollout:
+    """`python -m pyramid_jax.generate`: check, load, generate, write (mp4s, latents, replay).
+    mesh_for(batch, cfg): the mesh the batch runs on (None: one device)."""
     check_config(c)
     video.check_outputs(c)
     models = load(c, decoder=bool(c.output))
     job = inputs(c, models)
+    mesh = None if mesh_for is None else mesh_for(job.batch, models.dit.cfg)
+    if mesh is not None:
+        log.info("mesh: %s", dict(mesh.shape))
     decoder = video.video_decoder(c, job.batch, job.latent_hw, models.vae) if c.output else None
     sink = video.VideoSink(c, video.output_paths(c.output, job.batch), decoder) if c.output else None
     try:
-        result = generate(c, models, job, sink, record_noise=bool(c.save_replay))
+        result = generate(c, models, job, sink, record_noise=bool(c.save_replay), mesh=mesh)
         write_files(c, result, job)
         if sink is not None:
             sink.close(result.latents)

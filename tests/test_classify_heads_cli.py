@@ -35,9 +35,9 @@ def test_bad_profiles(tmp_path, content, want):
         path.write_text("junk")
     elif content == "3d":
         np.savez(path, profiles=np.zeros((2, 3, 4)))
-    from pyramid_jax import classify_tool
+    from pyramid_jax.cli import classify
 
-    r = run_main(classify_tool.main, ["--profiles", str(path), "--out", str(tmp_path / "m.csv")])
+    r = run_main(classify.main, ["--profiles", str(path), "--out", str(tmp_path / "m.csv")])
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and want in lines[0], r.stderr

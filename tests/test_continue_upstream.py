@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, rel_err, run_tool
-from pyramid_jax import generate
+from pyramid_jax.cli import generate
 
 DATA = os.path.join(REPO, "tests", "data", "upstream_continue")
 
@@ -29,7 +29,7 @@ def checkpoint(tmp_path_factory):
 
 def _ours(checkpoint, want, tmp_path) -> np.ndarray:
     out = tmp_path / "latents.npz"
-    code = generate.main(["generate", "--config=configs/tiny_random.py", f"--config.checkpoint={checkpoint}",
+    code = generate.main(["--config=configs/tiny_random.py", f"--config.checkpoint={checkpoint}",
                           f"--config.replay={os.path.join(DATA, 'replay.npz')}", "--config.output=",
                           f"--config.save_latents={out}", "--config.dtype=float32", "--config.cache.policy=window",
                           f"--config.cache.local_attn_size={int(want['local_attn_size'])}",

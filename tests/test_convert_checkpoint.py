@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import run_main, run_tool, save_self_forcing_pt
-from pyramid_jax.weights import convert
+from pyramid_jax.cli import convert
 
 
 class NotATensor:  # a pickled object that weights_only loading must refuse

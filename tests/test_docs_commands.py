@@ -59,7 +59,7 @@ def test_command_names_real_programs_files_and_fields(path, cmd):
 def test_readme_demo_commands_run(tmp_path):
     """The README's generate commands with the demo config, as shown (the output moved to a
     temporary folder)."""
-    from pyramid_jax import generate
+    from pyramid_jax.cli import generate
 
     demo = [cmd for path, cmd in ALL if path == "README.md" and "pyramid_jax.generate" in cmd
             and "configs/demo.py" in cmd and "init_video" not in cmd]
@@ -69,7 +69,7 @@ def test_readme_demo_commands_run(tmp_path):
         os.chdir(REPO)
         for i, cmd in enumerate(demo):
             out = tmp_path / f"{i}.mp4"
-            assert generate.main(["generate", *shlex.split(cmd)[3:], f"--config.output={out}"]) == 0, cmd
+            assert generate.main([*shlex.split(cmd)[3:], f"--config.output={out}"]) == 0, cmd
             assert out.exists()
     finally:
         os.chdir(cwd)

@@ -13,7 +13,7 @@ from jax import export as jax_export
 from conftest import run_tool
 from pyramid_jax import pipeline
 from pyramid_jax.config import parse_config
-from pyramid_jax.export import KERNEL_CALL, export_step
+from pyramid_jax.lowering import KERNEL_CALL, export_step
 from pyramid_jax.sampling.rollout import RandomNoise, step
 
 

@@ -88,9 +88,9 @@ def _bad_embeds(tmp_path):
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):
     args = [a.replace("EMB", str(_bad_embeds(tmp_path))) for a in args]
-    from pyramid_jax import generate
+    from pyramid_jax.cli import generate
 
-    r = run_main(generate.main, ["generate", DEMO, *SMALL, f"--config.output={tmp_path / 'x.mp4'}", *args])
+    r = run_main(generate.main, [DEMO, *SMALL, f"--config.output={tmp_path / 'x.mp4'}", *args])
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and want in lines[0], r.stderr

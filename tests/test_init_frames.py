@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_main, run_tool
-from pyramid_jax import generate, media
+from pyramid_jax import media
+from pyramid_jax.cli import generate
 
 TINY = ["--config=configs/tiny_random.py", "--config.height=64", "--config.width=64", "--config.num_frames=3"]
 
@@ -20,7 +21,7 @@ def _frames(n, h=48, w=80, seed=0):
 
 def _run(tmp_path, *args):
     out = tmp_path / "v.mp4"
-    code = generate.main(["generate", *TINY, f"--config.output={out}", *args])
+    code = generate.main([*TINY, f"--config.output={out}", *args])
     return code, out
 
 
@@ -57,7 +58,7 @@ def test_latents_npz_continues_and_the_replay_file_carries_them(tmp_path):
     """Latents written by one run continue in another; its save_replay holds them as
     initial_latent, and replaying that file gives the same latents."""
     first = tmp_path / "first.npz"
-    assert generate.main(["generate", *TINY, "--config.output=", f"--config.save_latents={first}"]) == 0
+    assert generate.main([*TINY, "--config.output=", f"--config.save_latents={first}"]) == 0
     code, _ = _run(tmp_path, f"--config.init_video={first}", f"--config.save_replay={tmp_path / 'r.npz'}")
     assert code == 0
     made = np.load(tmp_path / "v.npz")["latents"]
@@ -65,7 +66,7 @@ def test_latents_npz_continues_and_the_replay_file_carries_them(tmp_path):
     replay = np.load(tmp_path / "r.npz")
     assert replay["initial_latent"].shape == (1, 3, 16, 8, 8)
     again = tmp_path / "again.npz"
-    assert generate.main(["generate", *TINY, "--config.output=", f"--config.replay={tmp_path / 'r.npz'}",
+    assert generate.main([*TINY, "--config.output=", f"--config.replay={tmp_path / 'r.npz'}",
                           f"--config.save_latents={again}"]) == 0
     np.testing.assert_array_equal(np.load(again)["latents"], made)
 
@@ -94,7 +95,7 @@ def _bad_files(tmp_path):
 def test_bad_given_frames_one_line(tmp_path, args, want):
     _bad_files(tmp_path)
     args = [a.replace("DIR", str(tmp_path)) for a in args]
-    r = run_main(generate.main, ["generate", *TINY, f"--config.output={tmp_path / 'x.mp4'}", *args])
+    r = run_main(generate.main, [*TINY, f"--config.output={tmp_path / 'x.mp4'}", *args])
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and want in lines[0], r.stderr

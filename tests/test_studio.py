@@ -20,7 +20,7 @@ from conftest import REPO, run_tool
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from pyramid_jax import serve  # noqa: E402
+from pyramid_jax.cli import serve  # noqa: E402
 from pyramid_jax.config import parse_config  # noqa: E402
 from pyramid_jax.media import count_frames  # noqa: E402
 from pyramid_jax.studio.app import create_app  # noqa: E402

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from conftest import REPO, rel_err, run_main, run_tool
-from pyramid_jax import generate
+from pyramid_jax.cli import generate
 from pyramid_jax.models import taehv
-from pyramid_jax.weights import convert, taehv_names
+from pyramid_jax.cli import convert
+from pyramid_jax.weights import taehv_names
 from pyramid_jax.weights.checkpoint import load_taehv
 
 UPSTREAM = os.path.join(REPO, "tests", "data", "upstream_taehv.npz")
@@ -85,11 +86,11 @@ def test_generate_streams_through_taehv_and_continues_with_its_encoder(converted
     import imageio.v2 as imageio
 
     first = tmp_path / "a.mp4"
-    assert generate.main(["generate", *TINY, f"--config.vae.checkpoint={converted}", f"--config.output={first}"]) == 0
+    assert generate.main([*TINY, f"--config.vae.checkpoint={converted}", f"--config.output={first}"]) == 0
     frames = [f for f in imageio.get_reader(str(first), "ffmpeg")]
     assert len(frames) == 1 + 4 * 5 and frames[0].shape == (64, 64, 3)
     second = tmp_path / "b.mp4"
-    assert generate.main(["generate", *TINY, f"--config.vae.checkpoint={converted}", f"--config.init_video={first}",
+    assert generate.main([*TINY, f"--config.vae.checkpoint={converted}", f"--config.init_video={first}",
                           f"--config.output={second}", f"--config.save_latents={tmp_path / 'b.npz'}"]) == 0
     lat = np.load(tmp_path / "b.npz")["latents"]
     assert lat.shape == (1, 6 + 6, 16, 8, 8)  # 21 frames -> 6 latent frames given, 6 made

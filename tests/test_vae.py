@@ -12,7 +12,7 @@ import torch
 
 from conftest import rel_err, run_tool
 from pyramid_jax.models import vae
-from pyramid_jax.weights import convert
+from pyramid_jax.cli import convert
 from pyramid_jax.weights.checkpoint import load_vae
 
 NRB = 1  # residual blocks per stage (2 in Wan2.1); 1 keeps the test fast

@@ -6,7 +6,7 @@ python tools/classify_heads.py --config=configs/demo.py --out MAP.csv
 
 import sys
 
-from pyramid_jax.classify_tool import main
+from pyramid_jax.cli.classify import main
 
 if __name__ == "__main__":
     sys.exit(main())

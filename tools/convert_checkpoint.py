@@ -6,7 +6,7 @@ python tools/convert_checkpoint.py --src FILE --dst DIR [--kind dit|vae|t5|taehv
 
 import sys
 
-from pyramid_jax.weights.convert import main
+from pyramid_jax.cli.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,8 @@ import sys
 
 import numpy as np
 
-from pyramid_jax import generate, metrics
+from pyramid_jax import metrics
+from pyramid_jax.cli import generate
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
             if video is not None and len(video) == video_frames:
                 print(f"reusing {path}")
             else:
-                code = generate.main(["generate", *cfg_args, *extra, f"--config.prompt={prompts[pi]}",
+                code = generate.main([*cfg_args, *extra, f"--config.prompt={prompts[pi]}",
                                       f"--config.seed={seed}", f"--config.num_frames={frames}",
                                       f"--config.output={path}"])
                 if code:

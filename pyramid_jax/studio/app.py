@@ -31,14 +31,15 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 BUSY = "busy: another page's generation is running; this page shows it (wait, or stop it there)"
 
 
-def create_app(c, models) -> FastAPI:
-    """The app of a config and its loaded models (pipeline.load(c))."""
+def create_app(c, models, mesh=None) -> FastAPI:
+    """The app of a config and its loaded models (pipeline.load(c)); generations run on
+    `mesh` (None: one device)."""
     ids = itertools.count(1)
     clients: set[int] = set()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        app.state.studio = Studio(c, models, Hub(asyncio.get_running_loop()))
+        app.state.studio = Studio(c, models, Hub(asyncio.get_running_loop()), mesh)
         yield
         app.state.studio.stop(wait=True)
 

@@ -91,8 +91,8 @@ class Studio:
     c: the generate config; models: pipeline.load(c); hub: where messages go.
     """
 
-    def __init__(self, c, models: pipeline.Models, hub: Hub):
-        self.c, self.models, self.hub = c, models, hub
+    def __init__(self, c, models: pipeline.Models, hub: Hub, mesh=None):
+        self.c, self.models, self.hub, self.mesh = c, models, hub, mesh
         self.policies = [p for p in POLICIES if p != "pyramid" or c.cache.head_map]
         # the decoders a run may pick (offered when the config names both), loaded when first asked
         self.decoders = sorted(video.decoder_checkpoints(c), key=lambda k: k != c.vae.kind)
@@ -232,9 +232,9 @@ class Studio:
         hw = pipeline.latent_size(c, cfg)
         chunks, given = c.num_frames // f, 0 if req.initial is None else req.initial.shape[1]
         policy = pipeline.build_policy(c, cfg, hw, given + c.num_frames)
-        encode = lambda p: text_kv_of(models.dit, models.text([p]), sampler=models.sampler)
+        encode = lambda p: text_kv_of(models.dit, models.text([p]), self.mesh, models.sampler)
         noise = RandomNoise(req.seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
-        loop = ChunkLoop(models.dit, policy, models.sampler, encode(req.prompt), noise)
+        loop = ChunkLoop(models.dit, policy, models.sampler, encode(req.prompt), noise, self.mesh)
         decoder = video.video_decoder(c, 1, hw, self.weights_of(req.decoder))
         switches, latents = [[given, req.prompt]], self.latents
         self.status = dict(type="status")

@@ -1,22 +1,18 @@
 """Checkpoint conversion: upstream / diffusers / transformers Wan DiT, VAE and umT5 weights,
 and TAEHV's -> orbax + config, one interface for all (docs/conversion.md).
 
-CLI: tools/convert_checkpoint.py (this module's `main`).
+The program: `pyramid_jax.cli.convert` (tools/convert_checkpoint.py, pyramid-convert).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 
 import ml_dtypes
 import numpy as np
 
-from pyramid_jax import logs
 from pyramid_jax.weights import files, t5_names, taehv_names, vae_names, wan_names
-from pyramid_jax.weights.checkpoint import CheckpointError, save_params
-from pyramid_jax.weights.errors import ConversionError
+from pyramid_jax.weights.checkpoint import save_params
 
 log = logging.getLogger("convert_checkpoint")
 
@@ -48,31 +44,3 @@ def _cast(tree, dtype):
     if isinstance(tree, dict):
         return {k: _cast(v, dtype) for k, v in tree.items()}
     return np.asarray(tree).astype(np.float32).astype(dtype)
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        description="Convert a Wan / Self Forcing PyTorch or diffusers checkpoint to pyramid_jax (orbax).")
-    p.add_argument("--src", required=True, help=".pt/.pth, .safetensors, or a diffusers folder")
-    p.add_argument("--dst", required=True, help="output directory (must not exist)")
-    p.add_argument("--kind", default="dit", choices=list(FORMATS))
-    p.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads (inferred for the published 1.3B / 14B widths)")
-    p.add_argument("--no-ema", action="store_true", help="use `generator` instead of `generator_ema`")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--verbose", action="store_true", help="after an error line, what the reading library said")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logs.setup()
-    try:
-        convert(args.kind, args.src, args.dst, args.dtype, args.num_heads, not args.no_ema)
-    except (ConversionError, CheckpointError) as e:
-        print(f"convert_checkpoint: error: {e}", file=sys.stderr)
-        if args.verbose and getattr(e, "detail", ""):
-            print(e.detail, file=sys.stderr)
-        return 2
-    print(f"wrote {args.dst}")
-    return 0
