@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 from pyramid_jax.models import umt5
-from pyramid_jax.models.wan import block_causal_mask
+from pyramid_jax.models.wan import FrameMask, block_causal_mask
 from pyramid_jax.sampling.schedule import FlowSchedule
 
 
@@ -75,8 +75,8 @@ def loss_fn(model, x0, context, key, recipe: Recipe = Recipe()):
         context = jnp.where(keep, context, 0.0)
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
     x_t = r.schedule.add_noise(x0.astype(jnp.float32), noise, t)
-    flow, _ = model(x_t, t, model.text_kv(context), frame_mask=block_causal_mask(f, r.frames_per_chunk),
-                    remat=r.remat)
+    flow = model(x_t, t, model.text_kv(context), FrameMask(block_causal_mask(f, r.frames_per_chunk)),
+                 remat=r.remat).flow
     err = jnp.mean(jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32))), axis=(2, 3, 4))
     weight = (~context_frame).astype(jnp.float32)
     return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)

@@ -11,7 +11,7 @@ import pytest
 from conftest import rel_err
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy
-from pyramid_jax.models.wan import WanConfig, init_model
+from pyramid_jax.models.wan import Committed, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout, text_kv_of
 
 CFG = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
@@ -53,12 +53,12 @@ def _plain_guided(model, sampler, context, noise, renoise):
         x = jnp.asarray(noise[:, k * f:(k + 1) * f])
         for i, ti in enumerate(sampler.timesteps):
             tt = jnp.full(x.shape[:2], ti)
-            cond, uncond = (model(x, tt, tkv, s.pool(), p)[0] for tkv, s, p in zip(texts, states, plans))
+            cond, uncond = (model(x, tt, tkv, Committed(s.pool(), p)).flow for tkv, s, p in zip(texts, states, plans))
             x0 = sched.flow_to_x0(x, uncond + g * (cond - uncond), tt)
             if i + 1 < sampler.num_steps:
                 x = sched.add_noise(x0, jnp.asarray(renoise[k * (sampler.num_steps - 1) + i]),
                                     jnp.full(x.shape[:2], sampler.timesteps[i + 1]))
-        states = [policy.commit(s, model(x0, jnp.zeros(x.shape[:2]), tkv, s.pool(), p)[1], jnp.int32(k))
+        states = [policy.commit(s, model(x0, jnp.zeros(x.shape[:2]), tkv, Committed(s.pool(), p)).chunk_kv, jnp.int32(k))
                   for tkv, s, p in zip(texts, states, plans)]
         out.append(np.asarray(x0))
     return np.concatenate(out, 1)

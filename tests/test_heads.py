@@ -13,7 +13,7 @@ from flax import nnx
 from pyramid_jax.attention import reference as ref
 from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE, HeadMapError, load_head_map, save_head_map_csv, save_head_map_json
 from pyramid_jax.cache.heads import classify_heads, vote
-from pyramid_jax.models.wan import WanConfig, init_model
+from pyramid_jax.models.wan import Committed, WanConfig, init_model
 from pyramid_jax.sampling import calibrate
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy
@@ -93,7 +93,7 @@ def test_profile_fast_path_equals_brute_force(monkeypatch):
     x0 = denoise(model, sampler, tkv, state.pool(), plan, n, r)
     monkeypatch.setattr(ref, "paged_attention", spy)
     with jax.disable_jit():
-        model(x0, clean_t(sampler, x0), tkv, state.pool(), plan)
+        model(x0, clean_t(sampler, x0), tkv, Committed(state.pool(), plan))
     assert len(captured) == 2  # one call per layer
     for layer, (q, pool_k) in enumerate(captured):
         q_last = q[0, -1]  # [T, H, Dh] tokens of the chunk's last frame

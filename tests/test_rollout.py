@@ -11,7 +11,7 @@ from flax import nnx
 from conftest import rel_err
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy, full_sequence_mask
-from pyramid_jax.models.wan import WanConfig, init_model
+from pyramid_jax.models.wan import Committed, FrameMask, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, rollout
 from pyramid_jax.sampling.schedule import FlowSchedule
 
@@ -40,14 +40,14 @@ def test_cached_chunks_equal_full_masked_forward(model, w, s):
     x = jax.random.normal(key, (1, n, C, HH, WW))
     t = jax.random.uniform(jax.random.key(1), (1, n), maxval=1000.0)
     tkv = model.text_kv(jax.random.normal(jax.random.key(2), (1, CFG.text_len, CFG.text_dim)))
-    full, _ = model(x, t, tkv, frame_mask=full_sequence_mask(policy, n))
+    full = model(x, t, tkv, FrameMask(full_sequence_mask(policy, n))).flow
 
     graphdef, params = nnx.split(model)
 
     @jax.jit
     def chunk_call(params, state, xc, tc, k):
         m = nnx.merge(graphdef, params)
-        flow, kv = m(xc, tc, tkv, state.pool(), policy.plan(state, k))
+        flow, kv = m(xc, tc, tkv, Committed(state.pool(), policy.plan(state, k)))[:2]
         return flow, policy.commit(state, kv, k)
 
     state = policy.init(1, jnp.float32)
@@ -68,7 +68,7 @@ def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, init
         for k in range(initial.shape[1] // f):
             plan = policy.plan(state, jnp.int32(k))
             x0 = jnp.asarray(initial[:, k * f:(k + 1) * f])
-            state = policy.commit(state, model(x0, jnp.zeros(x0.shape[:2]), tkv, state.pool(), plan)[1], jnp.int32(k))
+            state = policy.commit(state, model(x0, jnp.zeros(x0.shape[:2]), tkv, Committed(state.pool(), plan)).chunk_kv, jnp.int32(k))
             out.append(np.asarray(x0))
         given = initial.shape[1] // f
     for j in range(chunks):
@@ -78,12 +78,12 @@ def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, init
         x = jnp.asarray(noise_k)
         for i, ti in enumerate(sampler.timesteps):
             tt = jnp.full(x.shape[:2], ti)
-            flow, _ = model(x, tt, tkv, state.pool(), plan)
+            flow = model(x, tt, tkv, Committed(state.pool(), plan)).flow
             x0 = sched.flow_to_x0(x, flow, tt)
             if i + 1 < sampler.num_steps:
                 x = sched.add_noise(x0, jnp.asarray(renoise[j * (sampler.num_steps - 1) + i]),
                                     jnp.full(x.shape[:2], sampler.timesteps[i + 1]))
-        _, kv = model(x0, jnp.full(x.shape[:2], sampler.context_noise), tkv, state.pool(), plan)
+        kv = model(x0, jnp.full(x.shape[:2], sampler.context_noise), tkv, Committed(state.pool(), plan)).chunk_kv
         state = policy.commit(state, kv, jnp.int32(k))
         out.append(np.asarray(x0))
     return np.concatenate(out, 1)

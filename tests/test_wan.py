@@ -13,8 +13,8 @@ import torch
 from conftest import diffusers_wan, rel_err, save_self_forcing_pt
 from pyramid_jax.attention import KVPool, PagePlan
 from pyramid_jax.cache.pool import PoolSpec, rope_keys
-from pyramid_jax.models.wan import CausalWan, WanConfig, block_causal_mask, init_model
-from pyramid_jax.weights import convert
+from pyramid_jax.models.wan import CausalWan, Committed, FrameMask, WanConfig, block_causal_mask, init_model
+from pyramid_jax.cli import convert
 from pyramid_jax.weights.checkpoint import load_model, save_model
 
 B, F, C, HH, WW, LT = 2, 3, 4, 6, 10, 7
@@ -35,7 +35,7 @@ def _reference(model, x, t, ctx):
 
 def _ours(model: CausalWan, x, t, ctx):
     xj = jnp.asarray(x.numpy().transpose(0, 2, 1, 3, 4))  # [B, C, F, H, W] -> [B, F, C, H, W]
-    flow, _ = model(xj, jnp.asarray(t), model.text_kv(jnp.asarray(ctx.numpy())))
+    flow = model(xj, jnp.asarray(t), model.text_kv(jnp.asarray(ctx.numpy()))).flow
     return np.asarray(flow, np.float32).transpose(0, 2, 1, 3, 4)
 
 
@@ -129,7 +129,7 @@ def test_orbax_round_trip(tmp_path):
     x = jax.random.normal(jax.random.key(0), (1, F, C, HH, WW))
     ctx = jax.random.normal(jax.random.key(1), (1, LT, 48))
     t = jnp.array([500.0])
-    a, _ = model(x, t, model.text_kv(ctx))
+    a = model(x, t, model.text_kv(ctx)).flow
     b, _ = again(x, t, again.text_kv(ctx))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -144,10 +144,10 @@ def test_cached_pages_equal_block_causal_forward():
     x = jax.random.normal(key, (1, 2 * F, C, HH, WW))
     t = jnp.full((1, 2 * F), 500.0)
     tkv = model.text_kv(jax.random.normal(jax.random.key(3), (1, LT, 48)))
-    full, _ = model(x, t, tkv, frame_mask=block_causal_mask(2 * F, F))
+    full = model(x, t, tkv, FrameMask(block_causal_mask(2 * F, F))).flow
 
     L, H = cfg.num_layers, cfg.num_heads
-    first, kv = model(x[:, :F], t[:, :F], tkv)
+    first, kv = model(x[:, :F], t[:, :F], tkv)[:2]
     spec = PoolSpec(L, cfg.num_heads, cfg.head_dim, (HH // 2, WW // 2))
     # one page per (layer, head, frame): page (l * H + h) * F + f holds frame f
     pages = lambda a: a.transpose(1, 0, 2, 3, 4, 5).reshape(1, L * H * F, *a.shape[-2:])
@@ -157,7 +157,7 @@ def test_cached_pages_equal_block_causal_forward():
     slot = jnp.broadcast_to(jnp.array([2, 0, 1, 1], jnp.int32) + base, (L, F, H, 4))
     valid = jnp.broadcast_to(jnp.array([True, True, True, False]), (L, F, H, 4))
     plan = PagePlan(jnp.int32(F), slot, jnp.zeros_like(slot), valid)
-    second, _ = model(x[:, F:], t[:, F:], tkv, KVPool(pool_k, pool_v), plan)
+    second = model(x[:, F:], t[:, F:], tkv, Committed(KVPool(pool_k, pool_v), plan)).flow
     assert rel_err(first, full[:, :F]) <= 1e-5
     assert rel_err(second, full[:, F:]) <= 1e-5
 
@@ -177,8 +177,8 @@ def test_block_causal_training_attention_skips_masked_blocks_with_the_same_resul
     x = jax.random.normal(jax.random.key(4), (2, 3 * F, C, HH, WW))
     t = jax.random.uniform(jax.random.key(5), (2, 3 * F), maxval=1000.0)
     tkv = model.text_kv(jax.random.normal(jax.random.key(6), (2, LT, 48)))
-    grouped, _ = model(x, t, tkv, frame_mask=mask)
-    masked, _ = model(x, t, tkv, frame_mask=jnp.asarray(mask))
+    grouped = model(x, t, tkv, FrameMask(mask)).flow
+    masked = model(x, t, tkv, FrameMask(jnp.asarray(mask))).flow
     assert rel_err(grouped, masked) <= 1e-6
 
 
@@ -192,8 +192,8 @@ def test_x0_prediction_returns_the_flow_of_the_predicted_frames():
     x = jax.random.normal(jax.random.key(7), (1, F, C, HH, WW))
     t = jnp.asarray([[1000.0, 400.0, 250.0]])
     tkv = flow_model.text_kv(jax.random.normal(jax.random.key(8), (1, LT, 48)))
-    head, _ = flow_model(x, t, tkv)  # what the head computes, read as x0 by the other model
-    flow, _ = x0_model(x, t, tkv)
+    head = flow_model(x, t, tkv).flow  # what the head computes, read as x0 by the other model
+    flow = x0_model(x, t, tkv).flow
     sigma = (t / 1000.0)[:, :, None, None, None]
     assert rel_err(x - sigma * flow, head) <= 1e-5
     with pytest.raises(ValueError, match="prediction"):

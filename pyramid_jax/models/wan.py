@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -227,6 +227,40 @@ class Head(nnx.Module):
         return self.proj(h)
 
 
+# ---- what a chunk's self-attention reads (one of these, or None: the chunk alone) --------
+class Committed(NamedTuple):
+    """The denoising passes: attend the committed cache as planned."""
+
+    pool: attn_lib.KVPool  # pages of earlier frames
+    plan: attn_lib.PagePlan  # entries per (layer, query frame, head); plan.frame0: the chunk's first frame
+
+
+class Staging(NamedTuple):
+    """The pass that writes the cache: before layer l attends, stage(state, l, k_pre, v) ->
+    (state, KVPool, the layer's PagePlan) puts that layer's keys (k_pre before RoPE, v;
+    [B, H, F, T, Dh]) into the cache state and says what the layer attends."""
+
+    state: Any  # the policy's cache state, carried from layer to layer
+    stage: Callable
+    frame0: jax.Array  # int32 scalar, the chunk's first frame (may be traced)
+
+
+class FrameMask(NamedTuple):
+    """No cache: query frame i attends key frame j of the chunk where mask[i, j] (block-causal
+    training, the full-sequence reference of a policy)."""
+
+    mask: Any  # [F, F] bool, numpy (static: a block-causal mask runs as prefix attention) or traced
+
+
+class ChunkOutput(NamedTuple):
+    """What the model returns for a chunk."""
+
+    flow: jax.Array  # [B, F, C, H, W] in the model's dtype
+    chunk_kv: tuple  # (k before RoPE, v), each [L, B, H, F, T, Dh], T = tokens per frame
+    state: Any = None  # Staging: the cache state after the last layer
+    probe: Any = None  # probe_frame: that frame's queries after RoPE, [L, B, T, H, Dh]
+
+
 class CausalWan(nnx.Module):
     """Causal Wan DiT. See `__call__` for the chunk contract."""
 
@@ -288,30 +322,20 @@ class CausalWan(nnx.Module):
         return y.reshape(b, f, c, hh, ww)
 
     # ---- forward ----------------------------------------------------------------
-    def __call__(self, x, t, text_kv, cache: attn_lib.KVPool | None = None,
-                 plan: attn_lib.PagePlan | None = None, *, stage=None, frame_mask: jax.Array | None = None,
-                 probe_frame: int | None = None, remat: bool = False):
+    def __call__(self, x, t, text_kv, attend: Committed | Staging | FrameMask | None = None, *,
+                 probe_frame: int | None = None, remat: bool = False) -> ChunkOutput:
         """Predict the flow of a chunk.
 
         x: [B, F, C, H, W] noisy latents of F consecutive frames.
         t: [B, F] per-frame timesteps (or [B], one per sample).
         text_kv: (k, v) each [L, B, H, Lt, Dh] from `text_kv`.
-        cache: pool of earlier frames; None for no history.
-        plan: entries per (layer, query frame, head) and the chunk's first frame index
-            (`plan.frame0`, may be traced); None means frame0 = 0 and no entries.
-        stage: for the pass that writes the cache, (state, fn): before layer l attends,
-            fn(state, l, k_pre, v) -> (state, KVPool, the layer's PagePlan) puts that layer's
-            keys (k_pre before RoPE, v; [B, H, F, T, Dh]) into the cache state and says what the
-            layer attends instead of (cache, plan); the call also returns the final state.
-        frame_mask: [F, F] bool, instead of a cache: query frame i attends key frame j of x
-            where True (block-causal training, the full-sequence reference of a policy).
-        probe_frame: also return the queries (after RoPE) of this frame of the chunk,
-            [L, B, T, H, Dh], for head profiling.
+        attend: what self-attention reads besides the chunk: `Committed` (the cache as
+            planned), `Staging` (the pass that writes the cache), `FrameMask` (a mask over the
+            chunk, no cache) or None (the chunk alone, frame0 = 0).
+        probe_frame: also return the queries (after RoPE) of this frame of the chunk, for
+            head profiling.
         remat: recompute each block in the backward pass (training): only one layer's
             attention scores [B, H, N, N] are alive at a time instead of every layer's.
-        Returns flow [B, F, C, H, W] (x.dtype of the model) and chunk_kv = (k before RoPE,
-            v), each [L, B, H, F, T, Dh] with T = tokens per frame; then the stage's final
-            state if staged, then the probe if asked.
         """
         cfg = self.cfg
         b, f, _, hh, ww = x.shape
@@ -320,13 +344,14 @@ class CausalWan(nnx.Module):
         tpf = gh * gw
         if t.ndim == 1:
             t = jnp.broadcast_to(t[:, None], (b, f))
-        frame0 = jnp.zeros((), jnp.int32) if plan is None else plan.frame0
+        frame0 = {Committed: lambda a: a.plan.frame0, Staging: lambda a: a.frame0}.get(
+            type(attend), lambda a: jnp.zeros((), jnp.int32))(attend)
 
         tokens = self.patch_embedding(self.patchify(x.astype(cfg.jnp_dtype)))  # [B, F, T, D]
         e, e0 = self.time_embed(t)
         cos, sin = rope.rope_tables(frame0, f, gh, gw, cfg.head_dim, cfg.rope_theta)
         to_pool = lambda a: a.reshape(b, f, tpf, -1, cfg.head_dim).transpose(0, 3, 1, 2, 4)
-        attend, carry = self._attend_fn(f, tpf, cache, plan, stage, frame_mask, to_pool)
+        layer_attend, carry = self._attend_fn(f, tpf, attend, to_pool)
 
         graphdef, state = nnx.split(self.blocks)
         layer_xs = (state, text_kv[0], text_kv[1], jnp.arange(cfg.num_layers))
@@ -334,8 +359,8 @@ class CausalWan(nnx.Module):
         def body(hc, xs):
             h, c = hc
             block = nnx.merge(graphdef, xs[0])
-            layer_attend = lambda q, k, k_pre, v: attend(q, k, k_pre, v, c, xs[3])
-            h, (k, v), q, c = block(h, e0, xs[1], xs[2], cos, sin, layer_attend)
+            h, (k, v), q, c = block(h, e0, xs[1], xs[2], cos, sin, lambda q, k, k_pre, v: layer_attend(
+                q, k, k_pre, v, c, xs[3]))
             probe = () if probe_frame is None else q[:, probe_frame * tpf:(probe_frame + 1) * tpf]
             return (h, c), ((to_pool(k), to_pool(v)), probe)
 
@@ -344,30 +369,30 @@ class CausalWan(nnx.Module):
         flow = self.unpatchify(self.head(tokens, e), hh, ww)
         if cfg.prediction == "x0":
             flow = flow_from_x0(x, flow, t)
-        out = (flow, chunk_kv) + ((carry,) if stage is not None else ())
-        return out if probe_frame is None else out + (probe,)
+        return ChunkOutput(flow, chunk_kv, carry if isinstance(attend, Staging) else None,
+                           None if probe_frame is None else probe)
 
-    def _attend_fn(self, f, tpf, cache, plan, stage, frame_mask, to_pool):
-        """One layer's self-attention as attend(q, k, k_pre, v, carry, layer) -> (y, carry)
-        ([B, N, H, Dh] tensors), and the carry it starts from (the stage's state, or ())."""
-        if frame_mask is not None:
-            groups = prefix_groups(frame_mask)
+    def _attend_fn(self, f, tpf, attend, to_pool):
+        """One layer's self-attention as fn(q, k, k_pre, v, carry, layer) -> (y, carry)
+        ([B, N, H, Dh] tensors), and the carry it starts from (the staged state, or ())."""
+        if isinstance(attend, FrameMask):
+            groups = prefix_groups(attend.mask)
             if groups is not None:  # each query frame sees a prefix of frames (block-causal)
                 return lambda q, k, k_pre, v, c, layer: (prefix_attention(q, k, v, groups, tpf), c), ()
             frame = jnp.arange(f * tpf) // tpf
-            mask = jnp.asarray(frame_mask)[frame[:, None], frame[None, :]]
+            mask = jnp.asarray(attend.mask)[frame[:, None], frame[None, :]]
             return lambda q, k, k_pre, v, c, layer: (ref_attn.chunk_attention(q, k, v, mask), c), ()
-        if cache is None and stage is None:
+        if attend is None:
             return lambda q, k, k_pre, v, c, layer: (ref_attn.chunk_attention(q, k, v), c), ()
 
         theta, dh = self.cfg.rope_theta, self.cfg.head_dim
         paged_attention = attn_lib.paged_attention_fn(self.attention_backend)
 
-        def attend(q, k, k_pre, v, carry, layer):
-            if stage is None:
-                pool, lp = cache, attn_lib.layer_plan(plan, layer)
+        def layer_attend(q, k, k_pre, v, carry, layer):
+            if isinstance(attend, Committed):
+                pool, lp = attend.pool, attn_lib.layer_plan(attend.plan, layer)
             else:
-                carry, pool, lp = stage[1](carry, layer, to_pool(k_pre), to_pool(v))
+                carry, pool, lp = attend.stage(carry, layer, to_pool(k_pre), to_pool(v))
             if lp.own_shift is not None:  # [H, F] -> per token [N, H]
                 k = rope.shift_time(k, jnp.repeat(lp.own_shift.T, tpf, axis=0)[None], dh, theta)
             b, n, h = q.shape[:3]
@@ -376,7 +401,7 @@ class CausalWan(nnx.Module):
                                   v_scale=pool.v_scale)
             return out.reshape(q.shape), carry
 
-        return attend, (() if stage is None else stage[0])
+        return layer_attend, (attend.state if isinstance(attend, Staging) else ())
 
 
 def prefix_groups(frame_mask) -> tuple[tuple[int, int, int], ...] | None:

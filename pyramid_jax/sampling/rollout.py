@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 from pyramid_jax.cache.pool import CacheState
+from pyramid_jax.models.wan import Committed, Staging
 from pyramid_jax.sampling.schedule import FlowSchedule
 
 TEXT_KV_AXES = P(None, "batch", "heads")  # [L, B, H, Lt, Dh]
@@ -72,8 +73,9 @@ class Sampler:
 def flow_of(model, sampler: Sampler, x, t, text_kv, pool, plan):
     """The (guided) flow [B, F, C, h, w] float32 of x [B, F, C, h, w] at timesteps t [B, F]."""
     if not sampler.guided:
-        return model(x, t, text_kv, pool, plan)[0].astype(jnp.float32)
-    both = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]), text_kv, pool, plan)[0].astype(jnp.float32)
+        return model(x, t, text_kv, Committed(pool, plan)).flow.astype(jnp.float32)
+    both = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]), text_kv, Committed(pool, plan)).flow.astype(
+        jnp.float32)
     cond, uncond = jnp.split(both, 2)
     return uncond + sampler.guidance_scale * (cond - uncond)
 
@@ -97,12 +99,12 @@ def chunk_step(model, policy, sampler: Sampler, cache, text_kv, noise, renoise, 
 def write_pass(model, policy, sampler: Sampler, cache, text_kv, x0, chunk, plan, *, probe_frame=None):
     """The cache-writing pass of a chunk's x0 [B, F, C, h, w] at t = context_noise, then the
     commit. plan: the chunk's plan over `cache`. Returns (new cache,) and the probe if asked."""
-    stage = (cache, lambda state, layer, k, v: policy.stage(state, plan, layer, k, v, chunk))
+    staging = Staging(cache, lambda state, layer, k, v: policy.stage(state, plan, layer, k, v, chunk), plan.frame0)
     if sampler.guided:  # both branches write the frames made
         x0 = jnp.concatenate([x0, x0])
-    out = model(x0, clean_t(sampler, x0), text_kv, cache.pool(), plan, stage=stage, probe_frame=probe_frame)
-    new_cache = sharding.constrain(policy.commit(out[2], out[1], chunk), CacheState.logical_axes())
-    return (new_cache,) if probe_frame is None else (new_cache, out[3])
+    out = model(x0, clean_t(sampler, x0), text_kv, staging, probe_frame=probe_frame)
+    new_cache = sharding.constrain(policy.commit(out.state, out.chunk_kv, chunk), CacheState.logical_axes())
+    return (new_cache,) if probe_frame is None else (new_cache, out.probe)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
