@@ -14,6 +14,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from pyramid_jax.cache.window import WINDOW
 from pyramid_jax.errors import UserError, first_line
 from pyramid_jax.models.wan import WanConfig
 
@@ -66,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     # kv_dtype: the cache pages' dtype: "" (the model's), bfloat16, float32, or 8-bit pages with
     # per-token scales: int8 | float8_e4m3fn (dequantized on load by every attention backend)
     c.cache = ml_collections.ConfigDict(dict(
-        policy="window", local_attn_size=21, sink_size=0, head_map="", kv_dtype=""))
+        policy="window", local_attn_size=WINDOW, sink_size=0, head_map="", kv_dtype=""))
     # VAE (kind "wan"): an orbax dir from `convert_checkpoint.py --kind vae`; or random=True (a
     # random VAE of base_dim, announced); neither = no decode (latents + a latent-channel preview
     # mp4). kind "pixel": the DiT works on RGB pixels in [-1, 1] (the demo model), no VAE.

@@ -43,7 +43,7 @@ def attended_frames(policy, state: CacheState, chunk: int, query: int = 0) -> di
     time = np.where(match.any(-1), np.where(match, slot_time[..., None, :], -1).max(-1), -1)  # [L, H, P]
     pooled = page_len[np.clip(page, 0, len(page_len) - 1)] < tokens
     # a pooled entry stands for a block of frames around its time (Pyramid's Veil merge)
-    block = getattr(getattr(policy, "params", None), "merge_block", 1)
+    block = policy.pooled_frames
     rows = []
     for k in np.unique(kind):
         heads = kind == k

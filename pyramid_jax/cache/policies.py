@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import dataclasses
+from typing import Callable, Protocol, runtime_checkable
 
 import jax
 
@@ -10,9 +11,7 @@ from pyramid_jax.attention.plan import KVPool, PagePlan
 from pyramid_jax.cache.head_map import load_head_map
 from pyramid_jax.cache.pool import CacheState, PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
-from pyramid_jax.cache.window import DEEP_SINK_SINKS, DEEP_SINK_WINDOW, DeepSinkPolicy, WindowPolicy
-
-POLICIES = ("window", "deep_sink", "pyramid")
+from pyramid_jax.cache.window import DEEP_SINK_SINKS, DEEP_SINK_WINDOW, WINDOW, DeepSinkPolicy, WindowPolicy
 
 
 @runtime_checkable
@@ -28,6 +27,10 @@ class CachePolicy(Protocol):
     def num_slots(self) -> int:
         """Logical slots per (layer, head) (the widest head's)."""
 
+    @property
+    def pooled_frames(self) -> int:
+        """Frames a pooled entry stands for (1: no entry is pooled); what the studio draws."""
+
     def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
         """An empty cache; head_groups: how many groups the mesh splits the heads into."""
 
@@ -42,6 +45,41 @@ class CachePolicy(Protocol):
         """After the cache-writing pass: the rest of the chunk ([L, B, H, F, T, Dh] each)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyKind:
+    """A policy the config can name (`cache.policy`): its defaults for the config's cache
+    fields and how it is built from them."""
+
+    build: Callable  # (spec, num_frames, local_attn_size, sink_size, head_map) -> CachePolicy
+    local_attn_size: int  # the window a run of this policy gets unless it sets one
+    sink_size: int
+    head_map: bool = False  # needs cache.head_map
+
+
+def _window(spec, num_frames, local_attn_size, sink_size, head_map):
+    return WindowPolicy(spec, local_attn_size=local_attn_size, sink_size=sink_size, num_frames=num_frames)
+
+
+def _deep_sink(spec, num_frames, local_attn_size, sink_size, head_map):
+    w = DEEP_SINK_WINDOW if local_attn_size in (-1, None) else local_attn_size
+    return DeepSinkPolicy(spec, local_attn_size=w, sink_size=sink_size or DEEP_SINK_SINKS, num_frames=num_frames)
+
+
+def _pyramid(spec, num_frames, local_attn_size, sink_size, head_map):
+    if isinstance(head_map, str):
+        head_map = load_head_map(head_map, spec.num_layers, spec.num_heads)
+    return PyramidPolicy(spec, head_map)  # its windows are its own (PyramidParams)
+
+
+# Every policy, by its config name, with its defaults: the one place they are spelled.
+REGISTRY = {
+    "window": PolicyKind(_window, WINDOW, 0),  # Self Forcing
+    "deep_sink": PolicyKind(_deep_sink, DEEP_SINK_WINDOW, DEEP_SINK_SINKS),  # Deep Forcing
+    "pyramid": PolicyKind(_pyramid, -1, 0, head_map=True),  # Pyramid Forcing
+}
+POLICIES = tuple(REGISTRY)
+
+
 def make_policy(name: str, spec: PoolSpec, num_frames: int, local_attn_size: int = -1,
                 sink_size: int = 0, head_map: str = ""):
     """A cache policy for a rollout of num_frames latent frames.
@@ -50,18 +88,9 @@ def make_policy(name: str, spec: PoolSpec, num_frames: int, local_attn_size: int
     window with 10 pinned, time-moved sinks unless set otherwise; pyramid: per-head policies from `head_map` (a
     CSV/JSON path or an [L, H] array).
     """
-    if name == "window":
-        return WindowPolicy(spec, local_attn_size=local_attn_size, sink_size=sink_size,
-                            num_frames=num_frames)
-    if name == "deep_sink":
-        w = DEEP_SINK_WINDOW if local_attn_size in (-1, None) else local_attn_size
-        s = sink_size or DEEP_SINK_SINKS
-        return DeepSinkPolicy(spec, local_attn_size=w, sink_size=s, num_frames=num_frames)
-    if name == "pyramid":
-        if isinstance(head_map, str):
-            head_map = load_head_map(head_map, spec.num_layers, spec.num_heads)
-        return PyramidPolicy(spec, head_map)
-    raise ValueError(f"unknown cache.policy {name!r}; choose one of {', '.join(POLICIES)}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown cache.policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return REGISTRY[name].build(spec, num_frames, local_attn_size, sink_size, head_map)
 
 
 def advance(policy, state, chunk_kv, chunk):

@@ -133,6 +133,11 @@ class PyramidPolicy:
         return int((n_sink + self.recent_slots + n_mid).max())
 
     @property
+    def pooled_frames(self) -> int:
+        """Frames a pooled (Veil) entry stands for: a merge block."""
+        return self.params.merge_block
+
+    @property
     def max_pages(self) -> int:
         """Most entries any (query frame, head) attends: sinks + recent + middle."""
         n_sink, _, mid = self._counts(self.types)

@@ -19,8 +19,15 @@ from pyramid_jax.attention.plan import PagePlan, layer_plan
 from pyramid_jax.cache.pool import CacheState, PoolSpec, empty_state, rope_keys, write_entries
 
 
+WINDOW = 21  # Self Forcing's window (frames attended, the chunk's own included)
+DEEP_SINK_WINDOW, DEEP_SINK_SINKS = 21, 10  # Deep Forcing's window and its pinned sinks
+
+
 @dataclasses.dataclass(frozen=True)
-class WindowPolicy:
+class RingCache:
+    """The slot layout window and deep_sink share: S sink slots, then a ring of recent frames.
+    Its `plan` attends each committed frame at its own time."""
+
     spec: PoolSpec
     local_attn_size: int = -1
     sink_size: int = 0
@@ -51,6 +58,11 @@ class WindowPolicy:
     @property
     def num_slots(self) -> int:
         return max(self.sinks + self.ring, 1)  # one (never valid) slot keeps shapes non-empty
+
+    @property
+    def pooled_frames(self) -> int:
+        """Frames a pooled entry stands for: none is pooled here."""
+        return 1
 
     def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
         """An empty cache; head_groups: the mesh's `model` axis size (see cache.pool)."""
@@ -95,23 +107,13 @@ class WindowPolicy:
         return write_entries(state, rope_keys(sp, k, times), v, slots, jnp.broadcast_to(times, slots.shape))
 
 
-def full_sequence_mask(policy: WindowPolicy, num_frames: int) -> np.ndarray:
-    """[F, F] bool: what a window policy's cached chunks attend, as one full-sequence mask
-    (query frame i attends key frame j: its own chunk, plus what the cache holds). A reference
-    for tests; per-head and time-moved policies have no such mask."""
-    f = policy.spec.frames_per_chunk
-    i, j = np.arange(num_frames)[:, None], np.arange(num_frames)[None, :]
-    start = (i // f) * f
-    same_chunk = j // f == i // f
-    cached = (j < start) & ((j < policy.sinks) | (j >= start - policy.ring))
-    return same_chunk | cached
-
-
-DEEP_SINK_WINDOW, DEEP_SINK_SINKS = 21, 10  # Deep Forcing's window and its pinned sinks
+@dataclasses.dataclass(frozen=True)
+class WindowPolicy(RingCache):
+    """Self Forcing's rolling window (local_attn_size W, sink_size S; W = -1 keeps every frame)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepSinkPolicy(WindowPolicy):
+class DeepSinkPolicy(RingCache):
     """Deep Forcing's frame-level part: a window whose first `sink_size` frames (default 10
     of 21) are pinned and attended as if they sat right before the recent frames."""
 
@@ -129,3 +131,15 @@ class DeepSinkPolicy(WindowPolicy):
         shift = jnp.maximum(0, plan.frame0 + self.spec.frames_per_chunk - self.local_attn_size)
         is_sink = (jnp.arange(plan.slot.shape[-1]) < self.sinks) & plan.valid  # entries in slot order
         return plan._replace(time_shift=jnp.where(is_sink, shift, 0).astype(jnp.int32))
+
+
+def full_sequence_mask(policy: RingCache, num_frames: int) -> np.ndarray:
+    """[F, F] bool: what a window policy's cached chunks attend, as one full-sequence mask
+    (query frame i attends key frame j: its own chunk, plus what the cache holds). A reference
+    for tests; per-head and time-moved policies have no such mask."""
+    f = policy.spec.frames_per_chunk
+    i, j = np.arange(num_frames)[:, None], np.arange(num_frames)[None, :]
+    start = (i // f) * f
+    same_chunk = j // f == i // f
+    cached = (j < start) & ((j < policy.sinks) | (j >= start - policy.ring))
+    return same_chunk | cached

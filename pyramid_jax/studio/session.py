@@ -24,7 +24,7 @@ from PIL import Image
 
 from pyramid_jax import init_frames, media, pipeline, video
 from pyramid_jax.cache.picture import attended_frames
-from pyramid_jax.cache.policies import POLICIES
+from pyramid_jax.cache.policies import POLICIES, REGISTRY
 from pyramid_jax.errors import UserError, first_line
 from pyramid_jax.sampling.rollout import ChunkLoop, RandomNoise, text_kv_of
 
@@ -70,12 +70,12 @@ class Hub:
 
 def policy_config(c, name: str):
     """The config of a studio run with cache policy `name`: the config's own settings for its
-    policy; for another, that policy's defaults (window 21, deep_sink 21 with 10 sinks)."""
+    policy; for another, that policy's defaults (cache.policies.REGISTRY)."""
     run = c.copy_and_resolve_references()
     if name != c.cache.policy:
         run.cache.policy = name
-        run.cache.local_attn_size = 21 if name == "window" else -1
-        run.cache.sink_size = 0
+        run.cache.local_attn_size = REGISTRY[name].local_attn_size
+        run.cache.sink_size = REGISTRY[name].sink_size
     return run
 
 
@@ -93,7 +93,7 @@ class Studio:
 
     def __init__(self, c, models: pipeline.Models, hub: Hub, mesh=None):
         self.c, self.models, self.hub, self.mesh = c, models, hub, mesh
-        self.policies = [p for p in POLICIES if p != "pyramid" or c.cache.head_map]
+        self.policies = [p for p in POLICIES if not REGISTRY[p].head_map or c.cache.head_map]
         # the decoders a run may pick (offered when the config names both), loaded when first asked
         self.decoders = sorted(video.decoder_checkpoints(c), key=lambda k: k != c.vae.kind)
         self.decoder_weights = {}
