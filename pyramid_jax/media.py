@@ -7,6 +7,7 @@ VAE's temporal stride) and upscaled 8x (its spatial stride).
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import warnings
@@ -75,10 +76,14 @@ class Mp4Writer:
         if writer is not None:
             try:
                 writer.close()  # ffmpeg finishes the file (and fails here on a full disk)
+                # imageio-ffmpeg does not check ffmpeg's exit status: a refused frame size
+                # or a full disk leaves an empty file rather than an error
+                if not os.path.getsize(self.tmp):
+                    raise OSError(errno.EIO, "ffmpeg wrote no video (an odd frame size, or a full disk)", self.path)
+                os.replace(self.tmp, self.path)
             except BaseException:
                 self._remove_tmp()
                 raise
-            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         writer, self.writer = self.writer, None

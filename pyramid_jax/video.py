@@ -120,7 +120,7 @@ def check_writable(path: str, what: str) -> None:
     """Before any compute: `path` is not a directory, its directory exists (made if missing)
     and a file can be created in it."""
     try:
-        if os.path.isdir(path):
+        if os.path.isdir(path) or path.endswith(("/", os.sep)):  # "outputs/" names a directory
             raise IsADirectoryError(21, "is a directory", path)
         parent = os.path.dirname(os.path.abspath(path))
         existing = parent
