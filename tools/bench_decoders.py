@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmark import _median_seconds  # one warm-up, then the median of repeats
+from bench.common import _median_seconds  # one warm-up, then the median of repeats
 
 DECODERS = ("wan", "taehv")
 # (label, latent grid, latent frames): the check of the issue that found the gap, and one chunk
