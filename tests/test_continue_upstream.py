@@ -1,6 +1,6 @@
 """Continuing given frames, held to upstream's numbers: `generate` replaying what upstream's
 CausalInferencePipeline.inference(initial_latent=...) drew and made (recorded in
-tests/data/upstream_continue by tools/record_upstream.py, with upstream run one sample at a
+tests/upstream_recordings/upstream_continue by tools/record_upstream.py, with upstream run one sample at a
 time) for the global cache and a rolling window of 6 with 1 sink frame; ours runs the batch of
 2 at once."""
 
@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, rel_err, run_tool
 from pyramid_jax.cli import generate
 
-DATA = os.path.join(REPO, "tests", "data", "upstream_continue")
+DATA = os.path.join(REPO, "tests", "upstream_recordings", "upstream_continue")
 
 
 @pytest.fixture(scope="module")

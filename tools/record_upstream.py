@@ -1,9 +1,9 @@
 """Upstream Self Forcing's numbers, recorded for the tests (which must run without upstream):
-run here with a checkout of Self Forcing, the files go to tests/data/.
+run here with a checkout of Self Forcing, the files go to tests/upstream_recordings/.
 
   python tools/record_upstream.py --upstream ~/src/Self-Forcing [--what continue|taehv|all]
 
-continue (tests/data/upstream_continue/): upstream's video extension. A tiny random Self
+continue (tests/upstream_recordings/upstream_continue/): upstream's video extension. A tiny random Self
 Forcing model run by upstream's own `CausalInferencePipeline.inference(noise, prompts,
 initial_latent=...)` on this CPU, its random draws written as our replay file and what it made
 saved beside them, so that `generate --config.replay=...` is held to upstream's numbers.
@@ -17,7 +17,7 @@ Files:
 for CASE in global (local_attn_size -1) and window6_sink1 (local_attn_size 6, sink_size 1).
 Both cases draw the same re-noise (torch's global generator, seeded alike before each).
 
-taehv (tests/data/upstream_taehv.npz): upstream's TAEHV class (demo_utils/taehv.py) at full
+taehv (tests/upstream_recordings/upstream_taehv.npz): upstream's TAEHV class (demo_utils/taehv.py) at full
 size, its weights `taehv_names.random_checkpoint(seed)` (numpy-drawn: the test makes the same
 file), decode_video (parallel and sequential) of latents [1, 6, 16, 2, 3] and encode_video of
 frames [1, 8, 3, 16, 24], with the inputs.
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--upstream", required=True, help="a Self Forcing checkout")
     p.add_argument("--what", default="all", choices=["continue", "taehv", "all"])
-    p.add_argument("--out", default="tests/data", help="folder for the files (continue: its upstream_continue/)")
+    p.add_argument("--out", default="tests/upstream_recordings", help="folder for the files (continue: its upstream_continue/)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.what in ("continue", "all"):

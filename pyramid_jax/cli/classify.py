@@ -20,11 +20,12 @@ import numpy as np
 
 from pyramid_jax import pipeline
 from pyramid_jax.cache.head_map import TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
-from pyramid_jax.cache.heads import ClassifyConfig, classify_heads, folded_spectrum
+from pyramid_jax.heads.classify import ClassifyConfig, classify_heads
+from pyramid_jax.heads.figures import draw_figures
 from pyramid_jax.cli import harness
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import save_npz
-from pyramid_jax.sampling.calibrate import record_profiles
+from pyramid_jax.heads.calibrate import record_profiles
 from pyramid_jax.sampling.rollout import RandomNoise, text_kv_of
 from pyramid_jax.text import prompt_context
 
@@ -91,55 +92,6 @@ def profiles_from_config(cfg_args, frames: int):
                            on_chunk=lambda k, n: log.info("calibration chunk %d/%d", k + 1, n))
     name = c.checkpoint or f"random init (dim {cfg.dim}, {cfg.num_layers} layers)"
     return prof, [p for p in prompts if p.strip()], name
-
-
-def draw_figures(stem: str, head_map, profiles, thresholds):
-    try:  # here, not at the top: choosing the Agg backend is a side effect
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no figures")
-        return []
-    from matplotlib.colors import ListedColormap
-
-    colors = {-1: "#3b7dd8", 1: "#e0a030", 2: "#6a4c93"}
-    layers, heads = head_map.shape
-    fig, ax = plt.subplots(figsize=(max(4, heads * 0.45), max(3, layers * 0.22)))
-    code = np.vectorize({-1: 0, 1: 1, 2: 2}.get)(head_map)
-    ax.imshow(code, cmap=ListedColormap([colors[-1], colors[1], colors[2]]), vmin=0, vmax=2, aspect="auto")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    counts = ", ".join(f"{TYPE_NAMES[t]} {int((head_map == t).sum())}" for t in (1, -1, 2))
-    ax.set_title(f"head map: {counts}", fontsize=9)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[t]) for t in (1, -1, 2)]
-    ax.legend(handles, [TYPE_NAMES[t] for t in (1, -1, 2)], loc="upper right", fontsize=7,
-              bbox_to_anchor=(1.0, -0.08), ncol=3)
-    grid_png = stem + "_grid.png"
-    fig.savefig(grid_png, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-    mean_prof = profiles.mean(0)  # [L, H, T]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 5.5))
-    period, folded = folded_spectrum(mean_prof, thresholds)
-    for col, t in enumerate((1, -1, 2)):
-        idx = np.argwhere(head_map == t)[:4]
-        for (layer, h) in idx:
-            axes[0, col].plot(mean_prof[layer, h], lw=1, label=f"L{layer} H{h}")
-            axes[1, col].plot(period, folded[layer, h], lw=1)
-        axes[0, col].axhline(0, color="k", lw=0.5)
-        axes[0, col].set_title(f"{TYPE_NAMES[t]}: mean logit vs history frame", fontsize=9)
-        axes[0, col].legend(fontsize=6)
-        axes[1, col].set_xlim(2, min(30, period.max()))
-        axes[1, col].axvspan(thresholds.period_min, thresholds.period_max, color="0.9")
-        axes[1, col].set_title("folded spectrum of the first difference", fontsize=9)
-        axes[1, col].set_xlabel("period (frames)")
-    fig.tight_layout()
-    prof_png = stem + "_profiles.png"
-    fig.savefig(prof_png, dpi=110)
-    plt.close(fig)
-    return [grid_png, prof_png]
 
 
 def body(argv: list[str]) -> None:

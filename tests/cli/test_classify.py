@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_main, run_tool
+from conftest import REPO, run_main, run_tool
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pf_head_profiles")
+DATA = os.path.join(REPO, "..", "shared", "data", "pf_head_profiles")
 
 
 def test_profiles_file_to_map_and_figures(tmp_path):

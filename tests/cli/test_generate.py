@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_main, run_tool
+from conftest import REPO, run_main, run_tool
 
 DEMO = "--config=configs/tiny_random.py"
 SMALL = ["--config.num_frames=6", "--config.height=64", "--config.width=64"]
@@ -166,7 +166,7 @@ def test_trained_demo_writes_pixel_video(tmp_path):
 
 
 def test_demo_assets_fit_the_repo_budget():
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
+    root = os.path.join(REPO, "assets", "demo")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
     assert 0 < size <= 20 * 2**20
 

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import REPO
 from pyramid_jax.attention import reference as ref
 from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE, HeadMapError, load_head_map, save_head_map_csv, save_head_map_json
-from pyramid_jax.cache.heads import classify_heads, vote
+from pyramid_jax.heads.classify import classify_heads, vote
 from pyramid_jax.models.wan import Committed, WanConfig, init_model
-from pyramid_jax.sampling import calibrate
+from pyramid_jax.heads import calibrate
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, clean_t, denoise, step
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pf_head_profiles")
+DATA = os.path.join(REPO, "..", "shared", "data", "pf_head_profiles")
 
 
 @pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data/pf_head_profiles is absent")

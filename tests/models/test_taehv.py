@@ -1,7 +1,7 @@
 """TAEHV: parity with upstream's class (demo_utils/taehv.py of Self Forcing) through the
 converter, streaming chunk by chunk, and generate / init_video with vae.kind=taehv.
 
-Upstream's numbers are recorded in tests/data/upstream_taehv.npz by
+Upstream's numbers are recorded in tests/upstream_recordings/upstream_taehv.npz by
 `tools/record_upstream.py --what taehv` (its weights: taehv_names.random_checkpoint(seed),
 numpy-drawn, so this test writes the same file)."""
 
@@ -21,7 +21,7 @@ from pyramid_jax.cli import convert
 from pyramid_jax.weights import taehv_names
 from pyramid_jax.weights.checkpoint import load_taehv
 
-UPSTREAM = os.path.join(REPO, "tests", "data", "upstream_taehv.npz")
+UPSTREAM = os.path.join(REPO, "tests", "upstream_recordings", "upstream_taehv.npz")
 TINY = ["--config=configs/tiny_random.py", "--config.num_frames=6", "--config.height=64", "--config.width=64",
         "--config.vae.kind=taehv"]
 
