@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_tool
+from conftest import REPO, run_main, run_tool
 
 SMALL = ["--config.num_frames=6", "--config.height=64", "--config.width=64"]
 LONG = " ".join(["word"] * 40)  # more tokens than the demo's text_len (32): invalid
@@ -212,11 +212,12 @@ def test_resume_redoes_damaged_and_stale_outputs(tmp_path):
 
 
 def test_stray_arguments_are_refused(tmp_path):
-    r = run_tool("-m", "pyramid_jax.batch", "--config=configs/tiny_random.py", "--prompts=p.txt",
-                 f"--out={tmp_path / 'o'}", "b.npz")
+    from pyramid_jax.cli import batch, generate
+
+    r = run_main(batch.main, ["--config=configs/tiny_random.py", "--prompts=p.txt", f"--out={tmp_path / 'o'}",
+                              "b.npz"])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "b.npz" in r.stderr
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", f"--config.save_latents={tmp_path}/a",
-                 "b.npz")
+    r = run_main(generate.main, ["--config=configs/tiny_random.py", f"--config.save_latents={tmp_path}/a", "b.npz"])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "b.npz" in r.stderr
     assert not (tmp_path / "a").exists()
 

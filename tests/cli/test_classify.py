@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_main, run_tool
+from pyramid_jax.cli import generate
 
 DATA = os.path.join(REPO, "..", "shared", "data", "pf_head_profiles")
 
@@ -61,16 +62,17 @@ def test_demo_map_then_pyramid_generate(tmp_path):
 
 
 def test_pyramid_without_head_map_is_refused(tmp_path):
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
-                 f"--config.output={tmp_path / 'v.mp4'}")
+    r = run_main(generate.main, ["--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
+                                 f"--config.output={tmp_path / 'v.mp4'}"])
     assert r.returncode != 0 and "tools/classify_heads.py" in r.stderr
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
-                 "--config.cache.head_map=/nope.csv", f"--config.output={tmp_path / 'v.mp4'}")
+    r = run_main(generate.main, ["--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
+                                 "--config.cache.head_map=/nope.csv", f"--config.output={tmp_path / 'v.mp4'}"])
     assert r.returncode != 0 and "not found" in r.stderr and "classify_heads" in r.stderr
 
 
 def test_deep_forcing_demo(tmp_path):
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/tiny_random.py", "--config.cache.policy=deep_sink",
-                 "--config.cache.local_attn_size=9", "--config.cache.sink_size=3", "--config.num_frames=12",
-                 "--config.output=", f"--config.save_latents={tmp_path / 'l.npz'}")
+    r = run_main(generate.main, ["--config=configs/tiny_random.py", "--config.cache.policy=deep_sink",
+                                 "--config.cache.local_attn_size=9", "--config.cache.sink_size=3",
+                                 "--config.num_frames=12", "--config.output=",
+                                 f"--config.save_latents={tmp_path / 'l.npz'}"])
     assert r.returncode == 0, r.stderr

@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 from jax import export as jax_export
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 from pyramid_jax import pipeline
+from pyramid_jax.cli import export
 from pyramid_jax.config import parse_config
 from pyramid_jax.lowering import KERNEL_CALL, export_step
 from pyramid_jax.sampling.rollout import RandomNoise, step
@@ -69,7 +70,7 @@ def test_export_bad_input_is_one_line(tmp_path):
     for args, want in ((["--platform=tpu", f"--out={tmp_path}"], "is a directory"),
                        (["--platform=tpu", "--out=x", "--batch", "0"], "--batch must be >= 1"),
                        (["--platform=tpu", "--out=x", "--config.cache.policy=fancy"], "unknown cache.policy")):
-        r = run_tool("-m", "pyramid_jax.export", "--config=configs/tiny_random.py", *args)
+        r = run_main(export.main, ["--config=configs/tiny_random.py", *args])
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert r.returncode == 2 and len(lines) == 1 and want in lines[0], r.stderr
 

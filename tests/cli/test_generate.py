@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_main, run_tool
+from pyramid_jax.cli import generate
 
 DEMO = "--config=configs/tiny_random.py"
 SMALL = ["--config.num_frames=6", "--config.height=64", "--config.width=64"]
@@ -31,7 +32,7 @@ def test_demo_writes_latents_and_mp4(tmp_path):
 
 def test_latent_preview_without_vae(tmp_path):
     out = tmp_path / "v.mp4"
-    r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.vae.random=False", f"--config.output={out}")
+    r = run_main(generate.main, [DEMO, *SMALL, "--config.vae.random=False", f"--config.output={out}"])
     assert r.returncode == 0, r.stderr
     import imageio.v2 as imageio
 
@@ -56,8 +57,8 @@ def test_replay_round_trip_cli(tmp_path):
 def test_prompt_embeds_and_one_frame_chunks(tmp_path):
     emb = tmp_path / "emb.npy"
     np.save(emb, np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32))
-    r = run_tool("-m", "pyramid_jax.generate", DEMO, *SMALL, "--config.frames_per_chunk=1",
-                 f"--config.prompt_embeds={emb}", "--config.output=", f"--config.save_latents={tmp_path / 'l.npz'}")
+    r = run_main(generate.main, [DEMO, *SMALL, "--config.frames_per_chunk=1", f"--config.prompt_embeds={emb}",
+                                 "--config.output=", f"--config.save_latents={tmp_path / 'l.npz'}"])
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "l.npz")["latents"].shape == (2, 6, 16, 8, 8)
 
@@ -88,7 +89,6 @@ def _bad_embeds(tmp_path):
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):
     args = [a.replace("EMB", str(_bad_embeds(tmp_path))) for a in args]
-    from pyramid_jax.cli import generate
 
     r = run_main(generate.main, [DEMO, *SMALL, f"--config.output={tmp_path / 'x.mp4'}", *args])
     assert r.returncode != 0
@@ -145,7 +145,7 @@ def test_compile_cache_holds_one_step_and_is_reused(tmp_path):
 
 
 def test_missing_config_file():
-    r = run_tool("-m", "pyramid_jax.generate", "--config=configs/nope.py")
+    r = run_main(generate.main, ["--config=configs/nope.py"])
     assert r.returncode != 0 and "no such file" in r.stderr
 
 
