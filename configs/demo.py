@@ -10,7 +10,7 @@ them). Prompts the model knows follow the captions of pyramid_jax/data/shapes.py
 import os
 
 from pyramid_jax.config import base_config, model_fields
-from pyramid_jax.models.wan import WanConfig
+from pyramid_jax.models.wan.modeling import WanConfig
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo")
 

@@ -5,7 +5,7 @@ decode, replay, head typing). The trained demo is configs/demo.py.
 """
 
 from pyramid_jax.config import base_config, model_fields
-from pyramid_jax.models.wan import WanConfig
+from pyramid_jax.models.wan.modeling import WanConfig
 
 
 def get_config():

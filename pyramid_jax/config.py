@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from pyramid_jax.cache.window import WINDOW
 from pyramid_jax.errors import UserError, first_line
-from pyramid_jax.models.wan import WanConfig
+from pyramid_jax.models.wan.modeling import WanConfig
 
 RENAMED = {"num_frame_per_block": "frames_per_chunk"}  # old config field -> its name now
 

@@ -25,7 +25,7 @@ from flax import nnx
 
 from pyramid_jax import attention, pipeline
 from pyramid_jax.errors import UserError
-from pyramid_jax.models.wan import WanConfig, abstract_model
+from pyramid_jax.models.wan.modeling import WanConfig, abstract_model
 from pyramid_jax.sampling.rollout import chunk_step
 from pyramid_jax.weights.checkpoint import CheckpointError, read_config
 

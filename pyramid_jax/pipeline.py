@@ -15,12 +15,12 @@ import numpy as np
 
 from pyramid_jax import init_frames, media, video
 from pyramid_jax.attention import check_backend
-from pyramid_jax.cache.head_map import HeadMapError, load_head_map
+from pyramid_jax.heads.head_map import HeadMapError, load_head_map
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import KV_DTYPES, PoolSpec
 from pyramid_jax.config import RENAMED
 from pyramid_jax.errors import UserError, os_reason
-from pyramid_jax.models.wan import CausalWan, WanConfig, init_model
+from pyramid_jax.models.wan.modeling import CausalWan, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Rollout, Sampler, rollout, text_kv_of
 from pyramid_jax.sampling.schedule import FlowSchedule
 from pyramid_jax.text import TextEncoder, parse_schedule, prompt_context, prompts_of, schedule_contexts
@@ -171,14 +171,14 @@ def encoder_for(c, models: Models):
     if c.vae.kind == "pixel":
         return None
     if models.vae_encoder is None and c.vae.kind == "taehv":
-        from pyramid_jax.models.taehv import FramesEncoder
+        from pyramid_jax.models.taehv.modeling import FramesEncoder
 
         models.vae_encoder = FramesEncoder(models.vae or video.load_video_weights(c, models.dit.cfg))
     if models.vae_encoder is None:
-        from pyramid_jax.models.vae import VAEConfig
-        from pyramid_jax.models.vae_encoder import WanVAEEncoder
+        from pyramid_jax.models.vae.modeling import VAEConfig
+        from pyramid_jax.models.vae.encoder import WanVAEEncoder
         from pyramid_jax.weights.checkpoint import with_weights
-        from pyramid_jax.weights.vae_names import random_vae_params
+        from pyramid_jax.models.vae.params import random_vae_params
 
         if c.vae.checkpoint:
             try:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from pyramid_jax.errors import UserError
-from pyramid_jax.models import umt5
+from pyramid_jax.models.umt5 import modeling as umt5
 from pyramid_jax.weights.checkpoint import CheckpointError, load_t5
 
 log = logging.getLogger("pyramid_jax")

@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from pyramid_jax.models import umt5
-from pyramid_jax.models.wan import FrameMask, block_causal_mask
+from pyramid_jax.models.umt5 import modeling as umt5
+from pyramid_jax.models.wan.modeling import FrameMask, block_causal_mask
 from pyramid_jax.sampling.schedule import FlowSchedule
 
 

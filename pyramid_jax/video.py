@@ -11,10 +11,11 @@ import numpy as np
 
 from pyramid_jax import media
 from pyramid_jax.errors import UserError, os_reason
-from pyramid_jax.models import taehv, vae as vae_model
-from pyramid_jax.weights import taehv_names
+from pyramid_jax.models.taehv import modeling as taehv
+from pyramid_jax.models.vae import modeling as vae_model
+from pyramid_jax.models.taehv import params as taehv_names
 from pyramid_jax.weights.checkpoint import CheckpointError, load_taehv, load_vae, with_weights
-from pyramid_jax.weights.vae_names import random_vae_params
+from pyramid_jax.models.vae.params import random_vae_params
 
 log = logging.getLogger("pyramid_jax")
 

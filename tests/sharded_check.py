@@ -2,7 +2,7 @@
 and whether the compiled sharded step ever moves the page pool between devices.
 
 Prints one JSON line {case: rel_err, case/pool_collectives: count}. Used by
-tests/test_parallel.py in a subprocess.
+tests/test_sharding.py in a subprocess.
 """
 
 import dataclasses
@@ -18,11 +18,11 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 
-from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import CacheState, PoolSpec
-from pyramid_jax.models.wan import WanConfig, init_model
-from pyramid_jax.parallel import make_mesh
+from pyramid_jax.models.wan.modeling import WanConfig, init_model
+from pyramid_jax.sharding import make_mesh
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, on_mesh, rollout, step, text_kv_of
 
 

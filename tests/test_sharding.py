@@ -1,8 +1,12 @@
 """pyramid_jax.sharding: the logical-axis rules, the mesh specs they give, and placing or
-pinning trees by their logical layout (one real device, or an abstract 2 x 4 mesh while tracing;
-tests/test_parallel.py runs the real multi-device meshes)."""
+pinning trees by their logical layout (one real device, or an abstract 2 x 4 mesh while tracing);
+the meshes: a sharded chunk step on 8 fake CPU devices equals one device (tests/sharded_check.py
+in a subprocess), and mesh errors are clear."""
 
 from __future__ import annotations
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +16,10 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from conftest import run_tool
 from pyramid_jax import sharding
+from pyramid_jax.models.wan.modeling import WanConfig
+from pyramid_jax.sharding import ParallelError, check_fit, make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,15 @@ def constraint_specs(fn, *args):
 
 def test_mesh_axes_and_rules():
     assert (sharding.DATA, sharding.MODEL) == ("data", "model")
-    assert sharding.RULES == {"batch": "data", "heads": "model", "mlp": "model", "pages": "model"}
+    assert sharding.RULES == {"batch": "data", "heads": "model", "mlp": "model", "pages": "model", "vocab": "model",
+                              "channels": "model"}
+
+
+def test_fitted_spec_leaves_what_the_mesh_does_not_divide_whole():
+    mesh = AbstractMesh((2, 4), (sharding.DATA, sharding.MODEL))
+    assert sharding.fitted_spec(P(None, "channels"), (3, 8), mesh) == P(None, "model")
+    assert sharding.fitted_spec(P(None, "channels"), (3, 3), mesh) == P(None, None)  # 3 output channels stay whole
+    assert sharding.fitted_spec(P("batch", "heads"), (4, 6), mesh) == P("data", None)
 
 
 @pytest.mark.parametrize("logical, mesh", [
@@ -122,3 +137,58 @@ def test_constrain_pins_each_leaf_under_a_mesh():
         specs = constraint_specs(lambda x: sharding.constrain(x, logical), tree)
     # leaves in the tree's order: k then t
     assert specs == [P("data", "model"), P(None, "model")]
+
+
+def _sharded(backends, meshes):
+    env_flags = "--xla_force_host_platform_device_count=8"
+    old = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = env_flags
+    try:
+        r = run_tool("tests/sharded_check.py", backends, meshes, timeout=900)
+    finally:
+        if old is None:
+            del os.environ["XLA_FLAGS"]
+        else:
+            os.environ["XLA_FLAGS"] = old
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _split(out):
+    errs = {k: v for k, v in out.items() if not k.endswith("/pool_collectives")}
+    moves = {k: v for k, v in out.items() if k.endswith("/pool_collectives")}
+    return errs, moves
+
+
+@pytest.mark.slow
+def test_meshes_equal_one_device_reference():
+    errs, moves = _split(_sharded("reference", "8x1,2x4,1x2,4x2"))
+    assert len(errs) == 12 and max(errs.values()) <= 1e-5, errs
+    assert not any(moves.values()), moves  # the page pool never leaves its devices
+
+
+@pytest.mark.slow
+def test_meshes_equal_one_device_pallas():
+    errs, moves = _split(_sharded("pallas", "2x4,1x2"))
+    assert len(errs) == 6 and max(errs.values()) <= 1e-5, errs
+    assert not any(moves.values()), moves
+
+
+def test_mesh_errors():
+    devs = jax.devices() * 8  # only the count matters for the checks below
+    with pytest.raises(ParallelError, match="does not divide the 8 local devices"):
+        make_mesh(0, 3, devices=devs)
+    with pytest.raises(ParallelError, match="needs 16 devices"):
+        make_mesh(4, 4, devices=devs)
+    cfg = WanConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=2)
+    mesh = make_mesh(1, 1)
+    check_fit(mesh, 3, cfg)
+
+    class FakeMesh:
+        shape = {"data": 2, "model": 3}
+
+    with pytest.raises(ParallelError, match="batch 3 is not divisible by mesh.data=2"):
+        check_fit(FakeMesh(), 3, cfg)
+    FakeMesh.shape = {"data": 1, "model": 3}
+    with pytest.raises(ParallelError, match="heads 4 is not divisible by mesh.model=3"):
+        check_fit(FakeMesh(), 2, cfg)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from pyramid_jax.data.shapes import sample
-from pyramid_jax.models.wan import WanConfig, init_model
+from pyramid_jax.models.wan.modeling import WanConfig, init_model
 from pyramid_jax.training import loss_fn, make_optimizer, sample_timesteps, to_model_frames, train_step
 from pyramid_jax.sampling.schedule import FlowSchedule
 

@@ -15,7 +15,8 @@ import pytest
 from pyramid_jax import media, video
 from pyramid_jax.config import base_config
 from pyramid_jax.errors import UserError
-from pyramid_jax.models import taehv, vae as vae_model
+from pyramid_jax.models.taehv import modeling as taehv
+from pyramid_jax.models.vae import modeling as vae_model
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 # ffmpeg runs as a subprocess; JAX warns about any fork

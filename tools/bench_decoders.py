@@ -28,10 +28,11 @@ CLIPS = {"64x64 px, 5 latent frames": ((8, 8), 5), "480x832 px, one chunk": ((60
 
 
 def _weights(kind: str, dtype: str = "float32"):
-    from pyramid_jax.models import taehv, vae
-    from pyramid_jax.weights import taehv_names
+    from pyramid_jax.models.taehv import modeling as taehv
+    from pyramid_jax.models.vae import modeling as vae
+    from pyramid_jax.models.taehv import params as taehv_names
     from pyramid_jax.weights.checkpoint import with_weights
-    from pyramid_jax.weights.vae_names import random_vae_params
+    from pyramid_jax.models.vae.params import random_vae_params
 
     if kind == "wan":
         cfg = vae.VAEConfig(dtype=dtype)
@@ -41,7 +42,8 @@ def _weights(kind: str, dtype: str = "float32"):
 
 
 def streaming(kind: str, model, latent_hw):
-    from pyramid_jax.models import taehv, vae
+    from pyramid_jax.models.taehv import modeling as taehv
+    from pyramid_jax.models.vae import modeling as vae
 
     return (vae.StreamingDecoder if kind == "wan" else taehv.StreamingTAEHV)(model, 1, latent_hw)
 
@@ -81,7 +83,8 @@ def upstream_seconds(repo: str, kind: str, latent_hw, frames: int, repeats: int)
 
 def _abstract(kind: str, latent_hw, dtype):
     """(jitted decode of one chunk of 3 latent frames after the first, its abstract args)."""
-    from pyramid_jax.models import taehv, vae
+    from pyramid_jax.models.taehv import modeling as taehv
+    from pyramid_jax.models.vae import modeling as vae
 
     if kind == "wan":
         cfg = vae.VAEConfig(dtype=jnp.dtype(dtype).name)

@@ -28,7 +28,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def decode(kind: str, model, latents: np.ndarray) -> np.ndarray:
     """latents [B, F, C, h, w] -> uint8 frames [B, 1 + 4 (F - 1), 8h, 8w, 3], a chunk at a time."""
-    from pyramid_jax.models import taehv, vae
+    from pyramid_jax.models.taehv import modeling as taehv
+    from pyramid_jax.models.vae import modeling as vae
 
     stream = (taehv.StreamingTAEHV if kind == "taehv" else vae.StreamingDecoder)(model, latents.shape[0],
                                                                                   latents.shape[3:5])

@@ -173,7 +173,7 @@ def record_taehv(repo: str, out: str, seed: int = 0) -> str:
     import numpy as np
     import torch
 
-    from pyramid_jax.weights import taehv_names
+    from pyramid_jax.models.taehv import params as taehv_names
 
     spec = importlib.util.spec_from_file_location("upstream_taehv", os.path.join(repo, "demo_utils", "taehv.py"))
     up = importlib.util.module_from_spec(spec)

@@ -41,7 +41,7 @@ def make_weights(tmp: str) -> tuple[str, str]:
     import torch
     from diffusers import WanTransformer3DModel
 
-    from pyramid_jax.weights import wan_names
+    from pyramid_jax.models.wan import params as wan_names
     from pyramid_jax.weights.convert import convert
 
     m = MID

@@ -49,7 +49,7 @@ DEMO_SHIFT = 2.0
 
 
 def dit_config(args):
-    from pyramid_jax.models.wan import WanConfig
+    from pyramid_jax.models.wan.modeling import WanConfig
 
     return WanConfig(dim=args.dim, ffn_dim=4 * args.dim, num_heads=args.heads, num_layers=args.layers,
                      in_channels=3, out_channels=3, patch_size=(1, args.patch, args.patch), text_len=32,
@@ -57,7 +57,7 @@ def dit_config(args):
 
 
 def t5_config(vocab_size: int):
-    from pyramid_jax.models.umt5 import UMT5Config
+    from pyramid_jax.models.umt5.modeling import UMT5Config
 
     return UMT5Config(vocab_size=vocab_size, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2)
 
@@ -90,7 +90,7 @@ def build_vocabulary(out: str) -> str:
 def encode_captions(text_dir: str, captions: list[str], text_len: int) -> np.ndarray:
     """[N, text_len, d_model] float32: the context the training step computes for these
     captions from the text encoder in text_dir (umt5/, spiece.model)."""
-    from pyramid_jax.models import umt5
+    from pyramid_jax.models.umt5 import modeling as umt5
     from pyramid_jax.training import text_context
     from pyramid_jax.weights.checkpoint import load_t5
 
@@ -192,10 +192,10 @@ def train(args, source=None) -> int:
     """source: the clips (default: the TFDS dataset of args); source[i] -> {"video", "caption"}."""
     import orbax.checkpoint as ocp
 
-    from pyramid_jax.models import umt5
-    from pyramid_jax.models.wan import init_model
+    from pyramid_jax.models.umt5 import modeling as umt5
+    from pyramid_jax.models.wan.modeling import init_model
     from pyramid_jax.training import make_optimizer, train_step
-    from pyramid_jax.weights.t5_names import random_t5_params
+    from pyramid_jax.models.umt5.params import random_t5_params
 
     t_start = time.perf_counter()
     work, out = os.path.abspath(args.work), os.path.abspath(args.out)

@@ -16,7 +16,7 @@ import numpy as np
 
 from pyramid_jax import media, pipeline, video
 from pyramid_jax.errors import UserError, os_reason
-from pyramid_jax.models.wan import WanConfig
+from pyramid_jax.models.wan.modeling import WanConfig
 from pyramid_jax.weights.checkpoint import CheckpointError, read_config
 
 log = logging.getLogger("batch")

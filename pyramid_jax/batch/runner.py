@@ -12,7 +12,7 @@ import jax
 from pyramid_jax import media, pipeline, video
 from pyramid_jax.batch.records import Expected, latents_path, record_error, video_path, write_record
 from pyramid_jax.errors import UserError, first_line, os_reason
-from pyramid_jax.parallel import check_fit
+from pyramid_jax.sharding import check_fit
 
 log = logging.getLogger("batch")
 

@@ -33,7 +33,7 @@ from pyramid_jax.batch.records import (expected_outputs, is_complete, record_err
 from pyramid_jax.batch.runner import Progress, run_jobs
 from pyramid_jax.cli import harness
 from pyramid_jax.errors import UserError
-from pyramid_jax.parallel import ParallelError, make_mesh
+from pyramid_jax.sharding import ParallelError, make_mesh
 
 NAME = "batch"
 log = logging.getLogger(NAME)

@@ -15,7 +15,7 @@ from typing import Callable
 from pyramid_jax import compile_cache, logs
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError, os_reason
-from pyramid_jax.parallel import ParallelError, batch_mesh
+from pyramid_jax.sharding import ParallelError, batch_mesh
 
 OK, FAILED, BAD_INPUT = 0, 1, 2
 

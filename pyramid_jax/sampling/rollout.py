@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 from pyramid_jax.cache.pool import CacheState
-from pyramid_jax.models.wan import Committed, Staging
+from pyramid_jax.models.wan.modeling import Committed, Staging
 from pyramid_jax.sampling.schedule import FlowSchedule
 
 TEXT_KV_AXES = P(None, "batch", "heads")  # [L, B, H, Lt, Dh]
@@ -242,7 +242,7 @@ class Rollout(NamedTuple):
 class ChunkLoop:
     """A rollout on the host, one chunk at a time; params, cache and text K/V stay on the
     device(s). text_kv: (k, v) [L, B, H, Lt, Dh]; noise_source: RandomNoise or ReplayNoise;
-    mesh: `parallel.make_mesh` or None (one device)."""
+    mesh: `sharding.make_mesh` or None (one device)."""
 
     def __init__(self, model, policy, sampler: Sampler, text_kv, noise_source, mesh=None):
         self.graphdef, params = nnx.split(model)
@@ -324,7 +324,7 @@ class ChunkLoop:
 def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int, *,
             on_chunk: Callable | None = None, record_noise: bool = False, keep_cache: bool = False,
             mesh=None, initial=None) -> Rollout:
-    """Generate num_chunks chunks; on a mesh (`parallel.make_mesh`) when given.
+    """Generate num_chunks chunks; on a mesh (`sharding.make_mesh`) when given.
 
     text_kv: (k, v) [L, B, H, Lt, Dh], or a function chunk -> (k, v) (a prompt schedule: it is
     asked before every chunk made, and a new value is used from that chunk on).

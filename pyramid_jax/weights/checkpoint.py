@@ -26,11 +26,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from pyramid_jax.errors import first_line
-from pyramid_jax.models.umt5 import UMT5Config, UMT5Encoder
-from pyramid_jax.models.taehv import TAEHV, TAEHVConfig
-from pyramid_jax.models.vae import VAEConfig, WanVAEDecoder
-from pyramid_jax.models.vae_encoder import WanVAEEncoder
-from pyramid_jax.models.wan import CausalWan, WanConfig, abstract_model
+from pyramid_jax.models.umt5.modeling import UMT5Config, UMT5Encoder
+from pyramid_jax.models.taehv.modeling import TAEHV, TAEHVConfig
+from pyramid_jax.models.vae.modeling import VAEConfig, WanVAEDecoder
+from pyramid_jax.models.vae.encoder import WanVAEEncoder
+from pyramid_jax.models.wan.modeling import CausalWan, WanConfig, abstract_model
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ def with_weights(module_cls, cfg, params: dict):
 
 def _part(module_cls, cfg, params: dict, path: str):
     """The module_cls of cfg from the part of a flat VAE checkpoint that is its own."""
-    from pyramid_jax.models import vae as vae_model, vae_encoder
+    from pyramid_jax.models.vae import modeling as vae_model
+    from pyramid_jax.models.vae import encoder as vae_encoder
 
     shapes = (vae_model if module_cls is WanVAEDecoder else vae_encoder).param_shapes(cfg)
     missing = sorted(set(shapes) - set(params))

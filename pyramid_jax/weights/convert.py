@@ -11,7 +11,11 @@ import logging
 import ml_dtypes
 import numpy as np
 
-from pyramid_jax.weights import files, t5_names, taehv_names, vae_names, wan_names
+from pyramid_jax.weights import files
+from pyramid_jax.models.umt5 import params as t5_names
+from pyramid_jax.models.taehv import params as taehv_names
+from pyramid_jax.models.vae import params as vae_names
+from pyramid_jax.models.wan import params as wan_names
 from pyramid_jax.weights.checkpoint import save_params
 
 log = logging.getLogger("convert_checkpoint")

@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO, run_main
 from pyramid_jax.cli import harness
 from pyramid_jax.errors import UserError
-from pyramid_jax.models.wan import WanConfig
-from pyramid_jax.parallel import ParallelError, batch_mesh
+from pyramid_jax.models.wan.modeling import WanConfig
+from pyramid_jax.sharding import ParallelError, batch_mesh
 
 PROGRAMS = ("generate", "batch", "serve", "export", "classify", "convert")
 TINY = ["--config=configs/tiny_random.py", "--config.num_frames=6", "--config.output="]

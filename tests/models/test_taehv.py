@@ -16,9 +16,9 @@ import torch
 
 from conftest import REPO, rel_err, run_main, run_tool
 from pyramid_jax.cli import generate
-from pyramid_jax.models import taehv
+from pyramid_jax.models.taehv import modeling as taehv
 from pyramid_jax.cli import convert
-from pyramid_jax.weights import taehv_names
+from pyramid_jax.models.taehv import params as taehv_names
 from pyramid_jax.weights.checkpoint import load_taehv
 
 UPSTREAM = os.path.join(REPO, "tests", "upstream_recordings", "upstream_taehv.npz")
@@ -113,9 +113,9 @@ def test_compare_decoders_scores_taehv_against_the_wan_vae(converted, tmp_path):
     """The PSNR tool's mechanics on random weights (the published ones cannot be fetched here)."""
     import json
 
-    from pyramid_jax.models import vae
+    from pyramid_jax.models.vae import modeling as vae
     from pyramid_jax.weights.checkpoint import save_params
-    from pyramid_jax.weights.vae_names import random_vae_params
+    from pyramid_jax.models.vae.params import random_vae_params
 
     vcfg = vae.VAEConfig(base_dim=16, num_res_blocks=1)
     save_params(str(tmp_path / "wan"), random_vae_params(vcfg), vcfg, kind="vae")

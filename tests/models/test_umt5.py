@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import rel_err, run_tool
-from pyramid_jax.models import umt5
+from pyramid_jax.models.umt5 import modeling as umt5
 from pyramid_jax.cli import convert
 from pyramid_jax.weights.checkpoint import load_t5
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import rel_err, run_tool
-from pyramid_jax.models import vae
+from pyramid_jax.models.vae import modeling as vae
 from pyramid_jax.cli import convert
 from pyramid_jax.weights.checkpoint import load_vae
 

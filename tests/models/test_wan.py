@@ -13,7 +13,7 @@ import torch
 from conftest import diffusers_wan, rel_err, save_self_forcing_pt
 from pyramid_jax.attention import KVPool, PagePlan
 from pyramid_jax.cache.pool import PoolSpec, rope_keys
-from pyramid_jax.models.wan import CausalWan, Committed, FrameMask, WanConfig, block_causal_mask, init_model
+from pyramid_jax.models.wan.modeling import CausalWan, Committed, FrameMask, WanConfig, block_causal_mask, init_model
 from pyramid_jax.cli import convert
 from pyramid_jax.weights.checkpoint import load_model, save_model
 
@@ -147,7 +147,7 @@ def test_cached_pages_equal_block_causal_forward():
     full = model(x, t, tkv, FrameMask(block_causal_mask(2 * F, F))).flow
 
     L, H = cfg.num_layers, cfg.num_heads
-    first, kv = model(x[:, :F], t[:, :F], tkv)[:2]
+    first, kv = model(x[:, :F], t[:, :F], tkv)
     spec = PoolSpec(L, cfg.num_heads, cfg.head_dim, (HH // 2, WW // 2))
     # one page per (layer, head, frame): page (l * H + h) * F + f holds frame f
     pages = lambda a: a.transpose(1, 0, 2, 3, 4, 5).reshape(1, L * H * F, *a.shape[-2:])
@@ -166,7 +166,7 @@ def test_cached_pages_equal_block_causal_forward():
 def test_block_causal_training_attention_skips_masked_blocks_with_the_same_result():
     """A static block-causal mask runs as one softmax per chunk over the frames it sees
     (prefix_groups); the result equals the masked full matrix (the same mask given traced)."""
-    from pyramid_jax.models.wan import prefix_groups
+    from pyramid_jax.models.wan.modeling import prefix_groups
 
     cfg = WanConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, in_channels=4, out_channels=4,
                     text_dim=48, freq_dim=32, text_len=LT)

@@ -11,7 +11,7 @@ import pytest
 from conftest import rel_err
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy
-from pyramid_jax.models.wan import Committed, WanConfig, init_model
+from pyramid_jax.models.wan.modeling import Committed, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout, text_kv_of
 
 CFG = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_channels=4, out_channels=4,

@@ -11,7 +11,7 @@ from flax import nnx
 from conftest import rel_err
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy, full_sequence_mask
-from pyramid_jax.models.wan import Committed, FrameMask, WanConfig, init_model
+from pyramid_jax.models.wan.modeling import Committed, FrameMask, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, rollout
 from pyramid_jax.sampling.schedule import FlowSchedule
 
@@ -47,7 +47,7 @@ def test_cached_chunks_equal_full_masked_forward(model, w, s):
     @jax.jit
     def chunk_call(params, state, xc, tc, k):
         m = nnx.merge(graphdef, params)
-        flow, kv = m(xc, tc, tkv, Committed(state.pool(), policy.plan(state, k)))[:2]
+        flow, kv = m(xc, tc, tkv, Committed(state.pool(), policy.plan(state, k)))
         return flow, policy.commit(state, kv, k)
 
     state = policy.init(1, jnp.float32)

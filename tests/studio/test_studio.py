@@ -85,10 +85,11 @@ def test_serve_generates_streams_and_gives_the_mp4(models, tmp_path):
 def test_decoder_choice_where_the_config_names_both(tmp_path):
     """A latent model whose config names a Wan VAE and a TAEHV: the page is offered both, and a
     run decodes with the one it asks for (the same frame count); an unknown one is a message."""
-    from pyramid_jax.models import taehv, vae
-    from pyramid_jax.weights import taehv_names
+    from pyramid_jax.models.taehv import modeling as taehv
+    from pyramid_jax.models.vae import modeling as vae
+    from pyramid_jax.models.taehv import params as taehv_names
     from pyramid_jax.weights.checkpoint import save_params
-    from pyramid_jax.weights.vae_names import random_vae_params
+    from pyramid_jax.models.vae.params import random_vae_params
 
     vcfg, tcfg = vae.VAEConfig(base_dim=16, num_res_blocks=1), taehv.TAEHVConfig()
     save_params(str(tmp_path / "wan"), random_vae_params(vcfg), vcfg, kind="vae")

@@ -121,10 +121,12 @@ def test_name_tables_cover_their_models(kind):
     checkpoint -> params -> checkpoint is the identity."""
     import numpy as np
 
-    from pyramid_jax.models.umt5 import UMT5Config
-    from pyramid_jax.models.vae import VAEConfig
-    from pyramid_jax.models.wan import WanConfig
-    from pyramid_jax.weights import t5_names, vae_names, wan_names
+    from pyramid_jax.models.umt5.modeling import UMT5Config
+    from pyramid_jax.models.vae.modeling import VAEConfig
+    from pyramid_jax.models.wan.modeling import WanConfig
+    from pyramid_jax.models.umt5 import params as t5_names
+    from pyramid_jax.models.vae import params as vae_names
+    from pyramid_jax.models.wan import params as wan_names
     from pyramid_jax.weights.table import check_covers, checkpoint_from, checkpoint_shapes, params_from
 
     if kind.startswith("dit"):

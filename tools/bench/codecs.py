@@ -12,9 +12,10 @@ def bench_codecs(repeats):
     """VAE decode seconds per chunk (3 latent frames, streaming) at small sizes and umT5 seconds
     per prompt, with random weights, and each stage's peak memory (XLA estimate). The decoders
     at real sizes, beside upstream's: bench_decoders.rows."""
-    from pyramid_jax.models import umt5, vae
-    from pyramid_jax.weights.t5_names import random_t5_params
-    from pyramid_jax.weights.vae_names import random_vae_params
+    from pyramid_jax.models.umt5 import modeling as umt5
+    from pyramid_jax.models.vae import modeling as vae
+    from pyramid_jax.models.umt5.params import random_t5_params
+    from pyramid_jax.models.vae.params import random_vae_params
 
     rows = []
     vae_sizes = {"demo": (dict(base_dim=16, num_res_blocks=1), (16, 16)),

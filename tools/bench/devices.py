@@ -20,8 +20,8 @@ def bench_devices_child(n_devices, chunks=4):
     for the demo model, batch = n_devices, mesh (n, 1)."""
     from pyramid_jax import pipeline, video
     from pyramid_jax.config import parse_config
-    from pyramid_jax.models.wan import WanConfig, init_model
-    from pyramid_jax.parallel import make_mesh
+    from pyramid_jax.models.wan.modeling import WanConfig, init_model
+    from pyramid_jax.sharding import make_mesh
     from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout, text_kv_of
 
     c = parse_config(["benchmark", "--config=" + os.path.join(REPO, "configs", "demo.py")])

@@ -24,12 +24,13 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",
     from pyramid_jax.attention import target_platform
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
-    from pyramid_jax.models import taehv, vae
-    from pyramid_jax.models.wan import WanConfig, init_model
+    from pyramid_jax.models.taehv import modeling as taehv
+    from pyramid_jax.models.vae import modeling as vae
+    from pyramid_jax.models.wan.modeling import WanConfig, init_model
     from pyramid_jax.sampling.rollout import ChunkLoop, RandomNoise, Sampler
-    from pyramid_jax.weights import taehv_names
+    from pyramid_jax.models.taehv import params as taehv_names
     from pyramid_jax.weights.checkpoint import with_weights
-    from pyramid_jax.weights.vae_names import random_vae_params
+    from pyramid_jax.models.vae.params import random_vae_params
 
     if size == "real":
         cfg, hw, vcfg = WanConfig(dtype=dtype), (60, 104), vae.VAEConfig(dtype=dtype)

@@ -16,8 +16,8 @@ def bench_forward(sizes, repeats):
     from diffusers import WanTransformer3DModel
     from flax import nnx
 
-    from pyramid_jax.models.wan import WanConfig
-    from pyramid_jax.weights import wan_names
+    from pyramid_jax.models.wan.modeling import WanConfig
+    from pyramid_jax.models.wan import params as wan_names
     from pyramid_jax.weights.checkpoint import model_from_params
 
     rows = []

@@ -31,7 +31,7 @@ def tpu_plan(decoders=("wan", "taehv")):
     end (DiT + decode) if the chip reaches the fraction of its peak the measured H100 step
     reaches."""
     import bench_decoders
-    from pyramid_jax.models.wan import WanConfig
+    from pyramid_jax.models.wan.modeling import WanConfig
 
     cfg, tpf = WanConfig(), 30 * 52
     weights = 1_418_996_800 * 2  # parameters of the 1.3B DiT (nnx.eval_shape), bf16

@@ -13,7 +13,7 @@ from .common import SIZES, _nbytes, print_table, size_list
 def _rollout_setup(size, num_frames, window, sink, dtype="float32"):
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
-    from pyramid_jax.models.wan import WanConfig, init_model
+    from pyramid_jax.models.wan.modeling import WanConfig, init_model
 
     fields, _, hh, ww, lt = SIZES[size]
     cfg = WanConfig(text_len=lt, dtype=dtype, **fields)
@@ -61,7 +61,7 @@ def cache_bytes_real_size():
     """Cache bytes per policy at the 1.3B / 480x832 shape (bf16), from the real state shapes."""
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
-    from pyramid_jax.models.wan import WanConfig
+    from pyramid_jax.models.wan.modeling import WanConfig
 
     cfg = WanConfig()
     spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (30, 52), 3)

@@ -15,7 +15,7 @@ def bench_step(size, dtype, chunks=8, backends=("reference",)):
     pyramid, per attention backend, random weights. size: "mid" or "real" (Wan2.1-1.3B at 480x832)."""
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
-    from pyramid_jax.models.wan import WanConfig, init_model
+    from pyramid_jax.models.wan.modeling import WanConfig, init_model
     from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout
 
     if size == "real":

@@ -17,8 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pyramid_jax.models.named import NamedWeights
-from pyramid_jax.models.vae import ShapeTable, VAEConfig, _conv, attention, causal_conv, resnet, rms_norm
+from pyramid_jax.models.named import NamedWeights, channel_axes
+from pyramid_jax.models.vae.modeling import ShapeTable, VAEConfig, _conv, attention, causal_conv, resnet, rms_norm
 
 FRAMES_PER_CHUNK = 4  # video frames per latent frame after the first
 
@@ -65,7 +65,7 @@ class WanVAEEncoder(NamedWeights):
     name; they come from a checkpoint (weights.checkpoint.load_vae_encoder)."""
 
     def __init__(self, cfg: VAEConfig):
-        super().__init__(cfg, param_shapes(cfg))
+        super().__init__(cfg, param_shapes(cfg), channel_axes)
 
     def __call__(self, video):
         """video [B, T, H, W, 3] -> latents [B, 1 + (T - 1) // 4, H/8, W/8, z_dim]."""

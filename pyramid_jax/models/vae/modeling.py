@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pyramid_jax.models.named import NamedWeights
+from pyramid_jax.models.named import NamedWeights, channel_axes
 
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -120,7 +120,7 @@ class WanVAEDecoder(NamedWeights):
     or random_vae_params."""
 
     def __init__(self, cfg: VAEConfig):
-        super().__init__(cfg, param_shapes(cfg))
+        super().__init__(cfg, param_shapes(cfg), channel_axes)
 
     def init_state(self, batch: int, latent_hw: tuple[int, int]):
         return init_state(self.params(), self.cfg, batch, latent_hw, jnp.dtype(self.cfg.dtype))

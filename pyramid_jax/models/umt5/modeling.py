@@ -54,12 +54,21 @@ def param_shapes(cfg: UMT5Config) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def param_axes(name: str, shape: tuple[int, ...]) -> tuple:
+    """Logical axes of a parameter: attention heads and FFN columns split as the DiT's are, the
+    embedding by vocabulary rows; norms replicated."""
+    kind = name.rsplit(".", 2)[-2]
+    return {"q": (None, "heads"), "k": (None, "heads"), "v": (None, "heads"), "o": ("heads", None),
+            "relative_attention_bias": (None, "heads"), "wi_0": (None, "mlp"), "wi_1": (None, "mlp"),
+            "wo": ("mlp", None), "shared": ("vocab", None)}.get(kind, (None,) * len(shape))
+
+
 class UMT5Encoder(NamedWeights):
     """The umT5 encoder: prompts' token ids -> the DiT's context. Parameters by transformers
     name; they come from a checkpoint (weights.checkpoint.load_t5) or random_t5_params."""
 
     def __init__(self, cfg: UMT5Config):
-        super().__init__(cfg, param_shapes(cfg))
+        super().__init__(cfg, param_shapes(cfg), param_axes)
 
     def __call__(self, ids, mask):
         """ids, mask [B, L] -> context [B, L, d_model] (rows past each prompt zero)."""

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pyramid_jax.models.named import NamedWeights
+from pyramid_jax.models.named import NamedWeights, channel_axes
 
 TIME_STRIDE, SPACE_STRIDE = 4, 8
 
@@ -106,7 +106,7 @@ class TAEHV(NamedWeights):
     (weights.checkpoint.load_taehv) or random_taehv_params."""
 
     def __init__(self, cfg: TAEHVConfig):
-        super().__init__(cfg, param_shapes(cfg))
+        super().__init__(cfg, param_shapes(cfg), channel_axes)
 
     def decode_video(self, z):
         """z [B, F, h, w, C] -> frames [B, 4 F, 8h, 8w, 3] (about [0, 1]), all kept."""

@@ -12,7 +12,7 @@ import re
 import numpy as np
 from flax import nnx
 
-from pyramid_jax.models.wan import HEADS_BY_DIM, WanConfig, abstract_model
+from pyramid_jax.models.wan.modeling import HEADS_BY_DIM, WanConfig, abstract_model
 from pyramid_jax.weights.errors import ConversionError
 from pyramid_jax.weights.table import Name, params_from, swap_last
 

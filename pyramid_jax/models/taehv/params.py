@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyramid_jax.models.taehv import TAEHVConfig, param_shapes
+from pyramid_jax.models.taehv.modeling import TAEHVConfig, param_shapes
 from pyramid_jax.weights.errors import ConversionError, check_state_dict
 
 # TGrow layers of the decoder whose stride is the time upscale: (index, channels in)

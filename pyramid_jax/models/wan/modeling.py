@@ -252,13 +252,20 @@ class FrameMask(NamedTuple):
     mask: Any  # [F, F] bool, numpy (static: a block-causal mask runs as prefix attention) or traced
 
 
-class ChunkOutput(NamedTuple):
-    """What the model returns for a chunk."""
+@dataclasses.dataclass(frozen=True)
+class ChunkOutput:
+    """What the model returns for a chunk; it unpacks as the pair (flow, chunk_kv)."""
 
     flow: jax.Array  # [B, F, C, H, W] in the model's dtype
     chunk_kv: tuple  # (k before RoPE, v), each [L, B, H, F, T, Dh], T = tokens per frame
     state: Any = None  # Staging: the cache state after the last layer
     probe: Any = None  # probe_frame: that frame's queries after RoPE, [L, B, T, H, Dh]
+
+    def __iter__(self):
+        return iter((self.flow, self.chunk_kv))
+
+    def __getitem__(self, i):
+        return (self.flow, self.chunk_kv)[i]
 
 
 class CausalWan(nnx.Module):

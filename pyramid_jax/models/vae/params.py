@@ -1,7 +1,7 @@
 """Wan VAE weights: upstream `Wan2.1_VAE.pth` / diffusers `AutoencoderKLWan` -> the decoder's
 params and, when the file has them, the encoder's.
 
-The diffusers names are canonical (`models/vae.py` and `models/vae_encoder.py` read them);
+The diffusers names are canonical (`modeling.py` and `encoder.py` beside it read them);
 upstream names are mapped onto them; kernels are stored channel-last. A checkpoint holds one
 flat dict: decoder + post_quant_conv, and encoder + quant_conv when the source had an encoder.
 """
@@ -13,8 +13,8 @@ import re
 import numpy as np
 from flax import nnx
 
-from pyramid_jax.models import vae_encoder
-from pyramid_jax.models.vae import VAEConfig, WanVAEDecoder, param_shapes
+from pyramid_jax.models.vae import encoder as vae_encoder
+from pyramid_jax.models.vae.modeling import VAEConfig, WanVAEDecoder, param_shapes
 from pyramid_jax.weights.errors import ConversionError
 from pyramid_jax.weights.table import Name, checkpoint_shapes, params_from
 
