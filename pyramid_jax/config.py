@@ -17,8 +17,8 @@ from ml_collections import config_flags
 from pyramid_jax.cache.window import WINDOW
 from pyramid_jax.errors import UserError, first_line
 from pyramid_jax.models.wan.modeling import WanConfig
+from pyramid_jax.spec import RENAMED, RunSpec, from_config
 
-RENAMED = {"num_frame_per_block": "frames_per_chunk"}  # old config field -> its name now
 
 
 def model_fields(cfg: WanConfig) -> ml_collections.ConfigDict:
@@ -93,6 +93,11 @@ def wan_1_3b_config(checkpoint: str = "checkpoints/self_forcing"):
     c.text_encoder.checkpoint = "checkpoints/umt5_xxl"
     c.text_encoder.tokenizer = "checkpoints/umt5_xxl/spiece.model"
     return c
+
+
+def parse_spec(argv) -> RunSpec:
+    """The run spec of a command line (parse_config, then spec.from_config)."""
+    return from_config(parse_config(argv))
 
 
 def parse_config(argv) -> ml_collections.ConfigDict:

@@ -23,30 +23,30 @@ IMAGE_TYPES = (".png", ".jpg", ".jpeg")
 VIDEO_TYPES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
 
 
-def field_of(c) -> tuple[str, str] | None:
+def field_of(spec) -> tuple[str, str] | None:
     """("init_video" | "init_image", path), or None when the config starts from noise alone."""
-    if c.init_video and c.init_image:
+    if spec.inputs.init_video and spec.inputs.init_image:
         raise UserError("init_video and init_image are both set: give one")
-    if c.init_video:
-        return "init_video", c.init_video
-    if c.init_image:
-        return "init_image", c.init_image
+    if spec.inputs.init_video:
+        return "init_video", spec.inputs.init_video
+    if spec.inputs.init_image:
+        return "init_image", spec.inputs.init_image
     return None
 
 
-def frames_needed(c) -> int:
+def frames_needed(spec) -> int:
     """Video frames that make one chunk of latent frames (pixel model: one frame each)."""
     from pyramid_jax.video import strides
 
-    stride = strides(c)[0]
-    return 1 + stride * (c.frames_per_chunk - 1) if stride > 1 else c.frames_per_chunk
+    stride = strides(spec)[0]
+    return 1 + stride * (spec.sampler.frames_per_chunk - 1) if stride > 1 else spec.sampler.frames_per_chunk
 
 
-def check(c, cfg, latent_hw) -> None:
+def check(spec, cfg, latent_hw) -> None:
     """Everything about the given frames that can be known before a model loads: the file
     reads, holds enough frames for one chunk, an image is 8-bit RGB / grey, an npz of latents
     has the model's shape. One UserError line each."""
-    given = field_of(c)
+    given = field_of(spec)
     if given is None:
         return
     field, path = given
@@ -60,11 +60,11 @@ def check(c, cfg, latent_hw) -> None:
             raise UserError(f"init_image {path!r}: not a png or jpg (for a video use init_video)")
         _read_image(path)
     elif ext == ".npz":
-        _read_latents(path, cfg, latent_hw, c.frames_per_chunk)
+        _read_latents(path, cfg, latent_hw, spec.sampler.frames_per_chunk)
     elif ext in VIDEO_TYPES:
         count = len(_read_video(path))
-        if count < frames_needed(c):
-            raise UserError(f"init_video {path!r} has {count} frames; one chunk needs at least {frames_needed(c)}")
+        if count < frames_needed(spec):
+            raise UserError(f"init_video {path!r} has {count} frames; one chunk needs at least {frames_needed(spec)}")
     else:
         raise UserError(f"init_video {path!r}: not a video (mp4, ...) or an npz of latents")
 
@@ -140,29 +140,29 @@ def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(out)
 
 
-def given_frames(c) -> np.ndarray:
+def given_frames(spec) -> np.ndarray:
     """uint8 frames [T, height, width, 3] of init_video / init_image (an image: a still clip of
     one chunk's frames), resized and cut to the config's size (logged)."""
-    field, path = field_of(c)
+    field, path = field_of(spec)
     raw = _read_image(path)[None] if field == "init_image" else _read_video(path)
     if field == "init_image":
-        raw = np.repeat(raw, frames_needed(c), axis=0)
-    frames = fit(raw, c.height, c.width)
+        raw = np.repeat(raw, frames_needed(spec), axis=0)
+    frames = fit(raw, spec.inputs.height, spec.inputs.width)
     log.info("%s %s: %d frames of %dx%d%s", field, path, len(raw), raw.shape[2], raw.shape[1],
              "" if raw.shape[1:3] == frames.shape[1:3] else
-             f", resized and centre-cropped to {c.width}x{c.height}")
+             f", resized and centre-cropped to {spec.inputs.width}x{spec.inputs.height}")
     return frames
 
 
-def initial_latents(c, cfg, latent_hw, vae_encoder, batch: int) -> np.ndarray:
+def initial_latents(spec, cfg, latent_hw, vae_encoder, batch: int) -> np.ndarray:
     """The latents generation continues from: [batch, F0, C, h, w] float32, F0 the last whole
     chunks of what was given. vae_encoder: the VAE's encoder (None for a pixel model)."""
-    f = c.frames_per_chunk
-    if c.init_video and os.path.splitext(c.init_video)[1].lower() == ".npz":
-        lat = _read_latents(c.init_video, cfg, latent_hw, f)
-        log.info("init_video %s: %d latent frames", c.init_video, lat.shape[1])
+    f = spec.sampler.frames_per_chunk
+    if spec.inputs.init_video and os.path.splitext(spec.inputs.init_video)[1].lower() == ".npz":
+        lat = _read_latents(spec.inputs.init_video, cfg, latent_hw, f)
+        log.info("init_video %s: %d latent frames", spec.inputs.init_video, lat.shape[1])
     else:
-        frames = given_frames(c)
+        frames = given_frames(spec)
         if vae_encoder is None:  # a pixel model's frames are its latents
             lat = (frames.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)[None]
         else:

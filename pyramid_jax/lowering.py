@@ -36,20 +36,20 @@ PLATFORMS = ("tpu", "cuda", "cpu")
 KERNEL_CALL = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton", "cpu": None}
 
 
-def model_config(c) -> WanConfig:
+def model_config(spec) -> WanConfig:
     """The checkpoint's model shape when it is here, else the config's `model` fields."""
-    if c.checkpoint and os.path.isdir(c.checkpoint):
+    if spec.model.checkpoint and os.path.isdir(spec.model.checkpoint):
         try:
-            return WanConfig.from_dict(dict(read_config(c.checkpoint)[1].to_dict(), dtype=c.dtype))
+            return read_config(spec.model.checkpoint)[1].replace(dtype=spec.model.dtype)
         except CheckpointError as e:
             raise UserError(str(e)) from None
-    return WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
+    return spec.model.shape.replace(dtype=spec.model.dtype)
 
 
-def abstract_inputs(c, cfg: WanConfig, policy, sampler, batch: int):
+def abstract_inputs(spec, cfg: WanConfig, policy, sampler, batch: int):
     """ShapeDtypeStructs of (cache, text_kv, noise, renoise, chunk) for one chunk step."""
-    hw = pipeline.latent_size(c, cfg)
-    f, dt = c.frames_per_chunk, cfg.jnp_dtype
+    hw = pipeline.latent_size(spec, cfg)
+    f, dt = spec.sampler.frames_per_chunk, cfg.jnp_dtype
     cache = jax.eval_shape(lambda: policy.init(batch, dt))
     kv = jax.ShapeDtypeStruct((cfg.num_layers, batch, cfg.num_heads, cfg.text_len, cfg.head_dim), dt)
     noise = jax.ShapeDtypeStruct((batch, f, cfg.in_channels, *hw), jnp.float32)
@@ -57,17 +57,17 @@ def abstract_inputs(c, cfg: WanConfig, policy, sampler, batch: int):
     return cache, (kv, kv), noise, renoise, jax.ShapeDtypeStruct((), jnp.int32)
 
 
-def export_step(c, platform: str, batch: int = 1) -> export.Exported:
+def export_step(spec, platform: str, batch: int = 1) -> export.Exported:
     """The config's chunk step lowered for `platform` (tpu | cuda)."""
-    cfg = model_config(c)
-    graphdef, params = nnx.split(abstract_model(cfg, c.attention.backend))
-    sampler = pipeline.make_sampler(c)
-    policy = pipeline.build_policy(c, cfg, pipeline.latent_size(c, cfg), c.num_frames)
+    cfg = model_config(spec)
+    graphdef, params = nnx.split(abstract_model(cfg, spec.model.attention))
+    sampler = pipeline.make_sampler(spec)
+    policy = pipeline.build_policy(spec, cfg, pipeline.latent_size(spec, cfg), spec.inputs.num_frames)
     log.info("model dim %d, %d layers x %d heads, %s; cache %s; latent %dx%d, batch %d; attention %s",
-             cfg.dim, cfg.num_layers, cfg.num_heads, cfg.dtype, c.cache.policy, *pipeline.latent_size(c, cfg), batch,
-             c.attention.backend)
+             cfg.dim, cfg.num_layers, cfg.num_heads, cfg.dtype, spec.cache.policy, *pipeline.latent_size(spec, cfg), batch,
+             spec.model.attention)
 
-    cache, text_kv, noise, renoise, chunk = abstract_inputs(c, cfg, policy, sampler, batch)
+    cache, text_kv, noise, renoise, chunk = abstract_inputs(spec, cfg, policy, sampler, batch)
     params_leaves, params_def = jax.tree.flatten(params)
     cache_leaves, cache_def = jax.tree.flatten(cache)
 

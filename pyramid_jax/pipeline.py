@@ -1,6 +1,6 @@
 """Text-to-video as a library: check a config, load what it names, encode the prompts, roll
 out, decode and write. `generate`, `batch`, `classify_heads`, the notebook and the studio
-call these; `run(c)` is the whole of `python -m pyramid_jax.generate`.
+call these; `run(spec)` is the whole of `python -m pyramid_jax.generate`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pyramid_jax.attention import check_backend
 from pyramid_jax.heads.head_map import HeadMapError, load_head_map
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import KV_DTYPES, PoolSpec
-from pyramid_jax.config import RENAMED
 from pyramid_jax.errors import UserError, os_reason
+from pyramid_jax.spec import RunSpec
 from pyramid_jax.models.wan.modeling import CausalWan, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Rollout, Sampler, rollout, text_kv_of
 from pyramid_jax.sampling.schedule import FlowSchedule
@@ -30,111 +30,114 @@ log = logging.getLogger("pyramid_jax")
 
 
 # ---- checks ------------------------------------------------------------------------
-def check_config(c) -> None:
-    """The config's inputs make sense (files exist, sizes fit): checked before any model loads."""
-    for old in RENAMED:
-        if old in c:
-            raise UserError(f"config field {old} is now {RENAMED[old]}: rename it in the config file")
-    f = c.frames_per_chunk
+def check_config(spec: RunSpec) -> None:
+    """The run's inputs make sense (files exist, sizes fit): checked before any model loads."""
+    f = spec.sampler.frames_per_chunk
     if f < 1:
         raise UserError(f"frames_per_chunk must be >= 1, got {f}")
-    if not c.replay and (c.num_frames <= 0 or c.num_frames % f):
-        raise UserError(f"num_frames ({c.num_frames}) must be a positive multiple of the chunk size "
+    if not spec.inputs.replay and (spec.inputs.num_frames <= 0 or spec.inputs.num_frames % f):
+        raise UserError(f"num_frames ({spec.inputs.num_frames}) must be a positive multiple of the chunk size "
                         f"frames_per_chunk ({f})")
     try:
-        check_backend(c.attention.backend, jax.default_backend() if c.attention.backend == "pallas" else None)
+        check_backend(spec.model.attention, jax.default_backend() if spec.model.attention == "pallas" else None)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if not (c.prompt.strip() or c.prompts_file or c.prompt_embeds or c.replay or c.prompt_schedule.strip()):
+    given = spec.inputs
+    if not (given.prompt.strip() or given.prompts_file or given.prompt_embeds or given.replay
+            or given.prompt_schedule.strip()):
         raise UserError("no prompt: set prompt, prompt_schedule, prompts_file, prompt_embeds or replay")
-    if c.prompt_schedule.strip():
-        check_schedule(c)
-    if c.dtype not in ("float32", "bfloat16"):
-        raise UserError(f"dtype must be float32 or bfloat16, got {c.dtype!r}")
-    if not isinstance(c.guidance_scale, (int, float)) or c.guidance_scale < 0:
-        raise UserError(f"guidance_scale must be a number >= 0 (1 = no guidance), got {c.guidance_scale!r}")
-    if c.cache.kv_dtype not in KV_DTYPES:
-        raise UserError(f"unknown cache.kv_dtype {c.cache.kv_dtype!r}; choose one of "
+    if spec.inputs.prompt_schedule.strip():
+        check_schedule(spec)
+    if spec.model.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"dtype must be float32 or bfloat16, got {spec.model.dtype!r}")
+    if not isinstance(spec.sampler.guidance_scale, (int, float)) or spec.sampler.guidance_scale < 0:
+        raise UserError("guidance_scale must be a number >= 0 (1 = no guidance), got "
+                        f"{spec.sampler.guidance_scale!r}")
+    if spec.cache.kv_dtype not in KV_DTYPES:
+        raise UserError(f"unknown cache.kv_dtype {spec.cache.kv_dtype!r}; choose one of "
                         f"{', '.join(d or '(the model dtype)' for d in KV_DTYPES)}")
-    _check_files(c)
-    _check_init(c)
+    _check_files(spec)
+    _check_init(spec)
 
 
-def model_config(c) -> WanConfig:
-    """The DiT's config without loading it: its checkpoint's config.json, or `c.model`."""
+def model_config(spec: RunSpec) -> WanConfig:
+    """The DiT's config without loading it: its checkpoint's config.json, or `spec.model.shape`."""
     try:
-        return read_config(c.checkpoint)[1] if c.checkpoint else WanConfig.from_dict(c.model.to_dict())
+        return read_config(spec.model.checkpoint)[1] if spec.model.checkpoint else spec.model.shape
     except (CheckpointError, ValueError) as e:
         raise UserError(str(e)) from None
 
 
-def _check_init(c) -> None:
+def _check_init(spec) -> None:
     """init_video / init_image read, fit the model, and a latent model has an encoder for them."""
-    given = init_frames.field_of(c)
+    given = init_frames.field_of(spec)
     if given is None:
         return
-    if c.replay:
+    if spec.inputs.replay:
         raise UserError(f"{given[0]} cannot go with replay (a replay file holds its own initial_latent)")
-    cfg = model_config(c)
-    init_frames.check(c, cfg, latent_size(c, cfg))
-    if c.vae.kind != "pixel" and not given[1].lower().endswith(".npz") and not (
-            c.vae.kind in video.decoder_checkpoints(c) or c.vae.random):
+    cfg = model_config(spec)
+    init_frames.check(spec, cfg, latent_size(spec, cfg))
+    if spec.decoder.kind != "pixel" and not given[1].lower().endswith(".npz") and not (
+            spec.decoder.kind in video.decoder_checkpoints(spec) or spec.decoder.random):
         raise UserError(f"{given[0]} needs a VAE encoder: set vae.checkpoint (tools/convert_checkpoint.py "
-                        f"--kind {'taehv' if c.vae.kind == 'taehv' else 'vae'}) or give latents (.npz)")
+                        f"--kind {'taehv' if spec.decoder.kind == 'taehv' else 'vae'}) or give latents (.npz)")
 
 
-def check_schedule(c) -> None:
+def check_schedule(spec) -> None:
     """prompt_schedule parses, starts at chunk boundaries inside the video, and goes with
     prompts (not with encoded prompts or a replay, which hold one text per video)."""
-    for field in ("prompt_embeds", "replay", "save_replay"):
-        if c[field]:
+    for field, value in (("prompt_embeds", spec.inputs.prompt_embeds), ("replay", spec.inputs.replay),
+                         ("save_replay", spec.output.save_replay)):
+        if value:
             raise UserError(f"prompt_schedule cannot go with {field} (one text per video): unset one")
     try:  # batch gives each line's prompt as the opening one
-        entries = parse_schedule(c.prompt_schedule, c.prompt or ("(each line)" if c.prompts_file else ""))
+        entries = parse_schedule(spec.inputs.prompt_schedule,
+                                 spec.inputs.prompt or ("(each line)" if spec.inputs.prompts_file else ""))
     except ValueError as e:
         raise UserError(str(e)) from None
-    f = c.frames_per_chunk
+    f = spec.sampler.frames_per_chunk
     for frame, _ in entries:
-        if frame % f or frame >= c.num_frames:
+        if frame % f or frame >= spec.inputs.num_frames:
             raise UserError(f"prompt_schedule frame {frame} must be a multiple of frames_per_chunk ({f}) "
-                            f"below num_frames ({c.num_frames}): a chunk has one prompt")
+                            f"below num_frames ({spec.inputs.num_frames}): a chunk has one prompt")
 
 
-def _check_files(c) -> None:
+def _check_files(spec) -> None:
     for field in ("replay", "prompts_file", "prompt_embeds"):
-        if c[field] and not os.path.isfile(c[field]):
-            raise UserError(f"{field} {c[field]!r}: no such file")
-    if c.cache.policy == "pyramid":  # read it now, before any model loads
+        path = getattr(spec.inputs, field)
+        if path and not os.path.isfile(path):
+            raise UserError(f"{field} {path!r}: no such file")
+    if spec.cache.policy == "pyramid":  # read it now, before any model loads
         try:
-            load_head_map(c.cache.head_map)
+            load_head_map(spec.cache.head_map)
         except HeadMapError as e:
             raise UserError(str(e)) from None
-    if c.vae.kind not in ("wan", "taehv", "pixel"):
-        raise UserError(f"unknown vae.kind {c.vae.kind!r}; choose wan, taehv or pixel")
-    if c.fps <= 0:
-        raise UserError(f"fps must be positive, got {c.fps}")
-    for kind, path in video.decoder_checkpoints(c).items():
+    if spec.decoder.kind not in ("wan", "taehv", "pixel"):
+        raise UserError(f"unknown vae.kind {spec.decoder.kind!r}; choose wan, taehv or pixel")
+    if spec.output.fps <= 0:
+        raise UserError(f"fps must be positive, got {spec.output.fps}")
+    for kind, path in video.decoder_checkpoints(spec).items():
         if not os.path.isdir(path):
-            field = "vae.taehv_checkpoint" if path == c.vae.taehv_checkpoint else "vae.checkpoint"
+            field = "vae.taehv_checkpoint" if path == spec.decoder.taehv_checkpoint else "vae.checkpoint"
             source = ("taew2_1.pth with tools/convert_checkpoint.py --kind taehv" if kind == "taehv" else
                       "Wan2.1_VAE.pth with tools/convert_checkpoint.py --kind vae")
             raise UserError(f"{field} {path!r} not found: convert {source}, or set --config.{field}=''")
-    if c.checkpoint and not os.path.isdir(c.checkpoint):
-        raise UserError(f"checkpoint {c.checkpoint!r} not found: convert one with "
+    if spec.model.checkpoint and not os.path.isdir(spec.model.checkpoint):
+        raise UserError(f"checkpoint {spec.model.checkpoint!r} not found: convert one with "
                         "tools/convert_checkpoint.py, or set --config.checkpoint='' for random weights")
 
 
 # ---- what a run loads once ---------------------------------------------------------
-def load_dit(c) -> CausalWan:
-    """The DiT of the config: its checkpoint, or random weights of `c.model` (announced)."""
-    if c.checkpoint:
+def load_dit(spec) -> CausalWan:
+    """The DiT of the config: its checkpoint, or random weights of `spec.model.shape` (announced)."""
+    if spec.model.checkpoint:
         try:
-            return load_model(c.checkpoint, dtype=c.dtype, attention_backend=c.attention.backend)
+            return load_model(spec.model.checkpoint, dtype=spec.model.dtype, attention_backend=spec.model.attention)
         except (CheckpointError, ValueError) as e:
             raise UserError(str(e)) from None
     try:
-        cfg = WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
-        model = init_model(cfg, seed=0, attention_backend=c.attention.backend)
+        cfg = spec.model.shape.replace(dtype=spec.model.dtype)
+        model = init_model(cfg, seed=0, attention_backend=spec.model.attention)
     except ValueError as e:
         raise UserError(str(e)) from None
     log.warning("NO CHECKPOINT: random weights (dim %d, %d layers); the video will show noise",
@@ -142,15 +145,16 @@ def load_dit(c) -> CausalWan:
     return model
 
 
-def make_sampler(c) -> Sampler:
-    sched = FlowSchedule(shift=c.shift)
+def make_sampler(spec) -> Sampler:
+    sched = FlowSchedule(shift=spec.sampler.shift)
     try:
-        steps = sched.warp(c.denoising_step_list) if c.warp_denoising_step else np.asarray(
-            c.denoising_step_list, np.float32)
+        steps = sched.warp(spec.sampler.denoising_step_list) if spec.sampler.warp_denoising_step else np.asarray(
+            spec.sampler.denoising_step_list, np.float32)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(c.context_noise),
-                   frames_per_chunk=c.frames_per_chunk, schedule=sched, guidance_scale=float(c.guidance_scale))
+    return Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(spec.sampler.context_noise),
+                   frames_per_chunk=spec.sampler.frames_per_chunk, schedule=sched,
+                   guidance_scale=float(spec.sampler.guidance_scale))
 
 
 @dataclasses.dataclass
@@ -165,28 +169,28 @@ class Models:
     vae_encoder: object = None  # the VAE's encoder, loaded when given frames need it
 
 
-def encoder_for(c, models: Models):
+def encoder_for(spec, models: Models):
     """The VAE encoder that turns given frames into latents (loaded once, kept on models);
     None for a pixel model, whose frames are its latents."""
-    if c.vae.kind == "pixel":
+    if spec.decoder.kind == "pixel":
         return None
-    if models.vae_encoder is None and c.vae.kind == "taehv":
+    if models.vae_encoder is None and spec.decoder.kind == "taehv":
         from pyramid_jax.models.taehv.modeling import FramesEncoder
 
-        models.vae_encoder = FramesEncoder(models.vae or video.load_video_weights(c, models.dit.cfg))
+        models.vae_encoder = FramesEncoder(models.vae or video.load_video_weights(spec, models.dit.cfg))
     if models.vae_encoder is None:
         from pyramid_jax.models.vae.modeling import VAEConfig
         from pyramid_jax.models.vae.encoder import WanVAEEncoder
         from pyramid_jax.weights.checkpoint import with_weights
         from pyramid_jax.models.vae.params import random_vae_params
 
-        if c.vae.checkpoint:
+        if spec.decoder.checkpoint:
             try:
-                models.vae_encoder = load_vae_encoder(c.vae.checkpoint, dtype=c.dtype)
+                models.vae_encoder = load_vae_encoder(spec.decoder.checkpoint, dtype=spec.model.dtype)
             except CheckpointError as e:
                 raise UserError(str(e)) from None
         else:
-            vcfg = VAEConfig(base_dim=c.vae.base_dim, num_res_blocks=c.vae.num_res_blocks, dtype=c.dtype)
+            vcfg = VAEConfig(base_dim=spec.decoder.base_dim, num_res_blocks=spec.decoder.num_res_blocks, dtype=spec.model.dtype)
             params = random_vae_params(vcfg, encoder=True)
             models.vae_encoder = with_weights(WanVAEEncoder, vcfg, {k: v for k, v in params.items()
                                                                       if k.startswith(("encoder.", "quant_conv."))})
@@ -194,35 +198,36 @@ def encoder_for(c, models: Models):
     return models.vae_encoder
 
 
-def load(c, text: bool = True, decoder: bool = True) -> Models:
+def load(spec, text: bool = True, decoder: bool = True) -> Models:
     """Everything the config names, loaded once (text=False skips the text encoder,
     decoder=False the VAE)."""
-    dit = load_dit(c)
-    encoder = TextEncoder(c, dit.cfg) if text and not (c.prompt_embeds or c.replay) else None
-    return Models(dit, encoder, video.load_video_weights(c, dit.cfg) if decoder else None, make_sampler(c))
+    dit = load_dit(spec)
+    encoder = TextEncoder(spec, dit.cfg) if text and not (spec.inputs.prompt_embeds or spec.inputs.replay) else None
+    return Models(dit, encoder, video.load_video_weights(spec, dit.cfg) if decoder else None, make_sampler(spec))
 
 
 # ---- shapes and the cache ----------------------------------------------------------
-def latent_size(c, cfg) -> tuple[int, int]:
+def latent_size(spec, cfg) -> tuple[int, int]:
     """The latent grid of the config's height/width (pixels for a pixel model)."""
-    space = video.strides(c)[1]
+    space = video.strides(spec)[1]
     step_h, step_w = space * cfg.patch_size[1], space * cfg.patch_size[2]
-    if c.height % step_h or c.width % step_w:
-        raise UserError(f"height/width ({c.height}x{c.width}) must be multiples of {step_h}x{step_w}")
-    return c.height // space, c.width // space
+    if spec.inputs.height % step_h or spec.inputs.width % step_w:
+        raise UserError(f"height/width ({spec.inputs.height}x{spec.inputs.width}) must be multiples of "
+                        f"{step_h}x{step_w}")
+    return spec.inputs.height // space, spec.inputs.width // space
 
 
-def build_policy(c, cfg, latent_hw, num_frames):
+def build_policy(spec, cfg, latent_hw, num_frames):
     """The config's cache policy for a rollout of num_frames latent frames."""
     lh, lw = latent_hw
     if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
         raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
-    spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
-                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), c.frames_per_chunk, cfg.rope_theta,
-                    c.cache.kv_dtype)
+    pool = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
+                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), spec.sampler.frames_per_chunk, cfg.rope_theta,
+                    spec.cache.kv_dtype)
     try:
-        return make_policy(c.cache.policy, spec, num_frames, c.cache.local_attn_size,
-                           c.cache.sink_size, c.cache.head_map)
+        return make_policy(spec.cache.policy, pool, num_frames, spec.cache.local_attn_size,
+                           spec.cache.sink_size, spec.cache.head_map)
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
 
@@ -248,39 +253,39 @@ class Inputs:
         return 0 if self.initial is None else self.initial.shape[1]
 
 
-def with_initial(c, models: Models, job: Inputs) -> Inputs:
+def with_initial(spec, models: Models, job: Inputs) -> Inputs:
     """The job continuing the config's init_video / init_image, if it names one."""
-    if init_frames.field_of(c) is None:
+    if init_frames.field_of(spec) is None:
         return job
-    initial = init_frames.initial_latents(c, models.dit.cfg, job.latent_hw, encoder_for(c, models), job.batch)
+    initial = init_frames.initial_latents(spec, models.dit.cfg, job.latent_hw, encoder_for(spec, models), job.batch)
     return dataclasses.replace(job, initial=initial)
 
 
-def inputs(c, models: Models) -> Inputs:
+def inputs(spec, models: Models) -> Inputs:
     """The config's prompts (encoded) and seed, or its replay file (context and noise)."""
     cfg = models.dit.cfg
-    if not c.replay:
-        hw = latent_size(c, cfg)
-        if c.prompt_schedule.strip():
-            return with_initial(c, models, scheduled_inputs(c, models, prompts_of(c), c.seed, hw))
-        context = prompt_context(c, cfg, models.text)
-        noise = RandomNoise(c.seed, (context.shape[0], c.num_frames, cfg.in_channels, *hw), models.sampler)
-        return with_initial(c, models, Inputs(context, noise, c.num_frames, hw))
-    context, noise, renoise, initial = load_replay(c.replay, cfg)
+    if not spec.inputs.replay:
+        hw = latent_size(spec, cfg)
+        if spec.inputs.prompt_schedule.strip():
+            return with_initial(spec, models, scheduled_inputs(spec, models, prompts_of(spec), spec.inputs.seed, hw))
+        context = prompt_context(spec, cfg, models.text)
+        noise = RandomNoise(spec.inputs.seed, (context.shape[0], spec.inputs.num_frames, cfg.in_channels, *hw), models.sampler)
+        return with_initial(spec, models, Inputs(context, noise, spec.inputs.num_frames, hw))
+    context, noise, renoise, initial = load_replay(spec.inputs.replay, cfg)
     try:
         source = ReplayNoise(noise, renoise, models.sampler)
     except ValueError as e:
-        raise UserError(f"replay {c.replay!r}: {e}") from None
-    log.info("replay from %s: batch %d, %d latent frames, latent %dx%d%s", c.replay, *noise.shape[:2],
+        raise UserError(f"replay {spec.inputs.replay!r}: {e}") from None
+    log.info("replay from %s: batch %d, %d latent frames, latent %dx%d%s", spec.inputs.replay, *noise.shape[:2],
              *noise.shape[3:], "" if initial is None else f", after {initial.shape[1]} given frames")
     return Inputs(context, source, noise.shape[1], noise.shape[3:], initial=initial)
 
 
-def scheduled_inputs(c, models: Models, prompts: list[str], seeds, latent_hw, num_frames: int | None = None) -> Inputs:
+def scheduled_inputs(spec, models: Models, prompts: list[str], seeds, latent_hw, num_frames: int | None = None) -> Inputs:
     """Inputs of `prompts` (one per sample) under the config's prompt_schedule: each sample's
     prompt opens its video unless the schedule sets frame 0."""
-    cfg, frames = models.dit.cfg, num_frames or c.num_frames
-    schedules = [parse_schedule(c.prompt_schedule, p) for p in prompts] if c.prompt_schedule.strip() else [
+    cfg, frames = models.dit.cfg, num_frames or spec.inputs.num_frames
+    schedules = [parse_schedule(spec.inputs.prompt_schedule, p) for p in prompts] if spec.inputs.prompt_schedule.strip() else [
         [(0, p)] for p in prompts]
     (_, context), *switches = schedule_contexts(schedules, models.text)
     log.info("prompt schedule: %s", "; ".join(f"{t}: {p}" for t, p in schedules[0]) if len(schedules) == 1
@@ -313,18 +318,18 @@ def load_replay(path: str, cfg):
     return context, noise, renoise, initial  # frames vs the chunk: ReplayNoise / prefill check
 
 
-def generate(c, models: Models, job: Inputs, sink: video.VideoSink | None = None, *,
+def generate(spec, models: Models, job: Inputs, sink: video.VideoSink | None = None, *,
              record_noise: bool = False, mesh=None) -> Rollout:
     """Roll out one generation, streaming each chunk into `sink`, with a progress line per chunk."""
-    cfg, f = models.dit.cfg, c.frames_per_chunk
+    cfg, f = models.dit.cfg, spec.sampler.frames_per_chunk
     chunks, start, given = job.num_frames // f, time.perf_counter(), job.given_frames
-    policy = build_policy(c, cfg, job.latent_hw, given + job.num_frames)
+    policy = build_policy(spec, cfg, job.latent_hw, given + job.num_frames)
     log.info("generating %d x %d latent frames (%d chunks of %d)%s at latent %dx%d, %s, cache %s",
              job.batch, job.num_frames, chunks, f, f" after {given} given" if given else "", *job.latent_hw,
-             cfg.dtype, c.cache.policy)
-    stride = video.strides(c)[0]
+             cfg.dtype, spec.cache.policy)
+    stride = video.strides(spec)[0]
     if sink is not None and given:  # the decoder runs through the given frames first (its state)
-        sink.push(job.initial, write=c.init_in_output)
+        sink.push(job.initial, write=spec.output.init_in_output)
 
     def progress(k, x0, seconds):
         if sink is not None:  # decode in step with generation, straight into the mp4s
@@ -341,21 +346,21 @@ def generate(c, models: Models, job: Inputs, sink: video.VideoSink | None = None
     return result
 
 
-def run(c, mesh_for=None) -> Rollout:
+def run(spec, mesh_for=None) -> Rollout:
     """`python -m pyramid_jax.generate`: check, load, generate, write (mp4s, latents, replay).
     mesh_for(batch, cfg): the mesh the batch runs on (None: one device)."""
-    check_config(c)
-    video.check_outputs(c)
-    models = load(c, decoder=bool(c.output))
-    job = inputs(c, models)
+    check_config(spec)
+    video.check_outputs(spec)
+    models = load(spec, decoder=bool(spec.output.output))
+    job = inputs(spec, models)
     mesh = None if mesh_for is None else mesh_for(job.batch, models.dit.cfg)
     if mesh is not None:
         log.info("mesh: %s", dict(mesh.shape))
-    decoder = video.video_decoder(c, job.batch, job.latent_hw, models.vae) if c.output else None
-    sink = video.VideoSink(c, video.output_paths(c.output, job.batch), decoder) if c.output else None
+    decoder = video.video_decoder(spec, job.batch, job.latent_hw, models.vae) if spec.output.output else None
+    sink = video.VideoSink(spec, video.output_paths(spec.output.output, job.batch), decoder) if spec.output.output else None
     try:
-        result = generate(c, models, job, sink, record_noise=bool(c.save_replay), mesh=mesh)
-        write_files(c, result, job)
+        result = generate(spec, models, job, sink, record_noise=bool(spec.output.save_replay), mesh=mesh)
+        write_files(spec, result, job)
         if sink is not None:
             sink.close(result.latents)
     except OSError as e:  # a full disk, a vanished directory: the partial files go
@@ -369,12 +374,12 @@ def run(c, mesh_for=None) -> Rollout:
     return result
 
 
-def write_files(c, result: Rollout, job: Inputs) -> None:
+def write_files(spec, result: Rollout, job: Inputs) -> None:
     """The latents (given frames first) and, if asked, the replay file (what this run drew,
     and the given frames as initial_latent)."""
-    media.save_npz(video.latents_path(c), latents=result.latents)
-    log.info("wrote latents %s %s", video.latents_path(c), list(result.latents.shape))
-    if c.save_replay:
+    media.save_npz(video.latents_path(spec), latents=result.latents)
+    log.info("wrote latents %s %s", video.latents_path(spec), list(result.latents.shape))
+    if spec.output.save_replay:
         given = {} if job.initial is None else {"initial_latent": job.initial}
-        media.save_npz(c.save_replay, context=job.context, noise=result.noise, renoise=result.renoise, **given)
-        log.info("wrote replay %s", c.save_replay)
+        media.save_npz(spec.output.save_replay, context=job.context, noise=result.noise, renoise=result.renoise, **given)
+        log.info("wrote replay %s", spec.output.save_replay)

@@ -19,15 +19,15 @@ from pyramid_jax.weights.checkpoint import CheckpointError, load_t5
 log = logging.getLogger("pyramid_jax")
 
 
-def prompts_of(c) -> list[str]:
+def prompts_of(spec) -> list[str]:
     """The config's prompts: prompts_file (one per line) or prompt."""
-    if c.prompts_file:
-        with open(c.prompts_file) as fh:
+    if spec.inputs.prompts_file:
+        with open(spec.inputs.prompts_file) as fh:
             prompts = [line.strip() for line in fh if line.strip()]
         if not prompts:
-            raise UserError(f"prompts_file {c.prompts_file!r} holds no prompts")
+            raise UserError(f"prompts_file {spec.inputs.prompts_file!r} holds no prompts")
         return prompts
-    return [c.prompt]  # pipeline.check_config has made sure there is one
+    return [spec.inputs.prompt]  # pipeline.check_config has made sure there is one
 
 
 def parse_schedule(spec: str, first_prompt: str = "") -> list[tuple[int, str]]:
@@ -85,19 +85,20 @@ def load_embeds(path: str) -> np.ndarray:
 class TextEncoder:
     """Prompts -> context [B, text_len, text_dim] float32, as configured by `text_encoder`."""
 
-    def __init__(self, c, cfg):
-        self.kind, self.cfg = c.text_encoder.kind, cfg
+    def __init__(self, spec, cfg):
+        self.kind, self.cfg = spec.text.kind, cfg
         if self.kind == "placeholder":
             log.warning("NO TEXT ENCODER: prompts become hash-seeded placeholder embeddings")
         elif self.kind == "umt5":
-            self._load_umt5(c.text_encoder, c.dtype)
+            self._load_umt5(spec.text, spec.model.dtype)
         elif self.kind != "none":
             raise UserError(f"unknown text_encoder.kind {self.kind!r}; choose umt5, placeholder or none")
 
     def _load_umt5(self, tc, dtype):
         for field in ("checkpoint", "tokenizer"):
-            if not tc[field] or not os.path.exists(tc[field]):
-                raise UserError(f"text_encoder.{field} {tc[field]!r} not found (convert the umT5 encoder with "
+            path = getattr(tc, field)
+            if not path or not os.path.exists(path):
+                raise UserError(f"text_encoder.{field} {path!r} not found (convert the umT5 encoder with "
                                 "tools/convert_checkpoint.py --kind t5; the tokenizer is the spiece.model file)")
         self.device = jax.devices("cpu")[0] if tc.device == "cpu" else None
         try:
@@ -139,19 +140,19 @@ class TextEncoder:
                         "and tokenizer), or pass encoded prompts with --config.prompt_embeds=FILE.npy")
 
 
-def prompt_context(c, cfg, encoder: TextEncoder | None = None) -> np.ndarray:
+def prompt_context(spec, cfg, encoder: TextEncoder | None = None) -> np.ndarray:
     """The config's encoded prompts [B, text_len, text_dim] float32 (prompt_embeds, or the
     prompts through `encoder`, made from the config when not given)."""
-    if c.prompt_embeds:
-        ctx = load_embeds(c.prompt_embeds)
+    if spec.inputs.prompt_embeds:
+        ctx = load_embeds(spec.inputs.prompt_embeds)
         if ctx.ndim == 2:
             ctx = ctx[None]
         if ctx.ndim != 3 or ctx.shape[-1] != cfg.text_dim:
-            raise UserError(f"prompt_embeds {c.prompt_embeds!r} has shape {list(ctx.shape)}; the model "
+            raise UserError(f"prompt_embeds {spec.inputs.prompt_embeds!r} has shape {list(ctx.shape)}; the model "
                             f"expects [B, L, {cfg.text_dim}] (or [L, {cfg.text_dim}])")
         if ctx.shape[1] > cfg.text_len:
             raise UserError(f"prompt_embeds has {ctx.shape[1]} rows, more than text_len {cfg.text_len}")
         pad = np.zeros((ctx.shape[0], cfg.text_len - ctx.shape[1], cfg.text_dim), np.float32)
-        log.info("prompt embeddings from %s (%d prompts)", c.prompt_embeds, ctx.shape[0])
+        log.info("prompt embeddings from %s (%d prompts)", spec.inputs.prompt_embeds, ctx.shape[0])
         return np.concatenate([ctx, pad], axis=1)
-    return (encoder or TextEncoder(c, cfg))(prompts_of(c))
+    return (encoder or TextEncoder(spec, cfg))(prompts_of(spec))

@@ -20,14 +20,14 @@ from pyramid_jax.models.vae.params import random_vae_params
 log = logging.getLogger("pyramid_jax")
 
 
-def strides(c) -> tuple[int, int]:
+def strides(spec) -> tuple[int, int]:
     """(time, space): video frames per latent frame, pixels per latent pixel."""
-    return (1, 1) if c.vae.kind == "pixel" else (vae_model.TIME_STRIDE, vae_model.SPACE_STRIDE)
+    return (1, 1) if spec.decoder.kind == "pixel" else (vae_model.TIME_STRIDE, vae_model.SPACE_STRIDE)
 
 
-def video_frames(c, num_frames: int) -> int:
+def video_frames(spec, num_frames: int) -> int:
     """Video frames that num_frames latent frames decode to (the first latent gives one)."""
-    time_stride = strides(c)[0]
+    time_stride = strides(spec)[0]
     return 1 + time_stride * (num_frames - 1) if time_stride > 1 else num_frames
 
 
@@ -38,11 +38,11 @@ class PixelFrames:
         return vae_model.to_uint8(np.moveaxis(np.asarray(x0), 2, -1))
 
 
-def decoder_checkpoints(c) -> dict[str, str]:
+def decoder_checkpoints(spec) -> dict[str, str]:
     """{decoder kind: checkpoint dir} of the decoders a config names: `vae.checkpoint` is the
     decoder of `vae.kind`, except that with kind taehv and a `vae.taehv_checkpoint` it names the
     Wan VAE (so a config can name both: the studio then offers both)."""
-    v = c.vae
+    v = spec.decoder
     if v.kind == "pixel":
         return {}
     out = {}
@@ -53,42 +53,42 @@ def decoder_checkpoints(c) -> dict[str, str]:
     return out
 
 
-def load_decoder(c, kind: str):
+def load_decoder(spec, kind: str):
     """The decoder `kind` (wan | taehv) from its checkpoint in the config."""
-    path = decoder_checkpoints(c).get(kind)
+    path = decoder_checkpoints(spec).get(kind)
     if not path:
         raise UserError(f"no {kind} decoder in this config (vae.checkpoint / vae.taehv_checkpoint)")
     try:
-        return (load_taehv if kind == "taehv" else load_vae)(path, dtype=c.dtype)
+        return (load_taehv if kind == "taehv" else load_vae)(path, dtype=spec.model.dtype)
     except CheckpointError as e:
         raise UserError(str(e)) from None
 
 
-def load_video_weights(c, cfg):
+def load_video_weights(spec, cfg):
     """The decoder of this model's latents (the Wan VAE's, or TAEHV), or None: a pixel model's
     outputs are its frames (it must be RGB), and without a VAE there is no decoded video."""
-    if c.vae.kind == "pixel":
+    if spec.decoder.kind == "pixel":
         if cfg.out_channels != 3:
             raise UserError(f"vae.kind=pixel needs a model with 3 (RGB) output channels, this one has "
                             f"{cfg.out_channels}")
         return None
-    if c.vae.kind in decoder_checkpoints(c):
-        return load_decoder(c, c.vae.kind)
-    if c.vae.random and c.vae.kind == "taehv":
-        tcfg = taehv.TAEHVConfig(latent_channels=cfg.out_channels, dtype=c.dtype)
+    if spec.decoder.kind in decoder_checkpoints(spec):
+        return load_decoder(spec, spec.decoder.kind)
+    if spec.decoder.random and spec.decoder.kind == "taehv":
+        tcfg = taehv.TAEHVConfig(latent_channels=cfg.out_channels, dtype=spec.model.dtype)
         log.warning("NO VAE CHECKPOINT: a random TAEHV decodes the latents")
         return with_weights(taehv.TAEHV, tcfg, taehv_names.params(taehv_names.random_checkpoint(tcfg), tcfg))
-    if c.vae.random:
-        vcfg = vae_model.VAEConfig(base_dim=c.vae.base_dim, num_res_blocks=c.vae.num_res_blocks, dtype=c.dtype)
+    if spec.decoder.random:
+        vcfg = vae_model.VAEConfig(base_dim=spec.decoder.base_dim, num_res_blocks=spec.decoder.num_res_blocks, dtype=spec.model.dtype)
         log.warning("NO VAE CHECKPOINT: a random VAE (base dim %d) decodes the latents", vcfg.base_dim)
         return with_weights(vae_model.WanVAEDecoder, vcfg, random_vae_params(vcfg))
     return None
 
 
-def video_decoder(c, batch: int, latent_hw, vae):
+def video_decoder(spec, batch: int, latent_hw, vae):
     """What turns each chunk's x0 [B, F, C, h, w] into uint8 frames as it is generated: the
     pixels of a pixel model, the streaming Wan VAE or TAEHV, or None (no decoded video)."""
-    if c.vae.kind == "pixel":
+    if spec.decoder.kind == "pixel":
         return PixelFrames()
     if vae is None:
         return None
@@ -105,14 +105,14 @@ def output_paths(output: str, batch: int) -> list[str]:
     return [f"{stem}_{i}{ext}" for i in range(batch)]
 
 
-def latents_path(c) -> str:
+def latents_path(spec) -> str:
     """Where the latents go: save_latents, or beside the mp4 (`<output>.npz`)."""
-    return c.save_latents or (os.path.splitext(c.output)[0] + ".npz" if c.output else "")
+    return spec.output.save_latents or (os.path.splitext(spec.output.output)[0] + ".npz" if spec.output.output else "")
 
 
-def check_outputs(c) -> None:
+def check_outputs(spec) -> None:
     """Every file a generation writes can be written (checked before any compute)."""
-    for field, path in (("output", c.output), ("save_latents", latents_path(c)), ("save_replay", c.save_replay)):
+    for field, path in (("output", spec.output.output), ("save_latents", latents_path(spec)), ("save_replay", spec.output.save_replay)):
         if path:
             check_writable(path, field)
 
@@ -142,9 +142,9 @@ class VideoSink:
     (renamed into place) or abort() (nothing left behind). Without a decoder it writes nothing
     until close(latents), which writes latent previews."""
 
-    def __init__(self, c, paths: list[str], decoder):
-        self.c, self.paths, self.decoder = c, paths, decoder
-        self.writers = [media.Mp4Writer(p, fps=c.fps) for p in paths] if decoder is not None else []
+    def __init__(self, spec, paths: list[str], decoder):
+        self.spec, self.paths, self.decoder = spec, paths, decoder
+        self.writers = [media.Mp4Writer(p, fps=spec.output.fps) for p in paths] if decoder is not None else []
 
     def push(self, x0, write: bool = True) -> None:
         """Decode a chunk's x0 into the mp4s (write=False: only through the decoder's state, e.g.
@@ -157,8 +157,8 @@ class VideoSink:
     def close(self, latents) -> None:
         for w in self.writers:
             w.close()
-            log.info("wrote %s (%d frames, %g fps, %s)", w.path, w.frames, self.c.fps,
-                     "pixels" if self.c.vae.kind == "pixel" else "decoded")
+            log.info("wrote %s (%d frames, %g fps, %s)", w.path, w.frames, self.spec.output.fps,
+                     "pixels" if self.spec.decoder.kind == "pixel" else "decoded")
         if self.decoder is None:
             for path, lat in zip(self.paths, latents):
                 media.write_mp4(path, media.latent_preview(lat))

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 from pyramid_jax import metrics, pipeline, video
-from pyramid_jax.config import parse_config
+from pyramid_jax.config import parse_spec
 
 BACKGROUNDS = ("red", "blue", "yellow", "black")
 
@@ -20,7 +20,7 @@ BACKGROUNDS = ("red", "blue", "yellow", "black")
                    "(docs/demo_model.md); strict, so a model that passes makes this fail until the mark goes")
 def test_background_colour_follows_the_prompt():
     prompts = [f"a white circle bouncing left to right on a {bg} striped background" for bg in BACKGROUNDS]
-    c = parse_config(["generate", f"--config={os.path.join(REPO, 'configs', 'demo.py')}", "--config.num_frames=12",
+    c = parse_spec(["generate", f"--config={os.path.join(REPO, 'configs', 'demo.py')}", "--config.num_frames=12",
                       "--config.output="])
     models = pipeline.load(c)
     hw = pipeline.latent_size(c, models.dit.cfg)

@@ -12,16 +12,18 @@ import pytest
 
 from pyramid_jax import text
 from pyramid_jax.config import base_config
+from pyramid_jax.spec import from_config
 from pyramid_jax.errors import UserError
 
 DIT = SimpleNamespace(text_len=6, text_dim=8)  # the DiT's text context shape
 
 
 def config(**fields):
+    """The run spec of the base config with these top-level fields."""
     c = base_config()
     for name, value in fields.items():
         c[name] = value
-    return c
+    return from_config(c)
 
 
 def exact(message: str) -> str:
@@ -217,8 +219,7 @@ def test_prompt_context_encodes_the_prompts_without_embeds(tmp_path):
 
 
 def test_prompt_context_builds_the_configured_encoder():
-    c = config(prompt="a red ball")
-    c.text_encoder.kind = "placeholder"
+    c = config(prompt="a red ball").but(text=dict(kind="placeholder"))
     ctx = text.prompt_context(c, DIT)
     np.testing.assert_array_equal(ctx, text.placeholder_context("a red ball", 6, 8)[None])
 
@@ -231,7 +232,7 @@ def encoder_config(kind, **fields):
     c.text_encoder.kind = kind
     for name, value in fields.items():
         c.text_encoder[name] = value
-    return c
+    return from_config(c)
 
 
 def test_placeholder_encoder():

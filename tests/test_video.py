@@ -14,6 +14,7 @@ import pytest
 
 from pyramid_jax import media, video
 from pyramid_jax.config import base_config
+from pyramid_jax.spec import from_config
 from pyramid_jax.errors import UserError
 from pyramid_jax.models.taehv import modeling as taehv
 from pyramid_jax.models.vae import modeling as vae_model
@@ -26,12 +27,13 @@ LATENT_DIT = SimpleNamespace(out_channels=4)  # the DiT config fields video.py r
 
 
 def config(kind="wan", checkpoint="", taehv_checkpoint="", **fields):
+    """The run spec of the base config with these decoder settings and top-level fields."""
     c = base_config()
     c.vae.kind, c.vae.checkpoint, c.vae.taehv_checkpoint = kind, checkpoint, taehv_checkpoint
     c.dtype = "float32"
     for name, value in fields.items():
         c[name] = value
-    return c
+    return from_config(c)
 
 
 def exact(message: str) -> str:
@@ -123,8 +125,7 @@ def test_load_video_weights_reports_a_bad_checkpoint(tmp_path):
 
 
 def test_random_taehv_is_announced(caplog):
-    c = config("taehv")
-    c.vae.random = True
+    c = config("taehv").but(decoder=dict(random=True))
     with caplog.at_level(logging.WARNING, "pyramid_jax"):
         dec = video.load_video_weights(c, LATENT_DIT)
     assert isinstance(dec, taehv.TAEHV) and dec.cfg.latent_channels == 4
@@ -133,8 +134,7 @@ def test_random_taehv_is_announced(caplog):
 
 
 def test_random_wan_vae_is_announced(caplog):
-    c = config("wan")
-    c.vae.random, c.vae.base_dim, c.vae.num_res_blocks = True, 8, 1
+    c = config("wan").but(decoder=dict(random=True, base_dim=8, num_res_blocks=1))
     with caplog.at_level(logging.WARNING, "pyramid_jax"):
         dec = video.load_video_weights(c, LATENT_DIT)
     assert isinstance(dec, vae_model.WanVAEDecoder) and dec.cfg.base_dim == 8 and dec.cfg.num_res_blocks == 1

@@ -27,13 +27,13 @@ import tempfile
 import numpy as np
 
 from pyramid_jax import logs, media, metrics, pipeline, video
-from pyramid_jax.config import parse_config
+from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
 
 
 def make(c, models, prompt: str, seed: int, num_frames: int) -> np.ndarray:
-    """uint8 frames [T, H, W, 3] of one video (continuing c.init_video if set)."""
+    """uint8 frames [T, H, W, 3] of one video (continuing c.inputs.init_video if set)."""
     hw = pipeline.latent_size(c, models.dit.cfg)
     job = pipeline.with_initial(c, models, pipeline.scheduled_inputs(c, models, [prompt], [seed], hw, num_frames))
     latents = pipeline.generate(c, models, job).latents
@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     try:
         prompts = [line.strip() for line in open(args.prompts) if line.strip()]
         seeds = [int(s) for s in args.seeds.split(",")]
-        c = parse_config([argv[0], *rest])
+        c = parse_spec([argv[0], *rest])
         pipeline.check_config(c)
-        f = c.frames_per_chunk
+        f = c.sampler.frames_per_chunk
         if args.given % f or args.frames % f or args.given <= 0 or args.frames <= 0:
             raise UserError(f"--given and --frames must be positive multiples of {f}")
         models = pipeline.load(c)
@@ -85,14 +85,13 @@ def main(argv=None) -> int:
             for seed in seeds:
                 whole = make(c, models, prompt, seed, args.given + args.frames)
                 given = os.path.join(tmp, "given.mp4")
-                media.write_mp4(given, whole[:seam], fps=c.fps)
-                cc = c.copy_and_resolve_references()
-                cc.init_video = given
+                media.write_mp4(given, whole[:seam], fps=c.output.fps)
+                cc = c.but(inputs=dict(init_video=given))
                 cont = make(cc, models, prompt, seed, args.frames)
                 rows.append(dict(prompt=prompt, seed=seed, jump=jump_at(cont, seam, starts),
                                  jump_ref=jump_at(whole, seam, starts),
-                                 adh=metrics.prompt_adherence(cont[seam:], prompt, c.fps),
-                                 adh_ref=metrics.prompt_adherence(whole[seam:], prompt, c.fps)))
+                                 adh=metrics.prompt_adherence(cont[seam:], prompt, c.output.fps),
+                                 adh_ref=metrics.prompt_adherence(whole[seam:], prompt, c.output.fps)))
                 pictures.append(cont[seam - 3:seam + 3])
                 print(f"{prompt[:60]:<60} seed {seed}: " + "  ".join(f"{k} {rows[-1][k]:.3f}"
                                                                       for k in ("jump", "jump_ref", "adh", "adh_ref")))

@@ -23,7 +23,7 @@ import numpy as np
 
 from pyramid_jax import metrics
 from pyramid_jax.cli import generate
-from pyramid_jax.config import parse_config
+from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
 from pyramid_jax.video import strides
@@ -79,11 +79,11 @@ def main(argv=None) -> int:
     runs = (list(zip(range(len(prompts)), seeds)) if args.paired else
             [(pi, seed) for pi in range(len(prompts)) for seed in seeds])
     try:
-        c = parse_config(["generate", *cfg_args])
+        c = parse_spec(["generate", *cfg_args])
     except UserError as e:
         print(f"evaluate_long: error: {e}", file=sys.stderr)
         return 2
-    fps, stride, f = int(c.fps), strides(c)[0], c.frames_per_chunk
+    fps, stride, f = int(c.output.fps), strides(c)[0], c.sampler.frames_per_chunk
     chunk = f * stride  # video frames per chunk (the first is stride - 1 shorter)
     frames = int(round(args.seconds * fps / stride / f)) * f  # latent frames, a multiple of the chunk
     video_frames = 1 + stride * (frames - 1)  # what --reuse expects to find

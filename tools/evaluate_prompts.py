@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from pyramid_jax import logs, metrics, pipeline, video
-from pyramid_jax.config import parse_config
+from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
 
@@ -89,22 +89,22 @@ def main(argv=None) -> int:
         print(f"evaluate_prompts: error: {e}", file=sys.stderr)
         return 2
     try:
-        c = parse_config(["evaluate", *cfg_args])
-        f = c.frames_per_chunk
-        c.num_frames = int(round(args.seconds * c.fps / video.strides(c)[0] / f)) * f
-        c.output = ""
+        c = parse_spec(["evaluate", *cfg_args])
+        f = c.sampler.frames_per_chunk
+        c = c.but(inputs=dict(num_frames=int(round(args.seconds * c.output.fps / video.strides(c)[0] / f)) * f),
+                  output=dict(output=""))
         pipeline.check_config(c)
         models = pipeline.load(c)
     except UserError as e:
         print(f"evaluate_prompts: error: {e}", file=sys.stderr)
         return 2
     results = {}
-    for g in scales or [c.guidance_scale]:
-        c.guidance_scale = g
+    for g in scales or [c.sampler.guidance_scale]:
+        c = c.but(sampler=dict(guidance_scale=g))
         models.sampler = pipeline.make_sampler(c)
         t0 = time.perf_counter()
         videos = generate_videos(c, models, prompts, seeds)
-        rows = score(videos, prompts, seeds, int(c.fps))
+        rows = score(videos, prompts, seeds, int(c.output.fps))
         results[g] = dict(rows=rows, mean=float(np.mean([r["adherence"] for r in rows])),
                           min=float(np.min([r["adherence"] for r in rows])), seconds=time.perf_counter() - t0)
         print(f"\n## guidance {g:g}: adherence mean {results[g]['mean']:.3f}, min {results[g]['min']:.3f} "
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         if args.strip:
             from PIL import Image
 
-            Image.fromarray(strip(videos, seeds, int(c.fps))).save(args.strip.replace(".png", f"_g{g:g}.png"))
+            Image.fromarray(strip(videos, seeds, int(c.output.fps))).save(args.strip.replace(".png", f"_g{g:g}.png"))
     if args.json:
         write_text(args.json, json.dumps({"results": results, "seeds": seeds, "config_args": cfg_args}, indent=1))
     return 0

@@ -24,22 +24,22 @@ import sys
 import numpy as np
 
 from pyramid_jax import logs, metrics, pipeline, video
-from pyramid_jax.config import parse_config
+from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
 from pyramid_jax.sampling.rollout import ChunkLoop, RandomNoise, text_kv_of
 
 def make_video(c, models, prompts_at: dict[int, str], seed: int, recache: bool) -> np.ndarray:
     """uint8 frames [T, H, W, 3] of one video; prompts_at: {chunk: prompt} (0 must be set)."""
-    cfg, f = models.dit.cfg, c.frames_per_chunk
+    cfg, f = models.dit.cfg, c.sampler.frames_per_chunk
     hw = pipeline.latent_size(c, cfg)
-    policy = pipeline.build_policy(c, cfg, hw, c.num_frames)
+    policy = pipeline.build_policy(c, cfg, hw, c.inputs.num_frames)
     encode = lambda p: text_kv_of(models.dit, models.text([p]), sampler=models.sampler)
-    noise = RandomNoise(seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
+    noise = RandomNoise(seed, (1, c.inputs.num_frames, cfg.in_channels, *hw), models.sampler)
     loop = ChunkLoop(models.dit, policy, models.sampler, encode(prompts_at[0]), noise)
     decoder = video.video_decoder(c, 1, hw, models.vae)
     latents, frames = [], []
-    for k in range(c.num_frames // f):
+    for k in range(c.inputs.num_frames // f):
         if k and k in prompts_at:
             loop.set_text(encode(prompts_at[k]))
             if recache:
@@ -77,10 +77,10 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
         if any(len(pr) != 2 or not all(pr) for pr in pairs) or len(seeds) != len(pairs):
             raise UserError("--pairs needs 'A>B' entries, and --seeds one seed per pair")
-        c = parse_config([argv[0], *rest, f"--config.num_frames={args.frames}"] +
+        c = parse_spec([argv[0], *rest, f"--config.num_frames={args.frames}"] +
                          ([f"--config.cache.policy={args.policy}"] if args.policy else []))
         pipeline.check_config(c)
-        f = c.frames_per_chunk
+        f = c.sampler.frames_per_chunk
         if args.switch % f or not 0 < args.switch < args.frames:
             raise UserError(f"--switch must be a multiple of {f} inside the video")
         models = pipeline.load(c)
@@ -97,9 +97,9 @@ def main(argv=None) -> int:
         for recache in (False, True):
             v = make_video(c, models, {0: a, k: b}, seed, recache)
             rows.append(dict(pair=[a, b], seed=seed, recache=recache,
-                             **measure(v, only_a, only_b, start, c.fps, inside, b)))
+                             **measure(v, only_a, only_b, start, c.output.fps, inside, b)))
         rows.append(dict(pair=[a, b], seed=seed, recache=None,
-                         **measure(only_b, only_a, only_b, start, c.fps, inside, b)))
+                         **measure(only_b, only_a, only_b, start, c.output.fps, inside, b)))
     cols = ["to_B", "to_A", "B_adh", "jump"]
     print(f"\n## switch at latent frame {args.switch} of {args.frames}, cache {c.cache.policy}, "
           f"{len(pairs)} pairs (means)")

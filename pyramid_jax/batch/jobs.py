@@ -25,21 +25,18 @@ class Job:
     init_key: str = ""  # the content of that file (part of the resume key)
     given_frames: int = 0  # latent frames continued (known once they are read)
 
-    def config(self, c):
-        """c with this prompt's given frames (the line's, else the config's) and no others."""
+    def config(self, spec):
+        """The run spec with this prompt's given frames (the line's, else the config's) and no others."""
         if self.init is None:
-            return c
-        c = c.copy_and_resolve_references()
-        c.init_video, c.init_image = "", ""
-        c[self.init[0]] = self.init[1]
-        return c
+            return spec
+        return spec.but(inputs={"init_video": "", "init_image": "", self.init[0]: self.init[1]})
 
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100] or "prompt"
 
 
-def read_jobs(path: str, c) -> list[Job]:
+def read_jobs(path: str, spec) -> list[Job]:
     """All prompts of the file, each validated (errors are kept on the job, not raised)."""
     if not os.path.isfile(path):
         raise UserError(f"prompts file {path!r}: no such file")
@@ -61,11 +58,11 @@ def read_jobs(path: str, c) -> list[Job]:
                 entry, error = {}, f"line {i + 1}: not a JSON object ({e})"
         idx = len(jobs)
         job = Job(idx, _safe_name(str(entry.get("name") or f"{idx:05d}")), str(entry.get("prompt", "")),
-                  c.seed + idx, c.num_frames, error)
+                  spec.inputs.seed + idx, spec.inputs.num_frames, error)
         if not job.error:
-            job.error = _check_entry(entry, job, c)
+            job.error = _check_entry(entry, job, spec)
         if not job.error:
-            job.error = _check_init(entry, job, c, here)
+            job.error = _check_init(entry, job, spec, here)
         jobs.append(job)
     names = [j.name for j in jobs]
     for j in jobs:
@@ -74,24 +71,24 @@ def read_jobs(path: str, c) -> list[Job]:
     return jobs
 
 
-def _check_entry(entry, job: Job, c) -> str:
+def _check_entry(entry, job: Job, spec) -> str:
     seed = entry.get("seed", job.seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         return f"bad seed {seed!r}: an integer in [0, 2**32)"
     job.seed = seed
     frames = entry.get("num_frames", job.num_frames)
-    if not isinstance(frames, int) or frames <= 0 or frames % c.frames_per_chunk:
-        return f"bad num_frames {frames!r}: a positive multiple of {c.frames_per_chunk}"
+    if not isinstance(frames, int) or frames <= 0 or frames % spec.sampler.frames_per_chunk:
+        return f"bad num_frames {frames!r}: a positive multiple of {spec.sampler.frames_per_chunk}"
     job.num_frames = frames
     if not job.prompt.strip():
         return "empty prompt"
-    limit = c.model.text_len if not c.checkpoint else None
-    if c.text_encoder.kind == "placeholder" and limit and len(job.prompt.split()) > limit:
+    limit = spec.model.shape.text_len if not spec.model.checkpoint else None
+    if spec.text.kind == "placeholder" and limit and len(job.prompt.split()) > limit:
         return f"prompt too long: {len(job.prompt.split())} tokens, the text encoder takes {limit}"
     return ""
 
 
-def _check_init(entry, job: Job, c, here: str) -> str:
+def _check_init(entry, job: Job, spec, here: str) -> str:
     """The line's init_video / init_image (or the config's), read and checked as generate does."""
     given = [(f, entry[f]) for f in ("init_video", "init_image") if entry.get(f)]
     if len(given) > 1:
@@ -101,13 +98,13 @@ def _check_init(entry, job: Job, c, here: str) -> str:
         if not isinstance(path, str):
             return f"bad {field} {path!r}: a path"
         job.init = (field, path if os.path.isabs(path) else os.path.join(here, path))
-    elif init_frames.field_of(c) is not None:
-        job.init = init_frames.field_of(c)
+    elif init_frames.field_of(spec) is not None:
+        job.init = init_frames.field_of(spec)
     if job.init is None:
         return ""
     try:
-        cfg = pipeline.model_config(c)
-        init_frames.check(job.config(c), cfg, pipeline.latent_size(c, cfg))
+        cfg = pipeline.model_config(spec)
+        init_frames.check(job.config(spec), cfg, pipeline.latent_size(spec, cfg))
     except UserError as e:
         return str(e)
     job.init_key = f"{job.init[0]}:{records.fingerprint(job.init[1])}"

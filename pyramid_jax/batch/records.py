@@ -16,7 +16,6 @@ import numpy as np
 
 from pyramid_jax import media, pipeline, video
 from pyramid_jax.errors import UserError, os_reason
-from pyramid_jax.models.wan.modeling import WanConfig
 from pyramid_jax.weights.checkpoint import CheckpointError, read_config
 
 log = logging.getLogger("batch")
@@ -163,15 +162,16 @@ def write_manifest(out, jobs, key):
     return counts
 
 
-def expected_outputs(c) -> Expected:
+def expected_outputs(spec) -> Expected:
     """Latent shape and video frames per latent frame under this config (and whether an mp4 is written)."""
-    if c.checkpoint:
+    if spec.model.checkpoint:
         try:
-            _, cfg = read_config(c.checkpoint)
+            _, cfg = read_config(spec.model.checkpoint)
         except CheckpointError as e:
             raise UserError(str(e)) from None
     else:
-        cfg = WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))
-    writes_video = c.vae.kind == "pixel" or c.vae.kind in video.decoder_checkpoints(c) or bool(c.vae.random)
-    return Expected(cfg.in_channels, pipeline.latent_size(c, cfg), video.strides(c)[0], writes_video,
-                    bool(c.init_in_output))
+        cfg = spec.model.shape.replace(dtype=spec.model.dtype)
+    writes_video = (spec.decoder.kind == "pixel" or spec.decoder.kind in video.decoder_checkpoints(spec)
+                    or bool(spec.decoder.random))
+    return Expected(cfg.in_channels, pipeline.latent_size(spec, cfg), video.strides(spec)[0], writes_video,
+                    bool(spec.output.init_in_output))

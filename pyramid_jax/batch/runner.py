@@ -59,19 +59,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def generate_batch(c, models: pipeline.Models, group, bs, latent_hw, mesh, out, expect) -> float:
+def generate_batch(spec, models: pipeline.Models, group, bs, latent_hw, mesh, out, expect) -> float:
     """One batch of prompts: roll out, stream the videos, then write latents. Returns seconds."""
     padded = group + [group[-1]] * (bs - len(group))  # a full batch; the extras are dropped
     frames = group[0].num_frames
-    c = group[0].config(c)  # given frames: a group of one
-    job = pipeline.with_initial(c, models, pipeline.scheduled_inputs(
-        c, models, [j.prompt for j in padded], [j.seed for j in padded], latent_hw, frames))
+    spec = group[0].config(spec)  # given frames: a group of one
+    job = pipeline.with_initial(spec, models, pipeline.scheduled_inputs(
+        spec, models, [j.prompt for j in padded], [j.seed for j in padded], latent_hw, frames))
     group[0].given_frames = job.given_frames
-    decoder = video.video_decoder(c, bs, latent_hw, models.vae) if expect.video else None
-    sink = video.VideoSink(c, [video_path(out, j) for j in group], decoder) if decoder else None
+    decoder = video.video_decoder(spec, bs, latent_hw, models.vae) if expect.video else None
+    sink = video.VideoSink(spec, [video_path(out, j) for j in group], decoder) if decoder else None
     t0 = time.perf_counter()
     try:
-        lat = pipeline.generate(c, models, job, sink, mesh=mesh if mesh.size > 1 else None).latents
+        lat = pipeline.generate(spec, models, job, sink, mesh=mesh if mesh.size > 1 else None).latents
         for j, x in zip(group, lat):
             media.save_npz(latents_path(out, j), latents=x[None])
         if sink is not None:
@@ -83,15 +83,15 @@ def generate_batch(c, models: pipeline.Models, group, bs, latent_hw, mesh, out, 
     return time.perf_counter() - t0
 
 
-def run_jobs(c, jobs, out, key, mesh, progress: Progress, expect: Expected) -> int:
+def run_jobs(spec, jobs, out, key, mesh, progress: Progress, expect: Expected) -> int:
     """Generate `jobs`; returns how many failed. A bad batch is recorded and the run goes on;
     an output that cannot be written stops it (UserError)."""
     host = jax.process_index()
-    models = pipeline.load(c, decoder=expect.video)
+    models = pipeline.load(spec, decoder=expect.video)
     if models.text is None:
         raise UserError("batch generates from prompts: unset prompt_embeds and replay")
-    latent_hw = pipeline.latent_size(c, models.dit.cfg)
-    bs = c.batch_size or mesh.shape["data"]
+    latent_hw = pipeline.latent_size(spec, models.dit.cfg)
+    bs = spec.mesh.batch_size or mesh.shape["data"]
     try:
         check_fit(mesh, bs, models.dit.cfg)
     except ValueError as e:
@@ -99,7 +99,7 @@ def run_jobs(c, jobs, out, key, mesh, progress: Progress, expect: Expected) -> i
     failed = 0
     for group in _batches(jobs, bs):
         try:
-            seconds = generate_batch(c, models, group, bs, latent_hw, mesh, out, expect)
+            seconds = generate_batch(spec, models, group, bs, latent_hw, mesh, out, expect)
             for j in group:
                 write_record(out, j, key, "ok", seconds=round(seconds / len(group), 3), host=host,
                              **({"given_frames": j.given_frames} if j.init else {}),

@@ -33,6 +33,7 @@ from pyramid_jax.batch.records import (expected_outputs, is_complete, record_err
 from pyramid_jax.batch.runner import Progress, run_jobs
 from pyramid_jax.cli import harness
 from pyramid_jax.errors import UserError
+from pyramid_jax.spec import from_config
 from pyramid_jax.sharding import ParallelError, make_mesh
 
 NAME = "batch"
@@ -80,15 +81,16 @@ def body(argv: list[str]) -> int:
 
 def run(args, cfg_args) -> int:
     c = harness.config(NAME, cfg_args)
+    spec = from_config(c)
     pidx, pcount = hosts.init_distributed(args)  # before anything touches a JAX backend
-    pipeline.check_config(c)
+    pipeline.check_config(spec)
     try:
-        mesh = make_mesh(c.mesh.data, c.mesh.model)
+        mesh = make_mesh(spec.mesh.data, spec.mesh.model)
     except ParallelError as e:
         raise UserError(str(e)) from None
-    jobs = read_jobs(args.prompts, c)
-    key = run_key(c)
-    expect = expected_outputs(c)
+    jobs = read_jobs(args.prompts, spec)
+    key = run_key(c)  # of the config as written: resume keys stay what they were
+    expect = expected_outputs(spec)
     mine = jobs[pidx::pcount]
     remove_partials(args.out, mine)
     done = {j.name for j in mine if not j.error and is_complete(args.out, j, key, expect)}
@@ -100,7 +102,7 @@ def run(args, cfg_args) -> int:
              len(mine), len(done), sum(bool(j.error) for j in mine), len(todo), dict(mesh.shape),
              "" if expect.video else "; latents only (no VAE configured)")
     progress = Progress(pidx, len(todo), expect.video_frames)
-    failed = run_jobs(c, todo, args.out, key, mesh, progress, expect) if todo else 0
+    failed = run_jobs(spec, todo, args.out, key, mesh, progress, expect) if todo else 0
     counts = write_manifest(args.out, jobs, key)
     progress.summary(len(done), sum(bool(j.error) for j in mine))
     log.info("[host %d] manifest: %s", pidx, counts)

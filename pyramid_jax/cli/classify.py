@@ -73,24 +73,24 @@ def load_profiles(path: str, exclude_last: int):
 
 def profiles_from_config(cfg_args, frames: int):
     """Calibration rollouts of the config's prompts (window -1). Returns profiles, prompts, model name."""
-    c = harness.config(NAME, cfg_args)
-    harness.one_device(c, NAME)
-    pipeline.check_config(c)
-    models = pipeline.load(c, decoder=False)
+    spec = harness.run_spec(NAME, cfg_args)
+    harness.one_device(spec, NAME)
+    pipeline.check_config(spec)
+    models = pipeline.load(spec, decoder=False)
     model, sampler, cfg = models.dit, models.sampler, models.dit.cfg
-    context = prompt_context(c, cfg, models.text)
-    f = c.frames_per_chunk
-    lh, lw = pipeline.latent_size(c, cfg)
-    prompts = [c.prompt] if not c.prompts_file else open(c.prompts_file).read().split("\n")
+    context = prompt_context(spec, cfg, models.text)
+    f = spec.sampler.frames_per_chunk
+    lh, lw = pipeline.latent_size(spec, cfg)
+    prompts = [spec.inputs.prompt] if not spec.inputs.prompts_file else open(spec.inputs.prompts_file).read().split("\n")
     grid = (lh // cfg.patch_size[1], lw // cfg.patch_size[2])
     if frames % f or frames < 2 * f:
         raise UserError(f"--frames must be a multiple of {f} and at least {2 * f}, got {frames}")
     log.info("calibration: %d prompts x %d latent frames, nothing evicted", context.shape[0], frames)
     text_kv = text_kv_of(model, context, sampler=sampler)
-    noise = RandomNoise(c.seed, (context.shape[0], frames, cfg.in_channels, lh, lw), sampler)
+    noise = RandomNoise(spec.inputs.seed, (context.shape[0], frames, cfg.in_channels, lh, lw), sampler)
     prof = record_profiles(model, sampler, text_kv, noise, frames, grid,
                            on_chunk=lambda k, n: log.info("calibration chunk %d/%d", k + 1, n))
-    name = c.checkpoint or f"random init (dim {cfg.dim}, {cfg.num_layers} layers)"
+    name = spec.model.checkpoint or f"random init (dim {cfg.dim}, {cfg.num_layers} layers)"
     return prof, [p for p in prompts if p.strip()], name
 
 

@@ -30,14 +30,14 @@ def body(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the serialized step (jax.export bytes)")
     p.add_argument("--batch", type=int, default=1)
     args, rest = p.parse_known_args(argv)
-    c = harness.config(NAME, rest)
-    harness.one_device(c, NAME)
+    spec = harness.run_spec(NAME, rest)
+    harness.one_device(spec, NAME)
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     check_writable(args.out, "--out")
     t0 = time.perf_counter()
     try:
-        exported = export_step(c, args.platform, args.batch)
+        exported = export_step(spec, args.platform, args.batch)
         text, data = exported.mlir_module(), exported.serialize()
     except UserError:
         raise
@@ -52,7 +52,7 @@ def body(argv: list[str]) -> int:
         raise UserError(f"writing {args.out} failed: {os_reason(e)}") from None
     log.info("exported the chunk step for %s in %.1f s: %s (%.1f MB)%s", args.platform, time.perf_counter() - t0,
              args.out, len(data) / 2**20, f"; Pallas kernel ({call}) inside: {'yes' if kernel else 'no'}" if call else "")
-    if c.attention.backend == "pallas" and call and not kernel:
+    if spec.model.attention == "pallas" and call and not kernel:
         print(f"{NAME}: error: attention.backend=pallas but no {call} in the lowered step", file=sys.stderr)
         return harness.FAILED
     return harness.OK

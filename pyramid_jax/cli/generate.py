@@ -20,8 +20,8 @@ NAME = "generate"
 
 
 def body(argv: list[str]) -> None:
-    c = harness.config(NAME, argv)
-    pipeline.run(c, mesh_for=lambda batch, cfg: harness.mesh(c, batch, cfg))
+    spec = harness.run_spec(NAME, argv)
+    pipeline.run(spec, mesh_for=lambda batch, cfg: harness.mesh(spec, batch, cfg))
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ from typing import Callable
 from pyramid_jax import compile_cache, logs
 from pyramid_jax.config import parse_config
 from pyramid_jax.errors import UserError, os_reason
+from pyramid_jax.spec import RunSpec, from_config
 from pyramid_jax.sharding import ParallelError, batch_mesh
 
 OK, FAILED, BAD_INPUT = 0, 1, 2
@@ -42,6 +43,11 @@ def config(name: str, config_args: list[str]):
     return parse_config([name, *config_args])
 
 
+def run_spec(name: str, config_args: list[str]) -> RunSpec:
+    """The run spec those flags make: the config read once, here at the edge."""
+    return from_config(config(name, config_args))
+
+
 def run(name: str, body: Callable[[list[str]], int | None], argv=None, *, compile_cache_on: bool = True) -> int:
     """body(argv) under the shared prologue; returns the exit code. argv: the arguments after
     the program name (sys.argv[1:] when None). UserError and OSError become `NAME: error: ...`
@@ -62,17 +68,17 @@ def run(name: str, body: Callable[[list[str]], int | None], argv=None, *, compil
         return BAD_INPUT
 
 
-def one_device(c, name: str) -> None:
+def one_device(spec, name: str) -> None:
     """Refuse, in one line, a mesh asked of a program that runs on one device."""
-    if c.mesh.data > 1 or c.mesh.model > 1:
+    if spec.mesh.data > 1 or spec.mesh.model > 1:
         raise UserError(f"{name} runs on one device: mesh.data and mesh.model must be 0 or 1, "
-                        f"got {c.mesh.data}x{c.mesh.model}")
+                        f"got {spec.mesh.data}x{spec.mesh.model}")
 
 
-def mesh(c, batch: int, cfg):
+def mesh(spec, batch: int, cfg):
     """The config's mesh for a batch of `batch` on this host's devices (None: one device),
     checked against the batch and the model (UserError in one line)."""
     try:
-        return batch_mesh(c.mesh.data, c.mesh.model, batch, cfg)
+        return batch_mesh(spec.mesh.data, spec.mesh.model, batch, cfg)
     except ParallelError as e:
         raise UserError(str(e)) from None

@@ -35,14 +35,14 @@ def parse_args(argv):
     return args, harness.config(NAME, rest)
 
 
-def load_models(c):
+def load_models(spec):
     """The config's models, checked for what the studio needs (prompts in, frames out)."""
-    pipeline.check_config(c)
-    if c.prompt_embeds or c.replay or c.text_encoder.kind == "none":
+    pipeline.check_config(spec)
+    if spec.inputs.prompt_embeds or spec.inputs.replay or spec.text.kind == "none":
         raise UserError("the studio generates from typed prompts: set text_encoder (umt5 or placeholder) "
                         "and unset prompt_embeds and replay")
-    models = pipeline.load(c)
-    if video.video_decoder(c, 1, pipeline.latent_size(c, models.dit.cfg), models.vae) is None:
+    models = pipeline.load(spec)
+    if video.video_decoder(spec, 1, pipeline.latent_size(spec, models.dit.cfg), models.vae) is None:
         raise UserError("the studio shows decoded frames: set vae.checkpoint (or vae.random, or a pixel model)")
     return models
 
@@ -61,13 +61,13 @@ def check_port(host: str, port: int) -> None:
 
 
 def body(argv: list[str]) -> int:
-    args, c = parse_args(argv)
+    args, spec = parse_args(argv)
     check_port(args.host, args.port)
-    models = load_models(c)
-    mesh = harness.mesh(c, 1, models.dit.cfg)
+    models = load_models(spec)
+    mesh = harness.mesh(spec, 1, models.dit.cfg)
     log.info("studio on http://%s:%d/ (Ctrl-C stops it)%s", args.host, args.port,
              f"; mesh {dict(mesh.shape)}" if mesh is not None else "")
-    server = uvicorn.Server(uvicorn.Config(create_app(c, models, mesh), host=args.host, port=args.port,
+    server = uvicorn.Server(uvicorn.Config(create_app(spec, models, mesh), host=args.host, port=args.port,
                                            log_level="warning"))
     try:
         server.run()

@@ -31,15 +31,15 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 BUSY = "busy: another page's generation is running; this page shows it (wait, or stop it there)"
 
 
-def create_app(c, models, mesh=None) -> FastAPI:
-    """The app of a config and its loaded models (pipeline.load(c)); generations run on
+def create_app(spec, models, mesh=None) -> FastAPI:
+    """The app of a run spec and its loaded models (pipeline.load(spec)); generations run on
     `mesh` (None: one device)."""
     ids = itertools.count(1)
     clients: set[int] = set()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        app.state.studio = Studio(c, models, Hub(asyncio.get_running_loop()), mesh)
+        app.state.studio = Studio(spec, models, Hub(asyncio.get_running_loop()), mesh)
         yield
         app.state.studio.stop(wait=True)
 
@@ -96,10 +96,11 @@ def create_app(c, models, mesh=None) -> FastAPI:
 
 def hello(studio: Studio) -> dict:
     """What a page needs on connecting: the choices, the defaults, and what is on now."""
-    c = studio.c
-    return dict(type="hello", policies=studio.policies, policy=c.cache.policy, decoders=studio.decoders,
-                decoder=c.vae.kind, prompt=c.prompt, seed=c.seed,
-                num_frames=c.num_frames, frames_per_chunk=c.frames_per_chunk, video_fps=c.fps,
+    spec = studio.spec
+    return dict(type="hello", policies=studio.policies, policy=spec.cache.policy, decoders=studio.decoders,
+                decoder=spec.decoder.kind, prompt=spec.inputs.prompt, seed=spec.inputs.seed,
+                num_frames=spec.inputs.num_frames, frames_per_chunk=spec.sampler.frames_per_chunk,
+                video_fps=spec.output.fps,
                 running=studio.running, status=studio.status, cache=studio.picture,
                 frames=len(studio.frames))
 

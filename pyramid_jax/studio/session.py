@@ -68,15 +68,13 @@ class Hub:
             self.loop.call_soon_threadsafe(q.put_nowait, msg)
 
 
-def policy_config(c, name: str):
-    """The config of a studio run with cache policy `name`: the config's own settings for its
+def policy_config(spec, name: str):
+    """The spec of a studio run with cache policy `name`: the config's own settings for its
     policy; for another, that policy's defaults (cache.policies.REGISTRY)."""
-    run = c.copy_and_resolve_references()
-    if name != c.cache.policy:
-        run.cache.policy = name
-        run.cache.local_attn_size = REGISTRY[name].local_attn_size
-        run.cache.sink_size = REGISTRY[name].sink_size
-    return run
+    if name == spec.cache.policy:
+        return spec
+    kind = REGISTRY[name]
+    return spec.but(cache=dict(policy=name, local_attn_size=kind.local_attn_size, sink_size=kind.sink_size))
 
 
 def jpeg(frame: np.ndarray) -> bytes:
@@ -88,14 +86,14 @@ def jpeg(frame: np.ndarray) -> bytes:
 class Studio:
     """What the server holds: the config, the models (loaded once), the running generation.
 
-    c: the generate config; models: pipeline.load(c); hub: where messages go.
+    spec: the run spec (spec.from_config); models: pipeline.load(spec); hub: where messages go.
     """
 
-    def __init__(self, c, models: pipeline.Models, hub: Hub, mesh=None):
-        self.c, self.models, self.hub, self.mesh = c, models, hub, mesh
-        self.policies = [p for p in POLICIES if not REGISTRY[p].head_map or c.cache.head_map]
+    def __init__(self, spec, models: pipeline.Models, hub: Hub, mesh=None):
+        self.spec, self.models, self.hub, self.mesh = spec, models, hub, mesh
+        self.policies = [p for p in POLICIES if not REGISTRY[p].head_map or spec.cache.head_map]
         # the decoders a run may pick (offered when the config names both), loaded when first asked
-        self.decoders = sorted(video.decoder_checkpoints(c), key=lambda k: k != c.vae.kind)
+        self.decoders = sorted(video.decoder_checkpoints(spec), key=lambda k: k != spec.decoder.kind)
         self.decoder_weights = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -129,7 +127,7 @@ class Studio:
             raise UserError(f"the seed must be a whole number, got {str(msg.get('seed'))[:40]!r}") from None
         if not 0 <= seed <= MAX_SEED:
             raise UserError(f"the seed must be between 0 and {MAX_SEED}, got {seed}")
-        policy = msg.get("policy") or self.c.cache.policy
+        policy = msg.get("policy") or self.spec.cache.policy
         if policy not in self.policies:
             raise UserError(f"unknown cache policy {str(policy)[:40]!r}; choose one of {', '.join(self.policies)}")
         decoder = msg.get("decoder") or ""
@@ -159,15 +157,15 @@ class Studio:
         if len(data) > MAX_UPLOAD_BYTES:
             raise UserError(f"{str(name)[:80]!r} is larger than {MAX_UPLOAD_BYTES >> 20} MB")
         field = "init_image" if ext in init_frames.IMAGE_TYPES else "init_video"
-        c, cfg = self.c.copy_and_resolve_references(), self.models.dit.cfg
-        hw = pipeline.latent_size(c, cfg)
+        cfg = self.models.dit.cfg
+        hw = pipeline.latent_size(self.spec, cfg)
         with tempfile.TemporaryDirectory() as tmp:
-            c.init_video, c.init_image = "", ""
-            c[field] = os.path.join(tmp, "given" + ext)
-            with open(c[field], "wb") as fh:
+            path = os.path.join(tmp, "given" + ext)
+            spec = self.spec.but(inputs={"init_video": "", "init_image": "", field: path})
+            with open(path, "wb") as fh:
                 fh.write(data)
-            init_frames.check(c, cfg, hw)
-            latents = init_frames.initial_latents(c, cfg, hw, pipeline.encoder_for(c, self.models), 1)
+            init_frames.check(spec, cfg, hw)
+            latents = init_frames.initial_latents(spec, cfg, hw, pipeline.encoder_for(spec, self.models), 1)
         self.given = (str(name), latents)
         log.info("studio: %s given, %d latent frames", name, latents.shape[1])
         return latents.shape[1]
@@ -213,11 +211,11 @@ class Studio:
 
     def weights_of(self, decoder: str):
         """The decoder a run asked for ("" = the config's), loaded once."""
-        kind = decoder or self.c.vae.kind
-        if kind == self.c.vae.kind:  # what the server loaded (None for a pixel model: its frames)
+        kind = decoder or self.spec.decoder.kind
+        if kind == self.spec.decoder.kind:  # what the server loaded (None for a pixel model: its frames)
             return self.models.vae
         if kind not in self.decoder_weights:
-            self.decoder_weights[kind] = video.load_decoder(self.c, kind)
+            self.decoder_weights[kind] = video.load_decoder(self.spec, kind)
             log.info("studio: %s decoder loaded", kind)
         return self.decoder_weights[kind]
 
@@ -227,20 +225,20 @@ class Studio:
 
     def _generate(self, req: Request) -> str:
         """Runs one generation; returns how it ended: "stopped" or "done"."""
-        c, models = policy_config(self.c, req.policy), self.models
-        cfg, f = models.dit.cfg, c.frames_per_chunk
-        hw = pipeline.latent_size(c, cfg)
-        chunks, given = c.num_frames // f, 0 if req.initial is None else req.initial.shape[1]
-        policy = pipeline.build_policy(c, cfg, hw, given + c.num_frames)
+        spec, models = policy_config(self.spec, req.policy), self.models
+        cfg, f = models.dit.cfg, spec.sampler.frames_per_chunk
+        hw = pipeline.latent_size(spec, cfg)
+        chunks, given = spec.inputs.num_frames // f, 0 if req.initial is None else req.initial.shape[1]
+        policy = pipeline.build_policy(spec, cfg, hw, given + spec.inputs.num_frames)
         encode = lambda p: text_kv_of(models.dit, models.text([p]), self.mesh, models.sampler)
-        noise = RandomNoise(req.seed, (1, c.num_frames, cfg.in_channels, *hw), models.sampler)
+        noise = RandomNoise(req.seed, (1, spec.inputs.num_frames, cfg.in_channels, *hw), models.sampler)
         loop = ChunkLoop(models.dit, policy, models.sampler, encode(req.prompt), noise, self.mesh)
-        decoder = video.video_decoder(c, 1, hw, self.weights_of(req.decoder))
+        decoder = video.video_decoder(spec, 1, hw, self.weights_of(req.decoder))
         switches, latents = [[given, req.prompt]], self.latents
         self.status = dict(type="status")
         self._publish_status(state="running", chunk=0, chunks=chunks, fps=0.0, prompt=req.prompt, seed=req.seed,
-                             policy=req.policy, decoder=req.decoder or c.vae.kind, switches=switches,
-                             video_fps=c.fps, error="", given=given)
+                             policy=req.policy, decoder=req.decoder or spec.decoder.kind, switches=switches,
+                             video_fps=spec.output.fps, error="", given=given)
         log.info("studio: %r seed %d, cache %s, %d chunks%s", req.prompt, req.seed, req.policy, chunks,
                  f" after {given} given latent frames" if given else "")
         if given:  # into the cache, and at the head of the video
@@ -283,6 +281,6 @@ class Studio:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "video.mp4")
             media.write_mp4(path, np.stack([np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in frames]),
-                            fps=self.c.fps)
+                            fps=self.spec.output.fps)
             with open(path, "rb") as fh:
                 return fh.read()

@@ -13,7 +13,7 @@ from jax import export as jax_export
 from conftest import run_main, run_tool
 from pyramid_jax import pipeline
 from pyramid_jax.cli import export
-from pyramid_jax.config import parse_config
+from pyramid_jax.config import parse_spec
 from pyramid_jax.lowering import KERNEL_CALL, export_step
 from pyramid_jax.sampling.rollout import RandomNoise, step
 
@@ -47,17 +47,17 @@ def test_export_real_size_configs(tmp_path, config, platform):
 @pytest.mark.slow
 def test_exported_cpu_step_equals_the_step():
     """The exported function (flat inputs) computes what the jitted `step` does."""
-    c = parse_config(["export", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
+    c = parse_spec(["export", "--config=configs/tiny_random.py", "--config.cache.policy=pyramid",
                       "--config.cache.head_map=" + _head_map()])
     exported = export_step(c, "cpu")
     model = pipeline.load_dit(c)
     cfg, sampler = model.cfg, pipeline.make_sampler(c)
     hw = pipeline.latent_size(c, cfg)
-    policy = pipeline.build_policy(c, cfg, hw, c.num_frames)
+    policy = pipeline.build_policy(c, cfg, hw, c.inputs.num_frames)
     graphdef, params = nnx.split(model)
     cache = policy.init(1, cfg.jnp_dtype)
     tkv = model.text_kv(jnp.ones((1, cfg.text_len, cfg.text_dim)) * 0.1)
-    noise, renoise = RandomNoise(0, (1, c.num_frames, cfg.in_channels, *hw), sampler).chunk(0)
+    noise, renoise = RandomNoise(0, (1, c.inputs.num_frames, cfg.in_channels, *hw), sampler).chunk(0)
     got = exported.call(jax.tree.leaves(params), jax.tree.leaves(cache), *tkv, noise, renoise, jnp.int32(0))
     want_x0, want_cache = step(graphdef, policy, sampler, params, policy.init(1, cfg.jnp_dtype), tkv, noise, renoise,
                                jnp.int32(0))

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from pyramid_jax.cli import serve  # noqa: E402
-from pyramid_jax.config import parse_config  # noqa: E402
+from pyramid_jax.config import parse_spec  # noqa: E402
 from pyramid_jax.media import count_frames  # noqa: E402
 from pyramid_jax.studio.app import create_app  # noqa: E402
 from pyramid_jax.studio.session import Studio  # noqa: E402
@@ -34,7 +34,7 @@ PROMPT_B = "a green triangle bouncing upwards with 2 other shapes on a black spe
 
 
 def demo_config(*overrides):
-    return parse_config(["serve", "--config=configs/demo.py", *FAST, *overrides])
+    return parse_spec(["serve", "--config=configs/demo.py", *FAST, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_decoder_choice_where_the_config_names_both(tmp_path):
     save_params(str(tmp_path / "wan"), random_vae_params(vcfg), vcfg, kind="vae")
     save_params(str(tmp_path / "taehv"), taehv_names.params(taehv_names.random_checkpoint(tcfg), tcfg), tcfg,
                 kind="taehv")
-    c = parse_config(["serve", "--config=configs/tiny_random.py", "--config.vae.random=False",
+    c = parse_spec(["serve", "--config=configs/tiny_random.py", "--config.vae.random=False",
                       f"--config.vae.checkpoint={tmp_path / 'wan'}", f"--config.vae.taehv_checkpoint={tmp_path / 'taehv'}",
                       "--config.num_frames=3", "--config.height=64", "--config.width=64"])
     with TestClient(create_app(c, serve.load_models(c))) as client, client.websocket_connect("/ws") as ws:

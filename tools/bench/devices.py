@@ -19,16 +19,16 @@ def bench_devices_child(n_devices, chunks=4):
     """(Run with XLA_FLAGS giving n fake devices.) Video frames/s of the sharded batch path
     for the demo model, batch = n_devices, mesh (n, 1)."""
     from pyramid_jax import pipeline, video
-    from pyramid_jax.config import parse_config
-    from pyramid_jax.models.wan.modeling import WanConfig, init_model
+    from pyramid_jax.config import parse_spec
+    from pyramid_jax.models.wan.modeling import init_model
     from pyramid_jax.sharding import make_mesh
     from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout, text_kv_of
 
-    c = parse_config(["benchmark", "--config=" + os.path.join(REPO, "configs", "demo.py")])
-    cfg = WanConfig.from_dict(c.model.to_dict())
+    c = parse_spec(["benchmark", "--config=" + os.path.join(REPO, "configs", "demo.py")])
+    cfg = c.model.shape
     model = init_model(cfg)  # random weights: speed does not depend on them
     lh, lw = pipeline.latent_size(c, cfg)
-    frames = c.frames_per_chunk * chunks
+    frames = c.sampler.frames_per_chunk * chunks
     policy = pipeline.build_policy(c, cfg, (lh, lw), frames)
     sampler = Sampler()
     ctx = np.zeros((n_devices, cfg.text_len, cfg.text_dim), np.float32)
@@ -38,7 +38,7 @@ def bench_devices_child(n_devices, chunks=4):
     rollout(model, policy, sampler, text_kv_of(model, ctx, mesh), noise, chunks, mesh=mesh,
             on_chunk=lambda k, x, sec: times.append(sec))
     chunk_s = statistics.median(times[1:])
-    video_frames = c.frames_per_chunk * video.strides(c)[0]  # per chunk in steady state
+    video_frames = c.sampler.frames_per_chunk * video.strides(c)[0]  # per chunk in steady state
     return dict(section="devices", devices=n_devices, batch=n_devices, chunk_s=chunk_s,
                 video_frames_per_s=n_devices * video_frames / chunk_s)
 

@@ -46,14 +46,14 @@ def kv_error_rollout(seconds, dtypes=("bfloat16", "int8", "float8_e4m3fn"), poli
     8-bit ones against bf16 pages, after `seconds`: mean |pixel difference| (0-255) and PSNR
     over the whole video, and of the last second."""
     from pyramid_jax import pipeline, video
-    from pyramid_jax.config import parse_config
+    from pyramid_jax.config import parse_spec
 
     frames = int(round(seconds * 10 / 3)) * 3  # the demo: 10 fps, a pixel frame per latent frame
     base = ["x", f"--config={os.path.join(REPO, 'configs', 'demo.py')}", f"--config.num_frames={frames}",
             f"--config.cache.policy={policy}"]
     videos = {}
     for name in ("", *dtypes):
-        c = parse_config(base + [f"--config.cache.kv_dtype={name}"])
+        c = parse_spec(base + [f"--config.cache.kv_dtype={name}"])
         models = pipeline.load(c, decoder=False)
         lat = pipeline.generate(c, models, pipeline.inputs(c, models)).latents
         videos[name] = video.PixelFrames().push(lat)[0].astype(np.float32)
