@@ -27,12 +27,12 @@ log = logging.getLogger("pyramid_jax")
 
 
 def parse_args(argv):
-    """(host/port flags, the config) of the arguments after the program name."""
+    """(host/port flags, the run spec) of the arguments after the program name."""
     p = harness.parser(NAME, __doc__)
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     args, rest = p.parse_known_args(argv)
-    return args, harness.config(NAME, rest)
+    return args, harness.run_spec(NAME, rest)
 
 
 def load_models(spec):
