@@ -15,7 +15,7 @@ import numpy as np
 
 from pyramid_jax import init_frames, media, video
 from pyramid_jax.attention import check_backend
-from pyramid_jax.heads.head_map import HeadMapError, load_head_map
+from pyramid_jax.cache.head_map import HeadMapError, load_head_map
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import KV_DTYPES, PoolSpec
 from pyramid_jax.errors import UserError, os_reason

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 
-from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import CacheState, PoolSpec
 from pyramid_jax.models.wan.modeling import WanConfig, init_model

@@ -10,7 +10,7 @@ import functools
 import jax
 import numpy as np
 
-from pyramid_jax.heads.head_map import TYPE_NAMES, HeadType
+from pyramid_jax.cache.head_map import TYPE_NAMES, HeadType
 from pyramid_jax.cache.pool import CacheState
 
 

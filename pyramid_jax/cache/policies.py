@@ -8,7 +8,7 @@ from typing import Callable, Protocol, runtime_checkable
 import jax
 
 from pyramid_jax.attention.plan import KVPool, PagePlan
-from pyramid_jax.heads.head_map import load_head_map
+from pyramid_jax.cache.head_map import load_head_map
 from pyramid_jax.cache.pool import CacheState, PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.cache.window import DEEP_SINK_SINKS, DEEP_SINK_WINDOW, WINDOW, DeepSinkPolicy, WindowPolicy

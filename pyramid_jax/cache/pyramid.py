@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pyramid_jax.attention.plan import PagePlan, entry_span
-from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE, check_map
+from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE, check_map
 from pyramid_jax.cache.pool import CacheState, PoolSpec, empty_state, rope_keys, write_entries
 from pyramid_jax import rope
 

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from pyramid_jax import pipeline
-from pyramid_jax.heads.head_map import TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
+from pyramid_jax.cache.head_map import TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
 from pyramid_jax.heads.classify import ClassifyConfig, classify_heads
 from pyramid_jax.heads.figures import draw_figures
 from pyramid_jax.cli import harness

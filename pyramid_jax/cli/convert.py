@@ -17,7 +17,7 @@ from pyramid_jax.cli import harness
 from pyramid_jax.errors import UserError
 from pyramid_jax.weights.checkpoint import CheckpointError
 from pyramid_jax.weights.convert import DTYPES, FORMATS, convert
-from pyramid_jax.weights.errors import ConversionError
+from pyramid_jax.models.table import ConversionError
 
 NAME = "convert_checkpoint"
 

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from pyramid_jax.heads.head_map import TYPE_NAMES
+from pyramid_jax.cache.head_map import TYPE_NAMES
 from pyramid_jax.heads.classify import folded_spectrum
 
 log = logging.getLogger("classify_heads")

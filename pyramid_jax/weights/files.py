@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from pyramid_jax.errors import first_line
-from pyramid_jax.weights.errors import ConversionError
+from pyramid_jax.models.table import ConversionError
 
 log = logging.getLogger(__name__)
 

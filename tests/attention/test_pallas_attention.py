@@ -14,7 +14,7 @@ from pyramid_jax.attention import check_backend, in_use_only
 from pyramid_jax.attention import pallas as pk
 from pyramid_jax.attention import pallas_triton as pt
 from pyramid_jax.attention import reference as ref
-from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
 from pyramid_jax.cache.pool import PoolSpec, quantize
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.models.wan.modeling import WanConfig, init_model

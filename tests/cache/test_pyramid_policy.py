@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pyramid_jax.attention import reference as ref
-from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
 from pyramid_jax.cache.policies import advance_fn
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy

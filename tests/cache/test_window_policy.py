@@ -85,7 +85,7 @@ def test_bad_window_is_refused():
 
 def test_policies_implement_the_protocol_and_hash_by_value():
     """Window, deep sink and pyramid are CachePolicy; equal policies are equal static jit args."""
-    from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE
+    from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
     from pyramid_jax.cache.policies import CachePolicy, make_policy
 
     spec = PoolSpec(num_layers=1, num_heads=3, head_dim=8, grid=(2, 2))

@@ -12,7 +12,7 @@ from flax import nnx
 
 from conftest import REPO
 from pyramid_jax.attention import reference as ref
-from pyramid_jax.heads.head_map import ANCHOR, VEIL, WAVE, HeadMapError, load_head_map, save_head_map_csv, save_head_map_json
+from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE, HeadMapError, load_head_map, save_head_map_csv, save_head_map_json
 from pyramid_jax.heads.classify import classify_heads, vote
 from pyramid_jax.models.wan.modeling import Committed, WanConfig, init_model
 from pyramid_jax.heads import calibrate

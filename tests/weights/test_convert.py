@@ -127,7 +127,7 @@ def test_name_tables_cover_their_models(kind):
     from pyramid_jax.models.umt5 import params as t5_names
     from pyramid_jax.models.vae import params as vae_names
     from pyramid_jax.models.wan import params as wan_names
-    from pyramid_jax.weights.table import check_covers, checkpoint_from, checkpoint_shapes, params_from
+    from pyramid_jax.models.table import check_covers, checkpoint_from, checkpoint_shapes, params_from
 
     if kind.startswith("dit"):
         cfg = WanConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=3, in_channels=4, out_channels=4, text_dim=8,

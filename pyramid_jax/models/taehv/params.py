@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from pyramid_jax.models.taehv.modeling import TAEHVConfig, param_shapes
-from pyramid_jax.weights.errors import ConversionError, check_state_dict
+from pyramid_jax.models.table import ConversionError, check_state_dict
 
 # TGrow layers of the decoder whose stride is the time upscale: (index, channels in)
 _TGROWS = ((13, 128), (19, 64))

@@ -9,8 +9,8 @@ import numpy as np
 from flax import nnx
 
 from pyramid_jax.models.umt5.modeling import UMT5Config, UMT5Encoder, param_shapes
-from pyramid_jax.weights.errors import ConversionError
-from pyramid_jax.weights.table import Name, checkpoint_shapes, params_from, swap_last
+from pyramid_jax.models.table import ConversionError
+from pyramid_jax.models.table import Name, checkpoint_shapes, params_from, swap_last
 
 
 _UPSTREAM = [

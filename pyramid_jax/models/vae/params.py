@@ -15,8 +15,8 @@ from flax import nnx
 
 from pyramid_jax.models.vae import encoder as vae_encoder
 from pyramid_jax.models.vae.modeling import VAEConfig, WanVAEDecoder, param_shapes
-from pyramid_jax.weights.errors import ConversionError
-from pyramid_jax.weights.table import Name, checkpoint_shapes, params_from
+from pyramid_jax.models.table import ConversionError
+from pyramid_jax.models.table import Name, checkpoint_shapes, params_from
 
 
 _RES = {"residual.0.gamma": "norm1.gamma", "residual.2.weight": "conv1.weight", "residual.2.bias": "conv1.bias",

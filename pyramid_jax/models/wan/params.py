@@ -13,8 +13,8 @@ import numpy as np
 from flax import nnx
 
 from pyramid_jax.models.wan.modeling import HEADS_BY_DIM, WanConfig, abstract_model
-from pyramid_jax.weights.errors import ConversionError
-from pyramid_jax.weights.table import Name, params_from, swap_last
+from pyramid_jax.models.table import ConversionError
+from pyramid_jax.models.table import Name, params_from, swap_last
 
 
 # (diffusers pattern, upstream replacement); applied to whole keys, first match wins.

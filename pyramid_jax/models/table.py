@@ -3,7 +3,8 @@
 A table is a list of `Name`s, one per parameter of the model: the checkpoint key it comes
 from (canonical names; "{i}" is a layer index: one tensor per layer, stacked), its path in
 the model's parameter tree, and the layout change between them. The model's own shapes
-(`nnx.eval_shape`) say what every key must hold, so a table lists names, never shapes.
+(`nnx.eval_shape`) say what every key must hold, so a table lists names, never shapes. Each
+model's table is its `params.py`; `weights/` reads files and writes checkpoints with them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,31 @@ from typing import Callable
 import jax
 import numpy as np
 
-from pyramid_jax.weights.errors import check_state_dict
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the problem in one line,
+    `detail` keeps what the reading library said (shown with --verbose)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+
+def check_state_dict(sd: dict, want: dict[str, tuple[int, ...]]) -> None:
+    """Raise ConversionError naming every unknown, missing and mis-shaped key of sd."""
+    problems = []
+    missing = sorted(set(want) - set(sd))
+    unknown = sorted(set(sd) - set(want))
+    shaped = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unknown:
+        problems.append("unknown keys: " + ", ".join(unknown))
+    if shaped:
+        problems.append("wrong shapes: " + ", ".join(
+            f"{k} {list(sd[k].shape)} (expected {list(want[k])})" for k in shaped))
+    if problems:
+        raise ConversionError("; ".join(problems))
 
 
 def _same(a):
