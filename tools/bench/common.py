@@ -59,7 +59,7 @@ def _peak_bytes(fn, *args):
 def published_type_map(layers=30, heads=12, counts=((1, 172), (-1, 156), (2, 32))):
     """The published Pyramid Forcing map of Self Forcing (head_maps/self_forcing.csv) at its
     own shape; otherwise a map with its proportions (172 Anchor, 156 Wave, 32 Veil)."""
-    from pyramid_jax.heads.head_map import load_head_map
+    from pyramid_jax.cache.head_map import load_head_map
 
     path = os.path.join(REPO, "head_maps", "self_forcing.csv")
     if (layers, heads) == (30, 12) and os.path.isfile(path):

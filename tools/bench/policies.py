@@ -19,7 +19,7 @@ POLICY_SIZES = {  # name -> (layers, heads, head_dim, grid after patching, dtype
 def policy_keys(size="real", steady_chunk=40):
     """Keys attended per query frame at steady state (noisy and clean passes) and cache bytes
     per policy, from the real plans and the real state shapes."""
-    from pyramid_jax.heads.head_map import load_head_map
+    from pyramid_jax.cache.head_map import load_head_map
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
 
