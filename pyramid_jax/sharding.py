@@ -1,7 +1,7 @@
 """Logical axes, how they map onto a device mesh, and the meshes generation runs on.
 
 Arrays name their axes where they are created (parameters through their nnx metadata, the
-cache through `CacheState.logical_axes`); `RULES` maps those names to the mesh axes, `data`
+cache through `CacheState.logical_axes()`); `RULES` maps those names to the mesh axes, `data`
 (the batch) and `model` (attention heads, FFN columns and the heads' cache pages). Code runs
 on global arrays and the compiler partitions it; only the paged-attention kernel runs under
 `shard_map` (attention.paged_attention_fn).

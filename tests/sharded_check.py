@@ -20,7 +20,7 @@ from pyramid_jax import sharding
 
 from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
 from pyramid_jax.cache.policies import make_policy
-from pyramid_jax.cache.pool import CacheState, PoolSpec
+from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.models.wan.modeling import WanConfig, init_model
 from pyramid_jax.sharding import make_mesh
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, on_mesh, rollout, step, text_kv_of
@@ -33,8 +33,8 @@ def pool_collectives(model, policy, sampler, ctx, noise, mesh):
     b = ctx.shape[0]
     with on_mesh(mesh):
         params = sharding.put(params, mesh, nnx.get_partition_spec(params))
-        cache = sharding.put(policy.init(b, jnp.float32, head_groups=mesh.shape["model"]), mesh,
-                             CacheState.logical_axes())
+        cache = policy.init(b, jnp.float32, head_groups=mesh.shape["model"])
+        cache = sharding.put(cache, mesh, cache.logical_axes())
         n, r = sharding.put(noise.chunk(0), mesh, (P("batch"), P(None, "batch")))
         hlo = step.lower(graphdef, policy, sampler, params, cache, text_kv_of(model, ctx, mesh), n, r,
                          jnp.int32(1)).compile().as_text()

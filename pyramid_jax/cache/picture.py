@@ -36,7 +36,7 @@ def attended_frames(policy, state: CacheState, chunk: int, query: int = 0) -> di
     slot_page = np.asarray(state.slot_page)          # [L, H, S]
     slot_time = np.asarray(state.slot_time)          # [L, H, S]
     page_len = np.asarray(state.page_len)
-    kind = np.asarray(state.head_kind)               # [L, H]
+    kind = policy.head_types                         # [L, H]
     tokens = policy.spec.tokens_per_frame
 
     match = (page[..., :, None] == slot_page[..., None, :]) & (slot_time[..., None, :] >= 0)

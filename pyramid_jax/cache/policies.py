@@ -6,6 +6,7 @@ import dataclasses
 from typing import Callable, Protocol, runtime_checkable
 
 import jax
+import numpy as np
 
 from pyramid_jax.attention.plan import KVPool, PagePlan
 from pyramid_jax.cache.head_map import load_head_map
@@ -30,6 +31,10 @@ class CachePolicy(Protocol):
     @property
     def pooled_frames(self) -> int:
         """Frames a pooled entry stands for (1: no entry is pooled); what the studio draws."""
+
+    @property
+    def head_types(self) -> np.ndarray:
+        """[L, H] int32 each head's type (cache.head_map; 0 for every head of a uniform policy)."""
 
     def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
         """An empty cache; head_groups: how many groups the mesh splits the heads into."""

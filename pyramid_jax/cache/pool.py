@@ -14,7 +14,7 @@ device that holds a group's heads holds their pages. Page numbers are global.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,19 +26,18 @@ from pyramid_jax.attention.plan import KVPool, entry_span
 
 
 class CacheState(NamedTuple):
-    """A policy's cache; every leaf has a static shape.
+    """A policy's cache: the page pool every policy shares, and what the policy keeps besides
+    (`own`); every leaf has a static shape.
 
     k, v: [B, NP, Tp, Dh] pages (keys post-RoPE at the content's stored time).
     page_len: [NP] int32 tokens of the entry starting at each page.
     slot_time: [L, H, S] int32 absolute frame time of each logical slot's content (-1 empty).
     slot_page: [L, H, S] int32 first page of each logical slot (the block size when the head has
         no such slot). Static; an array so it is split with the heads.
-    head_kind: [L, H] int32 the policy's type of each head (0 for uniform policies). Static.
-    merge_k, merge_v: [B, NA, Tq, Dh] float32 running sums of the blocks being pooled (merging
-        heads only; NA = 0 for other policies).
-    merge_row: [L, H] int32 accumulator row of each head (NA for heads that do not merge). Static.
     k_scale, v_scale: [B, NP, Tp, 1] float32 per-token scales of 8-bit pages (k = k_page * scale,
         per head since every page is one head's); [B, 0, 1, 1] when the pages are not 8-bit.
+    own: the policy's own state, a pytree with a `logical_axes()` method (Pyramid Forcing's
+        head types and merge accumulators), or () for a policy that keeps nothing else.
     """
 
     k: jax.Array
@@ -46,26 +45,21 @@ class CacheState(NamedTuple):
     page_len: jax.Array
     slot_time: jax.Array
     slot_page: jax.Array
-    head_kind: jax.Array
-    merge_k: jax.Array
-    merge_v: jax.Array
-    merge_row: jax.Array
     k_scale: jax.Array
     v_scale: jax.Array
+    own: Any = ()
 
     def pool(self) -> KVPool:
         if self.k_scale.shape[1]:
             return KVPool(self.k, self.v, self.page_len, self.k_scale, self.v_scale)
         return KVPool(self.k, self.v, self.page_len)
 
-    @staticmethod
-    def logical_axes() -> "CacheState":
-        """Each leaf's logical axes (pyramid_jax.sharding): pages and merge rows are laid out
-        per head group, so they split with the heads."""
+    def logical_axes(self) -> "CacheState":
+        """Each leaf's logical axes (pyramid_jax.sharding): pages are laid out per head group,
+        so they split with the heads; the policy's own state says its own."""
         pages, table = P("batch", "pages"), P(None, "heads")
-        return CacheState(k=pages, v=pages, page_len=P("pages"), slot_time=table, slot_page=table,
-                          head_kind=table, merge_k=pages, merge_v=pages, merge_row=table, k_scale=pages,
-                          v_scale=pages)
+        return CacheState(k=pages, v=pages, page_len=P("pages"), slot_time=table, slot_page=table, k_scale=pages,
+                          v_scale=pages, own=self.own.logical_axes() if hasattr(self.own, "logical_axes") else ())
 
     @property
     def nbytes(self) -> int:
@@ -138,20 +132,14 @@ def allocate(units: np.ndarray, head_groups: int = 1) -> tuple[np.ndarray, int]:
 
 
 def empty_state(spec: PoolSpec, batch: int, dtype, slot_pages: np.ndarray, page_tokens: int,
-                head_kind: np.ndarray | None = None, merge_heads: np.ndarray | None = None,
-                merge_tokens: int = 0, head_groups: int = 1) -> CacheState:
-    """An empty cache. slot_pages [L, H, S]: pages each logical slot takes (0 = none);
-    merge_heads [L, H] bool: heads that pool blocks (an accumulator row each, merge_tokens wide)."""
-    n_l, n_h = spec.num_layers, spec.num_heads
+                head_groups: int = 1, own=()) -> CacheState:
+    """An empty cache. slot_pages [L, H, S]: pages each logical slot takes (0 = none); own:
+    the policy's own state (see CacheState)."""
     first, block = allocate(np.asarray(slot_pages), head_groups)
     n_pages = block * head_groups
     if n_pages == 0:  # one (never valid) page per group keeps shapes non-empty
         n_pages = head_groups
         first = np.full_like(first, n_pages)
-    merge_heads = np.zeros((n_l, n_h), bool) if merge_heads is None else np.asarray(merge_heads, bool)
-    rows, rows_block = allocate(merge_heads[..., None].astype(np.int64), head_groups)
-    acc = (batch, rows_block * head_groups, merge_tokens, spec.head_dim)
-    kind = np.zeros((n_l, n_h), np.int32) if head_kind is None else np.asarray(head_kind, np.int32)
     pages = (batch, n_pages, page_tokens, spec.head_dim)
     store = spec.page_dtype(dtype)
     scales = (batch, n_pages, page_tokens, 1) if store.name in EIGHT_BIT else (batch, 0, 1, 1)
@@ -159,9 +147,7 @@ def empty_state(spec: PoolSpec, batch: int, dtype, slot_pages: np.ndarray, page_
         k=jnp.zeros(pages, store), v=jnp.zeros(pages, store),
         page_len=jnp.full((n_pages,), spec.tokens_per_frame, jnp.int32),
         slot_time=jnp.full(first.shape, -1, jnp.int32), slot_page=jnp.asarray(first),
-        head_kind=jnp.asarray(kind), merge_k=jnp.zeros(acc, jnp.float32), merge_v=jnp.zeros(acc, jnp.float32),
-        merge_row=jnp.asarray(rows[..., 0]), k_scale=jnp.ones(scales, jnp.float32),
-        v_scale=jnp.ones(scales, jnp.float32))
+        k_scale=jnp.ones(scales, jnp.float32), v_scale=jnp.ones(scales, jnp.float32), own=own)
 
 
 def rope_keys(spec: PoolSpec, k: jax.Array, times: jax.Array) -> jax.Array:

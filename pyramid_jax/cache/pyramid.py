@@ -37,14 +37,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from pyramid_jax.attention.plan import PagePlan, entry_span
 from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE, check_map
-from pyramid_jax.cache.pool import CacheState, PoolSpec, empty_state, rope_keys, write_entries
+from pyramid_jax.cache.pool import CacheState, PoolSpec, allocate, empty_state, rope_keys, write_entries
 from pyramid_jax import rope
 
 
@@ -65,6 +67,25 @@ class PyramidParams:
     recent: int = 4
     clamp_lo: int = 18
     clamp_hi: int = 21
+
+
+class PyramidState(NamedTuple):
+    """What the pyramid cache keeps besides the page pool (CacheState.own).
+
+    head_kind: [L, H] int32 each head's type (static; an array so it splits with the heads).
+    merge_k, merge_v: [B, NA, Tq, Dh] float32 running sums of the blocks being pooled (Veil
+        heads; each head group's rows one contiguous block, as the pages are).
+    merge_row: [L, H] int32 accumulator row of each head (NA for heads that do not merge).
+    """
+
+    head_kind: jax.Array
+    merge_k: jax.Array
+    merge_v: jax.Array
+    merge_row: jax.Array
+
+    def logical_axes(self) -> "PyramidState":
+        rows, table = P("batch", "pages"), P(None, "heads")
+        return PyramidState(head_kind=table, merge_k=rows, merge_v=rows, merge_row=table)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,9 +174,16 @@ class PyramidPolicy:
         veil = (self.types == VEIL)[..., None]
         pooled = veil & (idx >= (n_sink + self.recent_slots)[..., None])
         pages = np.where(idx < used, np.where(pooled, 1, span), 0)
-        return empty_state(sp, batch, dtype, pages, self.page_tokens, head_kind=self.types,
-                           merge_heads=self.types == VEIL, merge_tokens=self.pooled_tokens,
-                           head_groups=head_groups)
+        rows, block = allocate((self.types == VEIL)[..., None].astype(np.int64), head_groups)
+        acc = (batch, block * head_groups, self.pooled_tokens, sp.head_dim)
+        own = PyramidState(jnp.asarray(self.types), jnp.zeros(acc, jnp.float32), jnp.zeros(acc, jnp.float32),
+                           jnp.asarray(rows[..., 0]))  # two buffers: the step donates the cache
+        return empty_state(sp, batch, dtype, pages, self.page_tokens, head_groups=head_groups, own=own)
+
+    @property
+    def head_types(self) -> np.ndarray:
+        """[L, H] each head's type (the head map)."""
+        return self.types
 
     # ---- plan ----------------------------------------------------------------------
     def sync_time(self, t_q):
@@ -166,7 +194,7 @@ class PyramidPolicy:
     def plan(self, state: CacheState, chunk: jax.Array) -> PagePlan:
         """What the noisy passes of `chunk` attend, every layer: [L, C, H, P]."""
         frame0 = jnp.asarray(chunk, jnp.int32) * self.spec.frames_per_chunk
-        return self._plan(state.slot_time, state.slot_page, state.head_kind, frame0)
+        return self._plan(state.slot_time, state.slot_page, state.own.head_kind, frame0)
 
     def _plan(self, slot_time, slot_page, kind, frame0) -> PagePlan:
         """slot_time, slot_page: [..., H, S]; kind: [..., H] -> plan fields [..., C, H, P]."""
@@ -211,7 +239,7 @@ class PyramidPolicy:
         f = sp.frames_per_chunk
         frame0 = jnp.asarray(chunk, jnp.int32) * f
         times = frame0 + jnp.arange(f, dtype=jnp.int32)
-        kind = state.head_kind[layer]
+        kind = state.own.head_kind[layer]
         n_sink, _, _ = self._counts(kind)
         off_mid = (n_sink + self.recent_slots)[:, None]
         skip = state.slot_time.shape[-1]
@@ -220,7 +248,7 @@ class PyramidPolicy:
         slots = jnp.where(kind[:, None] == WAVE, wave, jnp.where(kind[:, None] == ANCHOR, anchor, skip))
         state = write_entries(state, rope_keys(sp, k_pre, times), v, slots,
                               jnp.broadcast_to(times, slots.shape), layer=layer)
-        if state.merge_k.shape[1]:  # some head of this mesh group merges
+        if state.own.merge_k.shape[1]:  # some head of this mesh group merges
             for i in range(f):
                 state = self._merge(state, layer, k_pre[:, :, i], v[:, :, i], times[i])
         return state, state.pool(), self._plan(state.slot_time[layer], state.slot_page[layer], kind, frame0)
@@ -232,7 +260,7 @@ class PyramidPolicy:
         k_pre, v = chunk_kv
         f = sp.frames_per_chunk
         times = jnp.asarray(chunk, jnp.int32) * f + jnp.arange(f, dtype=jnp.int32)
-        n_sink = self._counts(state.head_kind)[0][..., None]  # [L, H, 1]
+        n_sink = self._counts(state.own.head_kind)[0][..., None]  # [L, H, 1]
         r_c = self.recent_slots
         end = times[-1] + 1
         skip = state.slot_time.shape[-1]
@@ -260,9 +288,10 @@ class PyramidPolicy:
         gh, gw = sp.grid
         m, blk = p.merge_patch, p.merge_block
         ph, pw = self.pooled_grid
-        rows = state.merge_row[layer]  # [H]; out of range for heads that do not merge
-        acc_k = state.merge_k.at[:, rows].add(self._pool(k_pre), mode="drop")
-        acc_v = state.merge_v.at[:, rows].add(self._pool(v), mode="drop")
+        own = state.own
+        rows = own.merge_row[layer]  # [H]; out of range for heads that do not merge
+        acc_k = own.merge_k.at[:, rows].add(self._pool(k_pre), mode="drop")
+        acc_v = own.merge_v.at[:, rows].add(self._pool(v), mode="drop")
         # tokens in each (possibly partial) border patch, times the block's frames
         count = (np.minimum(m, gh - m * np.arange(ph))[:, None] * np.minimum(m, gw - m * np.arange(pw))[None]
                  ).reshape(-1, 1) * blk
@@ -272,12 +301,12 @@ class PyramidPolicy:
         cos, sin = rope.grid_tables(block_time[None], m * np.arange(ph), m * np.arange(pw),
                                     sp.head_dim, sp.theta)
         mean = lambda acc: jnp.take(acc, rows, axis=1, mode="clip") / count  # [B, H, Tq, Dh]
-        kind = state.head_kind[layer]
+        kind = own.head_kind[layer]
         n_sink = self._counts(kind)[0]
         slot = jnp.where((kind == VEIL) & done, n_sink + self.recent_slots + k_blk % p.merge_cap,
                          state.slot_time.shape[-1])[:, None]
         state = write_entries(state, rope.apply_rope(mean(acc_k), cos, sin)[:, :, None], mean(acc_v)[:, :, None],
                               slot, jnp.full(slot.shape, block_time), layer=layer)
         keep = jnp.where(done, 0.0, 1.0)  # this layer's rows only: the others hold their own blocks
-        return state._replace(merge_k=acc_k.at[:, rows].multiply(keep, mode="drop"),
-                              merge_v=acc_v.at[:, rows].multiply(keep, mode="drop"))
+        return state._replace(own=own._replace(merge_k=acc_k.at[:, rows].multiply(keep, mode="drop"),
+                                               merge_v=acc_v.at[:, rows].multiply(keep, mode="drop")))

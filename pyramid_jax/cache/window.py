@@ -64,6 +64,11 @@ class RingCache:
         """Frames a pooled entry stands for: none is pooled here."""
         return 1
 
+    @property
+    def head_types(self) -> np.ndarray:
+        """[L, H] each head's type: one kind for every head (0)."""
+        return np.zeros((self.spec.num_layers, self.spec.num_heads), np.int32)
+
     def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
         """An empty cache; head_groups: the mesh's `model` axis size (see cache.pool)."""
         sp = self.spec

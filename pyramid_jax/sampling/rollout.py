@@ -103,7 +103,8 @@ def write_pass(model, policy, sampler: Sampler, cache, text_kv, x0, chunk, plan,
     if sampler.guided:  # both branches write the frames made
         x0 = jnp.concatenate([x0, x0])
     out = model(x0, clean_t(sampler, x0), text_kv, staging, probe_frame=probe_frame)
-    new_cache = sharding.constrain(policy.commit(out.state, out.chunk_kv, chunk), CacheState.logical_axes())
+    new_cache = policy.commit(out.state, out.chunk_kv, chunk)
+    new_cache = sharding.constrain(new_cache, new_cache.logical_axes())
     return (new_cache,) if probe_frame is None else (new_cache, out.probe)
 
 
@@ -262,7 +263,7 @@ class ChunkLoop:
         if self.mesh is None:  # committed, as every later cache is: the step compiles once, not twice
             return jax.device_put(cache, next(iter(jax.tree.leaves(self.params)[0].devices())))
         with on_mesh(self.mesh):
-            return sharding.put(cache, self.mesh, CacheState.logical_axes())
+            return sharding.put(cache, self.mesh, cache.logical_axes())
 
     def set_text(self, text_kv) -> None:
         """The text K/V the chunks from the next one on attend."""

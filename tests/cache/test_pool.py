@@ -14,7 +14,9 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 from pyramid_jax.cache import pool
-from pyramid_jax.cache.pool import CacheState, PoolSpec
+from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.pool import PoolSpec
+from pyramid_jax.cache.pyramid import PyramidPolicy
 
 # 2 x 3 latent tokens per frame, pages of 4 tokens: a frame fills 2 pages (the second holds 2)
 SPEC = PoolSpec(num_layers=1, num_heads=2, head_dim=4, grid=(2, 3))
@@ -103,11 +105,9 @@ def test_empty_state_shapes_and_contents():
     np.testing.assert_array_equal(s.page_len, np.full(8, 6))  # a whole frame until written
     np.testing.assert_array_equal(s.slot_time, np.full((1, 2, 2), -1))
     np.testing.assert_array_equal(s.slot_page, [[[0, 2], [4, 6]]])
-    np.testing.assert_array_equal(s.head_kind, np.zeros((1, 2)))
-    assert s.merge_k.shape == s.merge_v.shape == (2, 0, 0, 4)  # no merging heads
-    np.testing.assert_array_equal(s.merge_row, np.zeros((1, 2)))  # NA = 0: none merges
+    assert s.own == ()  # a policy that keeps nothing besides the pages
     assert s.k_scale.shape == s.v_scale.shape == (2, 0, 1, 1)
-    for name in ("page_len", "slot_time", "slot_page", "head_kind", "merge_row"):
+    for name in ("page_len", "slot_time", "slot_page"):
         assert getattr(s, name).dtype == jnp.int32, name
 
 
@@ -121,16 +121,18 @@ def test_empty_state_pages_follow_kv_dtype():
     assert f8.k.dtype == jnp.float8_e4m3fn and f8.k_scale.shape[1] == 8
 
 
-def test_empty_state_merge_rows_and_head_kinds():
+def test_pyramid_state_merge_rows_and_head_kinds():
+    """The pyramid cache's own state (CacheState.own): head types, and an accumulator row per
+    merging (Veil) head."""
     spec = PoolSpec(num_layers=2, num_heads=2, head_dim=4, grid=(2, 3))
-    merging = np.array([[True, False], [False, True]])
-    kind = np.array([[1, 0], [0, 2]])
-    s = pool.empty_state(spec, 3, jnp.float32, np.ones((2, 2, 1)), TP, head_kind=kind,
-                         merge_heads=merging, merge_tokens=5)
+    kind = np.array([[VEIL, ANCHOR], [WAVE, VEIL]])
+    own = PyramidPolicy(spec, kind).init(3, jnp.float32).own
     # rows in (layer, head) order: L0H0 -> 0, L1H1 -> 1; the others get NA = 2
-    np.testing.assert_array_equal(s.merge_row, [[0, 2], [2, 1]])
-    assert s.merge_k.shape == s.merge_v.shape == (3, 2, 5, 4) and s.merge_k.dtype == jnp.float32
-    np.testing.assert_array_equal(s.head_kind, kind)
+    np.testing.assert_array_equal(own.merge_row, [[0, 2], [2, 1]])
+    # a pooled block: ceil(2 / 2) x ceil(3 / 2) = 2 tokens
+    assert own.merge_k.shape == own.merge_v.shape == (3, 2, 2, 4) and own.merge_k.dtype == jnp.float32
+    np.testing.assert_array_equal(own.head_kind, kind)
+    assert own.head_kind.dtype == own.merge_row.dtype == jnp.int32
 
 
 def test_empty_state_with_head_groups_pads_each_group():
@@ -148,9 +150,9 @@ def test_empty_state_without_pages_keeps_one_page_per_group():
 
 def test_nbytes_counts_every_leaf():
     s = two_slot_state()
-    # k, v: 8 pages x 4 tokens x 4 floats; page_len 8; slot_time, slot_page 4 each;
-    # head_kind, merge_row 2 each (int32); merge and scale leaves are empty
-    assert s.nbytes == 2 * 8 * 4 * 4 * 4 + 8 * 4 + 2 * 4 * 4 + 2 * 2 * 4
+    # k, v: 8 pages x 4 tokens x 4 floats; page_len 8; slot_time, slot_page 4 each (int32);
+    # the scale leaves are empty
+    assert s.nbytes == 2 * 8 * 4 * 4 * 4 + 8 * 4 + 2 * 4 * 4
 
 
 def test_pool_view_carries_scales_only_for_8bit_pages():
@@ -162,13 +164,17 @@ def test_pool_view_carries_scales_only_for_8bit_pages():
 
 
 def test_logical_axes_fit_every_leaf():
-    axes = CacheState.logical_axes()
-    assert axes._fields == CacheState._fields and all(isinstance(a, P) for a in axes)
     spec = PoolSpec(num_layers=2, num_heads=2, head_dim=4, grid=(2, 3), kv_dtype="int8")
-    s = pool.empty_state(spec, 1, jnp.float32, np.ones((2, 2, 1)), TP, merge_heads=np.ones((2, 2)),
-                         merge_tokens=3)
-    for name, leaf, logical in zip(CacheState._fields, s, axes):
-        assert len(logical) <= leaf.ndim, name
+    s = PyramidPolicy(spec, np.full((2, 2), VEIL)).init(1, jnp.float32)
+    axes = s.logical_axes()
+    is_spec = lambda a: isinstance(a, P)
+    assert jax.tree.structure(axes, is_leaf=is_spec) == jax.tree.structure(s)  # one spec per leaf
+    for leaf, logical in zip(jax.tree.leaves(s), jax.tree.leaves(axes, is_leaf=is_spec)):
+        assert len(logical) <= leaf.ndim
+    assert two_slot_state().logical_axes().own == ()
+    # merge rows go with the heads, as the pages do
+    assert sharding.mesh_spec(axes.own.merge_k) == P("data", "model")
+    assert sharding.mesh_spec(axes.own.head_kind) == P(None, "model")
     # pages go with the heads (model axis), the batch with data
     assert sharding.mesh_spec(axes.k) == P("data", "model")
     assert sharding.mesh_spec(axes.page_len) == P("model")
