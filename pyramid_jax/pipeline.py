@@ -1,6 +1,6 @@
 """Text-to-video as a library: check a config, load what it names, encode the prompts, roll
 out, decode and write. `generate`, `batch`, `classify_heads`, the notebook and the studio
-call these; `run(spec)` is the whole of `python -m pyramid_jax.generate`.
+call these; `generate_and_write(spec)` is the whole of `python -m pyramid_jax.generate`.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def make_sampler(spec) -> Sampler:
 
 
 @dataclasses.dataclass
-class Models:
+class LoadedModels:
     """What a run loads once: the DiT, its text encoder, its video decoder weights (None:
     a pixel model, or no VAE configured) and the sampler."""
 
@@ -169,7 +169,7 @@ class Models:
     vae_encoder: object = None  # the VAE's encoder, loaded when given frames need it
 
 
-def encoder_for(spec, models: Models):
+def encoder_for(spec, models: LoadedModels):
     """The VAE encoder that turns given frames into latents (loaded once, kept on models);
     None for a pixel model, whose frames are its latents."""
     if spec.decoder.kind == "pixel":
@@ -198,12 +198,12 @@ def encoder_for(spec, models: Models):
     return models.vae_encoder
 
 
-def load(spec, text: bool = True, decoder: bool = True) -> Models:
+def load_models(spec, text: bool = True, decoder: bool = True) -> LoadedModels:
     """Everything the config names, loaded once (text=False skips the text encoder,
     decoder=False the VAE)."""
     dit = load_dit(spec)
     encoder = TextEncoder(spec, dit.cfg) if text and not (spec.inputs.prompt_embeds or spec.inputs.replay) else None
-    return Models(dit, encoder, video.load_video_weights(spec, dit.cfg) if decoder else None, make_sampler(spec))
+    return LoadedModels(dit, encoder, video.load_video_weights(spec, dit.cfg) if decoder else None, make_sampler(spec))
 
 
 # ---- shapes and the cache ----------------------------------------------------------
@@ -234,7 +234,7 @@ def build_policy(spec, cfg, latent_hw, num_frames):
 
 # ---- one generation ----------------------------------------------------------------
 @dataclasses.dataclass
-class Inputs:
+class GenerationInputs:
     """What one generation starts from: encoded prompts [B, Lt, text_dim] and its noise."""
 
     context: np.ndarray
@@ -253,7 +253,7 @@ class Inputs:
         return 0 if self.initial is None else self.initial.shape[1]
 
 
-def with_initial(spec, models: Models, job: Inputs) -> Inputs:
+def with_initial(spec, models: LoadedModels, job: GenerationInputs) -> GenerationInputs:
     """The job continuing the config's init_video / init_image, if it names one."""
     if init_frames.field_of(spec) is None:
         return job
@@ -261,7 +261,7 @@ def with_initial(spec, models: Models, job: Inputs) -> Inputs:
     return dataclasses.replace(job, initial=initial)
 
 
-def inputs(spec, models: Models) -> Inputs:
+def generation_inputs(spec, models: LoadedModels) -> GenerationInputs:
     """The config's prompts (encoded) and seed, or its replay file (context and noise)."""
     cfg = models.dit.cfg
     if not spec.inputs.replay:
@@ -270,7 +270,7 @@ def inputs(spec, models: Models) -> Inputs:
             return with_initial(spec, models, scheduled_inputs(spec, models, prompts_of(spec), spec.inputs.seed, hw))
         context = prompt_context(spec, cfg, models.text)
         noise = RandomNoise(spec.inputs.seed, (context.shape[0], spec.inputs.num_frames, cfg.in_channels, *hw), models.sampler)
-        return with_initial(spec, models, Inputs(context, noise, spec.inputs.num_frames, hw))
+        return with_initial(spec, models, GenerationInputs(context, noise, spec.inputs.num_frames, hw))
     context, noise, renoise, initial = load_replay(spec.inputs.replay, cfg)
     try:
         source = ReplayNoise(noise, renoise, models.sampler)
@@ -278,11 +278,11 @@ def inputs(spec, models: Models) -> Inputs:
         raise UserError(f"replay {spec.inputs.replay!r}: {e}") from None
     log.info("replay from %s: batch %d, %d latent frames, latent %dx%d%s", spec.inputs.replay, *noise.shape[:2],
              *noise.shape[3:], "" if initial is None else f", after {initial.shape[1]} given frames")
-    return Inputs(context, source, noise.shape[1], noise.shape[3:], initial=initial)
+    return GenerationInputs(context, source, noise.shape[1], noise.shape[3:], initial=initial)
 
 
-def scheduled_inputs(spec, models: Models, prompts: list[str], seeds, latent_hw, num_frames: int | None = None) -> Inputs:
-    """Inputs of `prompts` (one per sample) under the config's prompt_schedule: each sample's
+def scheduled_inputs(spec, models: LoadedModels, prompts: list[str], seeds, latent_hw, num_frames: int | None = None) -> GenerationInputs:
+    """The inputs of `prompts` (one per sample) under the config's prompt_schedule: each sample's
     prompt opens its video unless the schedule sets frame 0."""
     cfg, frames = models.dit.cfg, num_frames or spec.inputs.num_frames
     schedules = [parse_schedule(spec.inputs.prompt_schedule, p) for p in prompts] if spec.inputs.prompt_schedule.strip() else [
@@ -291,7 +291,7 @@ def scheduled_inputs(spec, models: Models, prompts: list[str], seeds, latent_hw,
     log.info("prompt schedule: %s", "; ".join(f"{t}: {p}" for t, p in schedules[0]) if len(schedules) == 1
              else f"switches at latent frames {[t for t, _ in switches]}")
     noise = RandomNoise(seeds, (len(prompts), frames, cfg.in_channels, *latent_hw), models.sampler)
-    return Inputs(context, noise, frames, latent_hw, tuple(switches))
+    return GenerationInputs(context, noise, frames, latent_hw, tuple(switches))
 
 
 def load_replay(path: str, cfg):
@@ -318,7 +318,7 @@ def load_replay(path: str, cfg):
     return context, noise, renoise, initial  # frames vs the chunk: ReplayNoise / prefill check
 
 
-def generate(spec, models: Models, job: Inputs, sink: video.VideoSink | None = None, *,
+def generate(spec, models: LoadedModels, job: GenerationInputs, sink: video.VideoSink | None = None, *,
              record_noise: bool = False, mesh=None) -> Rollout:
     """Roll out one generation, streaming each chunk into `sink`, with a progress line per chunk."""
     cfg, f = models.dit.cfg, spec.sampler.frames_per_chunk
@@ -346,13 +346,13 @@ def generate(spec, models: Models, job: Inputs, sink: video.VideoSink | None = N
     return result
 
 
-def run(spec, mesh_for=None) -> Rollout:
+def generate_and_write(spec, mesh_for=None) -> Rollout:
     """`python -m pyramid_jax.generate`: check, load, generate, write (mp4s, latents, replay).
     mesh_for(batch, cfg): the mesh the batch runs on (None: one device)."""
     check_config(spec)
     video.check_outputs(spec)
-    models = load(spec, decoder=bool(spec.output.output))
-    job = inputs(spec, models)
+    models = load_models(spec, decoder=bool(spec.output.output))
+    job = generation_inputs(spec, models)
     mesh = None if mesh_for is None else mesh_for(job.batch, models.dit.cfg)
     if mesh is not None:
         log.info("mesh: %s", dict(mesh.shape))
@@ -374,7 +374,7 @@ def run(spec, mesh_for=None) -> Rollout:
     return result
 
 
-def write_files(spec, result: Rollout, job: Inputs) -> None:
+def write_files(spec, result: Rollout, job: GenerationInputs) -> None:
     """The latents (given frames first) and, if asked, the replay file (what this run drew,
     and the given frames as initial_latent)."""
     media.save_npz(video.latents_path(spec), latents=result.latents)

@@ -22,7 +22,7 @@ def test_background_colour_follows_the_prompt():
     prompts = [f"a white circle bouncing left to right on a {bg} striped background" for bg in BACKGROUNDS]
     c = parse_spec(["generate", f"--config={os.path.join(REPO, 'configs', 'demo.py')}", "--config.num_frames=12",
                       "--config.output="])
-    models = pipeline.load(c)
+    models = pipeline.load_models(c)
     hw = pipeline.latent_size(c, models.dit.cfg)
     job = pipeline.scheduled_inputs(c, models, prompts, [0] * len(prompts), hw)
     frames = video.PixelFrames().push(pipeline.generate(c, models, job).latents)  # [B, T, H, W, 3]

@@ -71,7 +71,7 @@ def test_demo_text_path_is_the_same_in_training_and_generate():
     from train_demo import encode_captions
 
     c = parse_config(["generate", f"--config={os.path.join(REPO, 'configs', 'demo.py')}"])
-    models = pipeline.load(from_config(c), decoder=False)
+    models = pipeline.load_models(from_config(c), decoder=False)
     prompts = [c.prompt, "a white square quickly bouncing downwards with 2 other shapes on a red checkered background"]
     trained_on = encode_captions(os.path.join(REPO, "assets", "demo", "text"), prompts, models.dit.cfg.text_len)
     np.testing.assert_array_equal(trained_on, models.text(prompts))

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         f = c.sampler.frames_per_chunk
         if args.given % f or args.frames % f or args.given <= 0 or args.frames <= 0:
             raise UserError(f"--given and --frames must be positive multiples of {f}")
-        models = pipeline.load(c)
+        models = pipeline.load_models(c)
     except (OSError, ValueError, UserError) as e:
         print(f"evaluate_continue: error: {e}", file=sys.stderr)
         return 2

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         c = c.but(inputs=dict(num_frames=int(round(args.seconds * c.output.fps / video.strides(c)[0] / f)) * f),
                   output=dict(output=""))
         pipeline.check_config(c)
-        models = pipeline.load(c)
+        models = pipeline.load_models(c)
     except UserError as e:
         print(f"evaluate_prompts: error: {e}", file=sys.stderr)
         return 2

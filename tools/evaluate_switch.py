@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         f = c.sampler.frames_per_chunk
         if args.switch % f or not 0 < args.switch < args.frames:
             raise UserError(f"--switch must be a multiple of {f} inside the video")
-        models = pipeline.load(c)
+        models = pipeline.load_models(c)
     except UserError as e:
         print(f"evaluate_switch: error: {e}", file=sys.stderr)
         return 2

@@ -59,7 +59,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def generate_batch(spec, models: pipeline.Models, group, bs, latent_hw, mesh, out, expect) -> float:
+def generate_batch(spec, models: pipeline.LoadedModels, group, bs, latent_hw, mesh, out, expect) -> float:
     """One batch of prompts: roll out, stream the videos, then write latents. Returns seconds."""
     padded = group + [group[-1]] * (bs - len(group))  # a full batch; the extras are dropped
     frames = group[0].num_frames
@@ -87,7 +87,7 @@ def run_jobs(spec, jobs, out, key, mesh, progress: Progress, expect: Expected) -
     """Generate `jobs`; returns how many failed. A bad batch is recorded and the run goes on;
     an output that cannot be written stops it (UserError)."""
     host = jax.process_index()
-    models = pipeline.load(spec, decoder=expect.video)
+    models = pipeline.load_models(spec, decoder=expect.video)
     if models.text is None:
         raise UserError("batch generates from prompts: unset prompt_embeds and replay")
     latent_hw = pipeline.latent_size(spec, models.dit.cfg)

@@ -76,7 +76,7 @@ def profiles_from_config(cfg_args, frames: int):
     spec = harness.run_spec(NAME, cfg_args)
     harness.one_device(spec, NAME)
     pipeline.check_config(spec)
-    models = pipeline.load(spec, decoder=False)
+    models = pipeline.load_models(spec, decoder=False)
     model, sampler, cfg = models.dit, models.sampler, models.dit.cfg
     context = prompt_context(spec, cfg, models.text)
     f = spec.sampler.frames_per_chunk

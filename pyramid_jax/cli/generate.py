@@ -6,7 +6,7 @@
 Bad input (unknown field, missing file, wrong shapes, an output that cannot be written, a mesh
 the devices or the batch cannot take) gets one line on stderr and exit code 2; outputs are
 written to temporary names and renamed when complete. The batch runs on the config's mesh
-(mesh.data splits the prompts, mesh.model the heads). The work is `pyramid_jax.pipeline.run`.
+(mesh.data splits the prompts, mesh.model the heads). The work is `pyramid_jax.pipeline.generate_and_write`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ NAME = "generate"
 
 def body(argv: list[str]) -> None:
     spec = harness.run_spec(NAME, argv)
-    pipeline.run(spec, mesh_for=lambda batch, cfg: harness.mesh(spec, batch, cfg))
+    pipeline.generate_and_write(spec, mesh_for=lambda batch, cfg: harness.mesh(spec, batch, cfg))
 
 
 def main(argv=None) -> int:

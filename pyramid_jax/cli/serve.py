@@ -41,7 +41,7 @@ def load_models(spec):
     if spec.inputs.prompt_embeds or spec.inputs.replay or spec.text.kind == "none":
         raise UserError("the studio generates from typed prompts: set text_encoder (umt5 or placeholder) "
                         "and unset prompt_embeds and replay")
-    models = pipeline.load(spec)
+    models = pipeline.load_models(spec)
     if video.video_decoder(spec, 1, pipeline.latent_size(spec, models.dit.cfg), models.vae) is None:
         raise UserError("the studio shows decoded frames: set vae.checkpoint (or vae.random, or a pixel model)")
     return models

@@ -32,7 +32,7 @@ BUSY = "busy: another page's generation is running; this page shows it (wait, or
 
 
 def create_app(spec, models, mesh=None) -> FastAPI:
-    """The app of a run spec and its loaded models (pipeline.load(spec)); generations run on
+    """The app of a run spec and its loaded models (pipeline.load_models(spec)); generations run on
     `mesh` (None: one device)."""
     ids = itertools.count(1)
     clients: set[int] = set()

@@ -86,10 +86,10 @@ def jpeg(frame: np.ndarray) -> bytes:
 class Studio:
     """What the server holds: the config, the models (loaded once), the running generation.
 
-    spec: the run spec (spec.from_config); models: pipeline.load(spec); hub: where messages go.
+    spec: the run spec (spec.from_config); models: pipeline.load_models(spec); hub: where messages go.
     """
 
-    def __init__(self, spec, models: pipeline.Models, hub: Hub, mesh=None):
+    def __init__(self, spec, models: pipeline.LoadedModels, hub: Hub, mesh=None):
         self.spec, self.models, self.hub, self.mesh = spec, models, hub, mesh
         self.policies = [p for p in POLICIES if not REGISTRY[p].head_map or spec.cache.head_map]
         # the decoders a run may pick (offered when the config names both), loaded when first asked

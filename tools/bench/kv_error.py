@@ -54,8 +54,8 @@ def kv_error_rollout(seconds, dtypes=("bfloat16", "int8", "float8_e4m3fn"), poli
     videos = {}
     for name in ("", *dtypes):
         c = parse_spec(base + [f"--config.cache.kv_dtype={name}"])
-        models = pipeline.load(c, decoder=False)
-        lat = pipeline.generate(c, models, pipeline.inputs(c, models)).latents
+        models = pipeline.load_models(c, decoder=False)
+        lat = pipeline.generate(c, models, pipeline.generation_inputs(c, models)).latents
         videos[name] = video.PixelFrames().push(lat)[0].astype(np.float32)
     psnr = lambda d: float(10 * np.log10(255.0**2 / max(float((d**2).mean()), 1e-12)))
     pairs = [(name, "") for name in dtypes] + [
