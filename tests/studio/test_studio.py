@@ -266,7 +266,7 @@ def server():
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen([sys.executable, "-m", "pyramid_jax.serve", "--config=configs/demo.py", *FAST,
-                             "--config.num_frames=45", "--port", str(port)], cwd=REPO, env=env,
+                             "--config.num_frames=150", "--port", str(port)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -328,9 +328,9 @@ def test_studio_in_a_browser(server, tmp_path):
 
         page.fill("#prompt", PROMPT_A)  # continue the video made above
         page.click("#continue")
-        page.wait_for_function("window.studio.status.state === 'running' && window.studio.status.given === 45",
+        page.wait_for_function("window.studio.status.state === 'running' && window.studio.status.given === 150",
                                timeout=60_000)
-        assert "after 45 given frames" in page.inner_text("#status")
+        assert "after 150 given frames" in page.inner_text("#status")
         page.click("#stop")
         page.wait_for_function("window.studio.status.state === 'stopped'", timeout=120_000)
         (tmp_path / "still.png").write_bytes(_png())  # an image to start from, chosen in the page
