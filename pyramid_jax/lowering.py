@@ -43,7 +43,7 @@ def model_config(spec) -> WanConfig:
             return read_config(spec.model.checkpoint)[1].replace(dtype=spec.model.dtype)
         except CheckpointError as e:
             raise UserError(str(e)) from None
-    return spec.model.shape.replace(dtype=spec.model.dtype)
+    return spec.model.shape
 
 
 def abstract_inputs(spec, cfg: WanConfig, policy, sampler, batch: int):
@@ -64,7 +64,8 @@ def export_step(spec, platform: str, batch: int = 1) -> export.Exported:
     sampler = pipeline.make_sampler(spec)
     policy = pipeline.build_policy(spec, cfg, pipeline.latent_size(spec, cfg), spec.inputs.num_frames)
     log.info("model dim %d, %d layers x %d heads, %s; cache %s; latent %dx%d, batch %d; attention %s",
-             cfg.dim, cfg.num_layers, cfg.num_heads, cfg.dtype, spec.cache.policy, *pipeline.latent_size(spec, cfg), batch,
+             cfg.dim, cfg.num_layers, cfg.num_heads, cfg.dtype, spec.cache.policy, *pipeline.latent_size(spec, cfg),
+             batch,
              spec.model.attention)
 
     cache, text_kv, noise, renoise, chunk = abstract_inputs(spec, cfg, policy, sampler, batch)

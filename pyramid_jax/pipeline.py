@@ -136,7 +136,7 @@ def load_dit(spec) -> CausalWan:
         except (CheckpointError, ValueError) as e:
             raise UserError(str(e)) from None
     try:
-        cfg = spec.model.shape.replace(dtype=spec.model.dtype)
+        cfg = spec.model.shape
         model = init_model(cfg, seed=0, attention_backend=spec.model.attention)
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -190,7 +190,8 @@ def encoder_for(spec, models: LoadedModels):
             except CheckpointError as e:
                 raise UserError(str(e)) from None
         else:
-            vcfg = VAEConfig(base_dim=spec.decoder.base_dim, num_res_blocks=spec.decoder.num_res_blocks, dtype=spec.model.dtype)
+            vcfg = VAEConfig(base_dim=spec.decoder.base_dim, num_res_blocks=spec.decoder.num_res_blocks,
+                             dtype=spec.model.dtype)
             params = random_vae_params(vcfg, encoder=True)
             models.vae_encoder = with_weights(WanVAEEncoder, vcfg, {k: v for k, v in params.items()
                                                                       if k.startswith(("encoder.", "quant_conv."))})
@@ -269,7 +270,8 @@ def generation_inputs(spec, models: LoadedModels) -> GenerationInputs:
         if spec.inputs.prompt_schedule.strip():
             return with_initial(spec, models, scheduled_inputs(spec, models, prompts_of(spec), spec.inputs.seed, hw))
         context = prompt_context(spec, cfg, models.text)
-        noise = RandomNoise(spec.inputs.seed, (context.shape[0], spec.inputs.num_frames, cfg.in_channels, *hw), models.sampler)
+        shape = (context.shape[0], spec.inputs.num_frames, cfg.in_channels, *hw)
+        noise = RandomNoise(spec.inputs.seed, shape, models.sampler)
         return with_initial(spec, models, GenerationInputs(context, noise, spec.inputs.num_frames, hw))
     context, noise, renoise, initial = load_replay(spec.inputs.replay, cfg)
     try:
@@ -281,11 +283,13 @@ def generation_inputs(spec, models: LoadedModels) -> GenerationInputs:
     return GenerationInputs(context, source, noise.shape[1], noise.shape[3:], initial=initial)
 
 
-def scheduled_inputs(spec, models: LoadedModels, prompts: list[str], seeds, latent_hw, num_frames: int | None = None) -> GenerationInputs:
+def scheduled_inputs(spec, models: LoadedModels, prompts: list[str], seeds, latent_hw,
+                     num_frames: int | None = None) -> GenerationInputs:
     """The inputs of `prompts` (one per sample) under the config's prompt_schedule: each sample's
     prompt opens its video unless the schedule sets frame 0."""
     cfg, frames = models.dit.cfg, num_frames or spec.inputs.num_frames
-    schedules = [parse_schedule(spec.inputs.prompt_schedule, p) for p in prompts] if spec.inputs.prompt_schedule.strip() else [
+    scheduled = spec.inputs.prompt_schedule.strip()
+    schedules = [parse_schedule(spec.inputs.prompt_schedule, p) for p in prompts] if scheduled else [
         [(0, p)] for p in prompts]
     (_, context), *switches = schedule_contexts(schedules, models.text)
     log.info("prompt schedule: %s", "; ".join(f"{t}: {p}" for t, p in schedules[0]) if len(schedules) == 1
@@ -357,7 +361,8 @@ def generate_and_write(spec, mesh_for=None) -> Rollout:
     if mesh is not None:
         log.info("mesh: %s", dict(mesh.shape))
     decoder = video.video_decoder(spec, job.batch, job.latent_hw, models.vae) if spec.output.output else None
-    sink = video.VideoSink(spec, video.output_paths(spec.output.output, job.batch), decoder) if spec.output.output else None
+    sink = (video.VideoSink(spec, video.output_paths(spec.output.output, job.batch), decoder) if spec.output.output
+            else None)
     try:
         result = generate(spec, models, job, sink, record_noise=bool(spec.output.save_replay), mesh=mesh)
         write_files(spec, result, job)
@@ -381,5 +386,6 @@ def write_files(spec, result: Rollout, job: GenerationInputs) -> None:
     log.info("wrote latents %s %s", video.latents_path(spec), list(result.latents.shape))
     if spec.output.save_replay:
         given = {} if job.initial is None else {"initial_latent": job.initial}
-        media.save_npz(spec.output.save_replay, context=job.context, noise=result.noise, renoise=result.renoise, **given)
+        media.save_npz(spec.output.save_replay, context=job.context, noise=result.noise, renoise=result.renoise,
+                       **given)
         log.info("wrote replay %s", spec.output.save_replay)

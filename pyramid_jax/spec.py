@@ -31,7 +31,7 @@ RENAMED = {"num_frame_per_block": "frames_per_chunk"}  # old config field -> its
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     checkpoint: str  # orbax dir; "" = random weights of `shape`
-    shape: WanConfig  # the config's `model` fields (a checkpoint brings its own)
+    shape: WanConfig  # the config's `model` fields at the run's dtype (a checkpoint brings its own)
     dtype: str  # float32 | bfloat16: what the weights and activations run in
     attention: str  # the attention backend: reference | pallas
 
@@ -132,7 +132,7 @@ def from_config(c) -> RunSpec:
             raise UserError(f"config field {old} is now {RENAMED[old]}: rename it in the config file")
     d = c.to_dict()
     try:
-        shape = WanConfig.from_dict(d["model"])
+        shape = WanConfig.from_dict(dict(d["model"], dtype=d["dtype"]))
     except (TypeError, ValueError) as e:
         raise UserError(f"model: {e}") from None
     return RunSpec(

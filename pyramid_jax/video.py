@@ -79,7 +79,8 @@ def load_video_weights(spec, cfg):
         log.warning("NO VAE CHECKPOINT: a random TAEHV decodes the latents")
         return with_weights(taehv.TAEHV, tcfg, taehv_names.params(taehv_names.random_checkpoint(tcfg), tcfg))
     if spec.decoder.random:
-        vcfg = vae_model.VAEConfig(base_dim=spec.decoder.base_dim, num_res_blocks=spec.decoder.num_res_blocks, dtype=spec.model.dtype)
+        vcfg = vae_model.VAEConfig(base_dim=spec.decoder.base_dim, num_res_blocks=spec.decoder.num_res_blocks,
+                                   dtype=spec.model.dtype)
         log.warning("NO VAE CHECKPOINT: a random VAE (base dim %d) decodes the latents", vcfg.base_dim)
         return with_weights(vae_model.WanVAEDecoder, vcfg, random_vae_params(vcfg))
     return None
@@ -112,7 +113,8 @@ def latents_path(spec) -> str:
 
 def check_outputs(spec) -> None:
     """Every file a generation writes can be written (checked before any compute)."""
-    for field, path in (("output", spec.output.output), ("save_latents", latents_path(spec)), ("save_replay", spec.output.save_replay)):
+    for field, path in (("output", spec.output.output), ("save_latents", latents_path(spec)),
+                        ("save_replay", spec.output.save_replay)):
         if path:
             check_writable(path, field)
 

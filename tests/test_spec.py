@@ -49,7 +49,7 @@ def test_every_config_field_lands_in_one_group():
     for field, path in WHERE.items():
         want = fields[field]
         assert get(spec, path) == (tuple(want) if isinstance(want, (list, tuple)) else want), field
-    assert spec.model.shape == WanConfig.from_dict(c.model.to_dict())
+    assert spec.model.shape == WanConfig.from_dict(dict(c.model.to_dict(), dtype=c.dtype))  # at the run's dtype
     assert isinstance(spec, RunSpec) and spec.sampler.denoising_step_list == (1000, 750, 500, 250)
 
 

@@ -170,7 +170,7 @@ def expected_outputs(spec) -> Expected:
         except CheckpointError as e:
             raise UserError(str(e)) from None
     else:
-        cfg = spec.model.shape.replace(dtype=spec.model.dtype)
+        cfg = spec.model.shape
     writes_video = (spec.decoder.kind == "pixel" or spec.decoder.kind in video.decoder_checkpoints(spec)
                     or bool(spec.decoder.random))
     return Expected(cfg.in_channels, pipeline.latent_size(spec, cfg), video.strides(spec)[0], writes_video,

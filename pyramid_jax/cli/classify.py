@@ -27,7 +27,7 @@ from pyramid_jax.errors import UserError
 from pyramid_jax.media import save_npz
 from pyramid_jax.heads.calibrate import record_profiles
 from pyramid_jax.sampling.rollout import RandomNoise, text_kv_of
-from pyramid_jax.text import prompt_context
+from pyramid_jax.text import prompt_context, prompts_of
 
 NAME = "classify_heads"
 log = logging.getLogger(NAME)
@@ -81,7 +81,6 @@ def profiles_from_config(cfg_args, frames: int):
     context = prompt_context(spec, cfg, models.text)
     f = spec.sampler.frames_per_chunk
     lh, lw = pipeline.latent_size(spec, cfg)
-    prompts = [spec.inputs.prompt] if not spec.inputs.prompts_file else open(spec.inputs.prompts_file).read().split("\n")
     grid = (lh // cfg.patch_size[1], lw // cfg.patch_size[2])
     if frames % f or frames < 2 * f:
         raise UserError(f"--frames must be a multiple of {f} and at least {2 * f}, got {frames}")
@@ -91,7 +90,7 @@ def profiles_from_config(cfg_args, frames: int):
     prof = record_profiles(model, sampler, text_kv, noise, frames, grid,
                            on_chunk=lambda k, n: log.info("calibration chunk %d/%d", k + 1, n))
     name = spec.model.checkpoint or f"random init (dim {cfg.dim}, {cfg.num_layers} layers)"
-    return prof, [p for p in prompts if p.strip()], name
+    return prof, prompts_of(spec), name
 
 
 def body(argv: list[str]) -> None:
