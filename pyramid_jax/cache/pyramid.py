@@ -185,6 +185,13 @@ class PyramidPolicy:
         """[L, H] each head's type (the head map)."""
         return self.types
 
+    def trace_slots(self, state, slot_time, length):
+        """(frame, token_start, token_stop, pooled) per slot [L, H, S] (cache.trace): a merged
+        block's slot holds its pooled tokens, stored at the block's time, first frame 4k."""
+        pooled = (length < self.spec.tokens_per_frame).astype(np.int64)
+        frame = np.where(pooled == 1, slot_time - (self.params.merge_block - 1) // 2, slot_time)
+        return frame, np.zeros_like(length), length, pooled
+
     # ---- plan ----------------------------------------------------------------------
     def sync_time(self, t_q):
         """The RoPE time sinks and middle frames are attended at."""
@@ -231,7 +238,7 @@ class PyramidPolicy:
         return PagePlan(frame0, take(per_q(slot_page)), take(shift), take(valid), own_shift)
 
     # ---- the cache-writing pass and commit -----------------------------------------
-    def stage(self, state: CacheState, plan: PagePlan, layer, k_pre, v, chunk):
+    def stage(self, state: CacheState, plan: PagePlan, layer, k_pre, v, chunk, q=None):
         """Before layer `layer` attends in the clean pass: put the chunk's own frames into the
         middle stores. k_pre, v: [B, H, F, T, Dh] (k before RoPE). Returns (state, pool, the
         layer's plan over the updated stores)."""

@@ -88,7 +88,7 @@ class RingCache:
         valid = self.attended(state.slot_time, frame0)[:, None]
         return PagePlan(frame0, state.slot_page[:, None], None, valid)
 
-    def stage(self, state: CacheState, plan: PagePlan, layer, k, v, chunk):
+    def stage(self, state: CacheState, plan: PagePlan, layer, k, v, chunk, q=None):
         """The cache-writing pass reads what the noisy passes read: (state, pool, layer plan)."""
         return state, state.pool(), layer_plan(plan, layer)
 

@@ -236,9 +236,10 @@ class Committed(NamedTuple):
 
 
 class Staging(NamedTuple):
-    """The pass that writes the cache: before layer l attends, stage(state, l, k_pre, v) ->
+    """The pass that writes the cache: before layer l attends, stage(state, l, k_pre, v, q) ->
     (state, KVPool, the layer's PagePlan) puts that layer's keys (k_pre before RoPE, v;
-    [B, H, F, T, Dh]) into the cache state and says what the layer attends."""
+    [B, H, F, T, Dh]) into the cache state and says what the layer attends; q, the layer's
+    queries after RoPE [B, N, H, Dh], lets a policy type heads online."""
 
     state: Any  # the policy's cache state, carried from layer to layer
     stage: Callable
@@ -399,7 +400,7 @@ class CausalWan(nnx.Module):
             if isinstance(attend, Committed):
                 pool, lp = attend.pool, attn_lib.layer_plan(attend.plan, layer)
             else:
-                carry, pool, lp = attend.stage(carry, layer, to_pool(k_pre), to_pool(v))
+                carry, pool, lp = attend.stage(carry, layer, to_pool(k_pre), to_pool(v), q)
             if lp.own_shift is not None:  # [H, F] -> per token [N, H]
                 k = rope.shift_time(k, jnp.repeat(lp.own_shift.T, tpf, axis=0)[None], dh, theta)
             b, n, h = q.shape[:3]
