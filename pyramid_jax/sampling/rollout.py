@@ -39,6 +39,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
+from pyramid_jax.attention.plan import PagePlan
+from pyramid_jax.cache import trace as trace_lib
 from pyramid_jax.cache.pool import CacheState
 from pyramid_jax.models.wan.modeling import Committed, Staging
 from pyramid_jax.sampling.schedule import FlowSchedule
@@ -96,16 +98,48 @@ def chunk_step(model, policy, sampler: Sampler, cache, text_kv, noise, renoise, 
     return (x0,) + out
 
 
-def write_pass(model, policy, sampler: Sampler, cache, text_kv, x0, chunk, plan, *, probe_frame=None):
+def write_pass(model, policy, sampler: Sampler, cache, text_kv, x0, chunk, plan, *, probe_frame=None,
+               record: bool = False):
     """The cache-writing pass of a chunk's x0 [B, F, C, h, w] at t = context_noise, then the
-    commit. plan: the chunk's plan over `cache`. Returns (new cache,) and the probe if asked."""
-    staging = Staging(cache, lambda state, layer, k, v: policy.stage(state, plan, layer, k, v, chunk), plan.frame0)
+    commit. plan: the chunk's plan over `cache`. Returns (new cache,), then the probe if asked,
+    then, with `record`, what the pass attended (`PassRecord`: each layer's plan and the
+    stores it read)."""
+    def stage(carry, layer, k, v, q):
+        state, seen = carry
+        state, pool, lp = policy.stage(state, plan, layer, k, v, chunk, q)
+        if seen is not None:  # every layer's plan, in the noisy plan's shapes
+            seen = seen._replace(slot=seen.slot.at[layer].set(jnp.broadcast_to(lp.slot, seen.slot.shape[1:])),
+                                 valid=seen.valid.at[layer].set(jnp.broadcast_to(lp.valid, seen.valid.shape[1:])),
+                                 time_shift=seen.time_shift.at[layer].set(
+                                     0 if lp.time_shift is None else jnp.broadcast_to(lp.time_shift,
+                                                                                      seen.time_shift.shape[1:])))
+        return (state, seen), pool, lp
+
+    seen = record_plan(plan) if record else None
+    staging = Staging((cache, seen), stage, plan.frame0)
     if sampler.guided:  # both branches write the frames made
         x0 = jnp.concatenate([x0, x0])
     out = model(x0, clean_t(sampler, x0), text_kv, staging, probe_frame=probe_frame)
-    new_cache = policy.commit(out.state, out.chunk_kv, chunk)
+    staged, seen = out.state
+    new_cache = policy.commit(staged, out.chunk_kv, chunk)
     new_cache = sharding.constrain(new_cache, new_cache.logical_axes())
-    return (new_cache,) if probe_frame is None else (new_cache, out.probe)
+    return ((new_cache,) + (() if probe_frame is None else (out.probe,))
+            + ((PassRecord(seen, staged),) if record else ()))
+
+
+class PassRecord(NamedTuple):
+    """What a pass attended: its plan (fields [L, C, H, P], time_shift zeros when no entry
+    moves) and the cache state it read (its slot tables say which frame each page holds)."""
+
+    plan: PagePlan
+    state: CacheState
+
+
+def record_plan(plan: PagePlan) -> PagePlan:
+    """A plan with every field materialised (time_shift zeros when None; the slot shape)."""
+    shift = jnp.zeros(plan.slot.shape, jnp.int32) if plan.time_shift is None else jnp.broadcast_to(
+        plan.time_shift, plan.slot.shape)
+    return PagePlan(plan.frame0, plan.slot, shift, jnp.broadcast_to(plan.valid, plan.slot.shape))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
@@ -113,6 +147,17 @@ def step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, reno
     """`chunk_step` of the model (graphdef, params), jitted; the cache is updated in place.
     Returns (x0, cache)."""
     return chunk_step(nnx.merge(graphdef, params), policy, sampler, cache, text_kv, noise, renoise, chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"))
+def traced_step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, renoise, chunk):
+    """`step` that also returns what it attended: (x0, cache, noisy PassRecord, clean
+    PassRecord) (`--config.trace_cache`; the cache is not donated: the noisy record holds it)."""
+    model = nnx.merge(graphdef, params)
+    plan = policy.plan(cache, chunk)
+    x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise)
+    new_cache, clean = write_pass(model, policy, sampler, cache, text_kv, x0, chunk, plan, record=True)
+    return x0, new_cache, PassRecord(record_plan(plan), cache), clean
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
@@ -225,19 +270,24 @@ class ReplayNoise:
                 jnp.asarray(self.renoise[k * r:(k + 1) * r], jnp.float32))
 
 
-class Rollout(NamedTuple):
-    """What `rollout` returns.
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """What `rollout` returns; it unpacks as (latents, noise, renoise, cache).
 
     latents: [B, F, C, h, w] float32 (the given frames first, when it continued some); noise
     [B, F_made, C, h, w] and renoise [N, B, F_chunk, C, h, w] as drawn (with record_noise, else
-    None); cache: the state after the last chunk (with
-    keep_cache, else None).
+    None); cache: the state after the last chunk (with keep_cache, else None); trace: every
+    cache entry each pass attended (with trace, rows as cache.trace.COLUMNS, else None).
     """
 
     latents: np.ndarray
     noise: np.ndarray | None = None
     renoise: np.ndarray | None = None
     cache: CacheState | None = None
+    trace: np.ndarray | None = None
+
+    def __iter__(self):
+        return iter((self.latents, self.noise, self.renoise, self.cache))
 
 
 class ChunkLoop:
@@ -245,8 +295,9 @@ class ChunkLoop:
     device(s). text_kv: (k, v) [L, B, H, Lt, Dh]; noise_source: RandomNoise or ReplayNoise;
     mesh: `sharding.make_mesh` or None (one device)."""
 
-    def __init__(self, model, policy, sampler: Sampler, text_kv, noise_source, mesh=None):
+    def __init__(self, model, policy, sampler: Sampler, text_kv, noise_source, mesh=None, trace: bool = False):
         self.graphdef, params = nnx.split(model)
+        self.trace = [] if trace else None  # rows of cache.trace per chunk made
         self.policy, self.sampler, self.noise_source, self.mesh = policy, sampler, noise_source, mesh
         self.batch = noise_source.chunk(0)[0].shape[0]
         self.dtype = model.cfg.jnp_dtype
@@ -284,8 +335,14 @@ class ChunkLoop:
         with on_mesh(self.mesh):
             if self.mesh is not None:
                 noise, renoise = sharding.put((noise, renoise), self.mesh, (P("batch"), P(None, "batch")))
-            x0, self.cache = step(self.graphdef, self.policy, self.sampler, self.params, self.cache,
-                                  self.text_kv, noise, renoise, jnp.int32(k))
+            args = (self.graphdef, self.policy, self.sampler, self.params, self.cache, self.text_kv, noise, renoise,
+                    jnp.int32(k))
+            if self.trace is None:
+                x0, self.cache = step(*args)
+            else:
+                x0, self.cache, noisy, clean = traced_step(*args)
+                self.trace.append(trace_lib.chunk_rows(self.policy, k, noisy, clean, self.sampler.num_steps,
+                                                       self.batch))
         self.chunk += 1
         return x0, noise, renoise
 
@@ -324,7 +381,7 @@ class ChunkLoop:
 
 def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int, *,
             on_chunk: Callable | None = None, record_noise: bool = False, keep_cache: bool = False,
-            mesh=None, initial=None) -> Rollout:
+            mesh=None, initial=None, trace: bool = False) -> Rollout:
     """Generate num_chunks chunks; on a mesh (`sharding.make_mesh`) when given.
 
     text_kv: (k, v) [L, B, H, Lt, Dh], or a function chunk -> (k, v) (a prompt schedule: it is
@@ -332,10 +389,11 @@ def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: 
     on_chunk(k, x0_numpy, seconds) is called after each chunk made (progress, streaming).
     initial: given frames to continue (latents [B, F0, C, h, w], whole chunks), written into
     the cache first (`ChunkLoop.prefill`); the returned latents start with them.
+    trace: record every cache entry each pass attends (Rollout.trace; cache.trace).
     """
     text_at = text_kv if callable(text_kv) else (lambda k: text_kv)
     current = text_at(0)
-    loop = ChunkLoop(model, policy, sampler, current, noise_source, mesh)
+    loop = ChunkLoop(model, policy, sampler, current, noise_source, mesh, trace=trace)
     outs, noises, renoises = [], [], []
     if initial is not None:
         loop.prefill(initial)
@@ -354,6 +412,7 @@ def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: 
             on_chunk(k, x0, time.perf_counter() - t0)
     latents = np.concatenate(outs, axis=1)
     cache = loop.cache if keep_cache else None
+    rows = None if loop.trace is None else np.concatenate(loop.trace)
     if record_noise:
-        return Rollout(latents, np.concatenate(noises, axis=1), np.concatenate(renoises, axis=0), cache)
-    return Rollout(latents, cache=cache)
+        return Rollout(latents, np.concatenate(noises, axis=1), np.concatenate(renoises, axis=0), cache, rows)
+    return Rollout(latents, cache=cache, trace=rows)
