@@ -40,4 +40,6 @@ def get_config():
     c.cache.local_attn_size = 12
     c.cache.sink_size = 0
     c.cache.head_map = os.path.join(ASSETS, "head_map.csv")  # typed for this model; used by policy=pyramid
+    c.cache.num_dummy = 12  # dummy_forcing: half of the 24 heads, as upstream's 180 of 360
+    c.cache.num_frame_patch = 4  # forcing_kv: bands of 4 rows (6 do not divide a 16 x 16 frame)
     return c

@@ -66,8 +66,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_in_output = True
     # kv_dtype: the cache pages' dtype: "" (the model's), bfloat16, float32, or 8-bit pages with
     # per-token scales: int8 | float8_e4m3fn (dequantized on load by every attention backend)
+    # The head-aware policies' own fields (upstream's names and defaults): ar_start, the chunk
+    # whose cache-writing pass types (dummy_forcing) or groups (forcing_kv) the heads;
+    # dummy_forcing: num_dummy heads keep one frame, local_context_length chunks for mid heads;
+    # forcing_kv: frames static / dynamic heads keep (spatial_ / temporal_context_length), bands
+    # of dynamic_context_length frames chosen among 3 frames cut into num_frame_patch bands,
+    # sim_retention_ratio of them. cache.head_map: the head map (pyramid: Anchor / Wave / Veil;
+    # forcing_kv: its JSON head file; dummy_forcing: groups of an earlier run, else online)
     c.cache = ml_collections.ConfigDict(dict(
-        policy="window", local_attn_size=WINDOW, sink_size=0, head_map="", kv_dtype=""))
+        policy="window", local_attn_size=WINDOW, sink_size=0, head_map="", kv_dtype="",
+        ar_start=1, num_dummy=180, local_context_length=1, spatial_context_length=1, temporal_context_length=1,
+        dynamic_context_length=1, num_frame_patch=6, sim_retention_ratio=0.33))
+    c.trace_cache = ""           # npz: every cache entry every pass attended (pyramid_jax.cache.trace)
     # VAE (kind "wan"): an orbax dir from `convert_checkpoint.py --kind vae`; or random=True (a
     # random VAE of base_dim, announced); neither = no decode (latents + a latent-channel preview
     # mp4). kind "pixel": the DiT works on RGB pixels in [-1, 1] (the demo model), no VAE.

@@ -15,7 +15,8 @@ import numpy as np
 
 from pyramid_jax import init_frames, media, video
 from pyramid_jax.attention import check_backend
-from pyramid_jax.cache.head_map import HeadMapError, load_head_map
+from pyramid_jax.cache import trace as trace_lib
+from pyramid_jax.cache.head_map import TYPE_NAMES, HeadType, save_head_map_json
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import KV_DTYPES, PoolSpec
 from pyramid_jax.errors import UserError, os_reason
@@ -107,11 +108,9 @@ def _check_files(spec) -> None:
         path = getattr(spec.inputs, field)
         if path and not os.path.isfile(path):
             raise UserError(f"{field} {path!r}: no such file")
-    if spec.cache.policy == "pyramid":  # read it now, before any model loads
-        try:
-            load_head_map(spec.cache.head_map)
-        except HeadMapError as e:
-            raise UserError(str(e)) from None
+    if spec.cache.policy:  # the policy and its head file, before any model loads
+        cfg = model_config(spec)
+        build_policy(spec, cfg, latent_size(spec, cfg), spec.inputs.num_frames)
     if spec.decoder.kind not in ("wan", "taehv", "pixel"):
         raise UserError(f"unknown vae.kind {spec.decoder.kind!r}; choose wan, taehv or pixel")
     if spec.output.fps <= 0:
@@ -228,9 +227,44 @@ def build_policy(spec, cfg, latent_hw, num_frames):
                     spec.cache.kv_dtype)
     try:
         return make_policy(spec.cache.policy, pool, num_frames, spec.cache.local_attn_size,
-                           spec.cache.sink_size, spec.cache.head_map)
+                           spec.cache.sink_size, spec.cache.head_map, seed=spec.inputs.seed,
+                           rows=replay_rows(spec), **spec.cache.options())
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
+
+
+def types_online(spec) -> bool:
+    """Whether the run's policy types its heads as it goes (dummy_forcing without a head map)."""
+    return spec.cache.policy == "dummy_forcing" and not spec.cache.head_map
+
+
+def groups_path(spec) -> str:
+    """Where an online-typed run writes its head groups: beside the output, `<stem>.heads.json`."""
+    return os.path.splitext(spec.output.output or video.latents_path(spec))[0] + ".heads.json"
+
+
+def write_groups(spec, cache) -> None:
+    """Log the groups the run chose and write them as a head map (cache.head_map of a later run)."""
+    kinds = np.asarray(cache.own.head_kind)
+    if not kinds.any():
+        log.info("no head groups: the video ended before chunk %d typed them", spec.cache.ar_start)
+        return
+    counts = ", ".join(f"{TYPE_NAMES[HeadType(t)].lower()} {int((kinds == t).sum())}" for t in np.unique(kinds))
+    log.info("head groups chosen in chunk %d: %s (per layer: %s)", spec.cache.ar_start, counts,
+             " ".join("".join(TYPE_NAMES[HeadType(t)][0] for t in row) for row in kinds))
+    path = groups_path(spec)
+    save_head_map_json(path, kinds, policy="dummy_forcing", seed=spec.inputs.seed, ar_start=spec.cache.ar_start,
+                       num_dummy=spec.cache.num_dummy, mass=np.asarray(cache.own.mass),
+                       prompt=spec.inputs.prompt)
+    log.info("wrote head groups %s (reuse them with --config.cache.head_map=%s)", path, path)
+
+
+def replay_rows(spec):
+    """dummy_forcing's typing rows [L, R] from the replay file (key `dummy_rows`), or None."""
+    if spec.cache.policy != "dummy_forcing" or not spec.inputs.replay or not os.path.isfile(spec.inputs.replay):
+        return None
+    with np.load(spec.inputs.replay) as z:
+        return np.asarray(z["dummy_rows"]) if "dummy_rows" in z.files else None
 
 
 # ---- one generation ----------------------------------------------------------------
@@ -344,8 +378,9 @@ def generate(spec, models: LoadedModels, job: GenerationInputs, sink: video.Vide
 
     texts = [(t // f, text_kv_of(models.dit, ctx, mesh, models.sampler)) for t, ctx in ((0, job.context), *job.switches)]
     text_at = lambda k: [kv for start, kv in texts if start <= k][-1]
-    result = rollout(models.dit, policy, models.sampler, text_at, job.noise,
-                     chunks, on_chunk=progress, record_noise=record_noise, mesh=mesh, initial=job.initial)
+    result = rollout(models.dit, policy, models.sampler, text_at, job.noise, chunks, on_chunk=progress,
+                     record_noise=record_noise, mesh=mesh, initial=job.initial, trace=bool(spec.output.trace_cache),
+                     keep_cache=types_online(spec))
     log.info("done: %d latent frames in %.1f s", job.num_frames, time.perf_counter() - start)
     return result
 
@@ -384,6 +419,11 @@ def write_files(spec, result: Rollout, job: GenerationInputs) -> None:
     and the given frames as initial_latent)."""
     media.save_npz(video.latents_path(spec), latents=result.latents)
     log.info("wrote latents %s %s", video.latents_path(spec), list(result.latents.shape))
+    if result.trace is not None:
+        trace_lib.save(spec.output.trace_cache, result.trace, policy=spec.cache.policy)
+        log.info("wrote the cache trace %s (%d entries)", spec.output.trace_cache, len(result.trace))
+    if types_online(spec) and result.cache is not None:
+        write_groups(spec, result.cache)
     if spec.output.save_replay:
         given = {} if job.initial is None else {"initial_latent": job.initial}
         media.save_npz(spec.output.save_replay, context=job.context, noise=result.noise, renoise=result.renoise,

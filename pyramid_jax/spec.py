@@ -15,7 +15,7 @@ takes. Each group says what one part of a run needs.
     prompt_embeds, replay, seed, num_frames,
     height, width, init_video, init_image
   output, save_latents, save_replay, fps,          output (OutputSpec)
-    init_in_output
+    init_in_output, trace_cache
 """
 
 from __future__ import annotations
@@ -61,6 +61,19 @@ class CacheSpec:
     sink_size: int
     head_map: str
     kv_dtype: str
+    ar_start: int
+    num_dummy: int
+    local_context_length: int
+    spatial_context_length: int
+    temporal_context_length: int
+    dynamic_context_length: int
+    num_frame_patch: int
+    sim_retention_ratio: float
+
+    def options(self) -> dict:
+        """The head-aware policies' own fields (cache.policies.make_policy's options)."""
+        skip = ("policy", "local_attn_size", "sink_size", "head_map", "kv_dtype")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +115,7 @@ class OutputSpec:
     save_replay: str
     fps: int
     init_in_output: bool
+    trace_cache: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,7 +114,7 @@ def latents_path(spec) -> str:
 def check_outputs(spec) -> None:
     """Every file a generation writes can be written (checked before any compute)."""
     for field, path in (("output", spec.output.output), ("save_latents", latents_path(spec)),
-                        ("save_replay", spec.output.save_replay)):
+                        ("save_replay", spec.output.save_replay), ("trace_cache", spec.output.trace_cache)):
         if path:
             check_writable(path, field)
 

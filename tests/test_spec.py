@@ -18,12 +18,16 @@ WHERE = {"checkpoint": "model.checkpoint", "dtype": "model.dtype", "attention.ba
 WHERE.update({f"text_encoder.{k}": f"text.{k}" for k in ("kind", "checkpoint", "tokenizer", "device")})
 WHERE.update({f"vae.{k}": f"decoder.{k}" for k in ("kind", "checkpoint", "taehv_checkpoint", "random", "base_dim",
                                                      "num_res_blocks")})
-WHERE.update({f"cache.{k}": f"cache.{k}" for k in ("policy", "local_attn_size", "sink_size", "head_map", "kv_dtype")})
+WHERE.update({f"cache.{k}": f"cache.{k}" for k in (
+    "policy", "local_attn_size", "sink_size", "head_map", "kv_dtype", "ar_start", "num_dummy", "local_context_length",
+    "spatial_context_length", "temporal_context_length", "dynamic_context_length", "num_frame_patch",
+    "sim_retention_ratio")})
 WHERE.update({k: f"sampler.{k}" for k in ("frames_per_chunk", "denoising_step_list", "warp_denoising_step", "shift",
                                           "context_noise", "guidance_scale")})
 WHERE.update({k: f"inputs.{k}" for k in ("prompt", "prompts_file", "prompt_schedule", "prompt_embeds", "replay", "seed",
                                          "num_frames", "height", "width", "init_video", "init_image")})
-WHERE.update({k: f"output.{k}" for k in ("output", "save_latents", "save_replay", "fps", "init_in_output")})
+WHERE.update({k: f"output.{k}" for k in ("output", "save_latents", "save_replay", "fps", "init_in_output",
+                                          "trace_cache")})
 
 
 def leaves(d, prefix=""):

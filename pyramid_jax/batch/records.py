@@ -23,7 +23,7 @@ log = logging.getLogger("batch")
 # Fields that do not change a prompt's output (or are checked per prompt, as seed, prompt
 # and num_frames are).
 _NOT_IN_KEY = ("prompt", "prompts_file", "prompt_embeds", "seed", "num_frames", "output", "save_latents",
-               "save_replay", "replay", "batch_size", "init_video", "init_image")
+               "save_replay", "replay", "batch_size", "init_video", "init_image", "trace_cache")
 # Fields that name files: their content is part of the key, not just their path.
 _FILE_FIELDS = ("checkpoint", "text_encoder.checkpoint", "text_encoder.tokenizer", "vae.checkpoint",
                 "cache.head_map")

@@ -25,7 +25,8 @@ def attended_frames(policy, state: CacheState, chunk: int, query: int = 0) -> di
     Returns {"chunk", "frame0", "frames_per_chunk", "rows": [{"type", "heads", "full",
     "pooled"}]}: one row per head type present (one "all heads" row for uniform policies);
     full[t] / pooled[t]: the share of that type's heads (over every layer) that attend past
-    frame t (0 <= t < frame0) as a whole frame / inside a pooled block. The chunk's own
+    frame t (0 <= t < frame0) as a whole frame / a part of it (inside a pooled block, or a band
+    of its tokens). The chunk's own
     frames are always attended and are not listed.
     """
     plan = _plan(policy, state, jax.numpy.int32(chunk))
@@ -36,13 +37,15 @@ def attended_frames(policy, state: CacheState, chunk: int, query: int = 0) -> di
     slot_page = np.asarray(state.slot_page)          # [L, H, S]
     slot_time = np.asarray(state.slot_time)          # [L, H, S]
     page_len = np.asarray(state.page_len)
-    kind = policy.head_types                         # [L, H]
+    # [L, H] the types the state holds (a policy that types heads online has them only there)
+    kind = np.asarray(getattr(state.own, "head_kind", policy.head_types))
     tokens = policy.spec.tokens_per_frame
 
     match = (page[..., :, None] == slot_page[..., None, :]) & (slot_time[..., None, :] >= 0)
     time = np.where(match.any(-1), np.where(match, slot_time[..., None, :], -1).max(-1), -1)  # [L, H, P]
     pooled = page_len[np.clip(page, 0, len(page_len) - 1)] < tokens
-    # a pooled entry stands for a block of frames around its time (Pyramid's Veil merge)
+    # a pooled entry stands for a block of frames around its time (Pyramid's Veil merge); a
+    # shorter entry of one frame is a band of it (Forcing-KV)
     block = policy.pooled_frames
     rows = []
     for k in np.unique(kind):

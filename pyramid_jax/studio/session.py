@@ -74,7 +74,10 @@ def policy_config(spec, name: str):
     if name == spec.cache.policy:
         return spec
     kind = REGISTRY[name]
-    return spec.but(cache=dict(policy=name, local_attn_size=kind.local_attn_size, sink_size=kind.sink_size))
+    fields = dict(policy=name, local_attn_size=kind.local_attn_size, sink_size=kind.sink_size)
+    if not kind.head_map:  # the config's map is another policy's (dummy_forcing types heads online)
+        fields["head_map"] = ""
+    return spec.but(cache=fields)
 
 
 def jpeg(frame: np.ndarray) -> bytes:
@@ -91,7 +94,7 @@ class Studio:
 
     def __init__(self, spec, models: pipeline.LoadedModels, hub: Hub, mesh=None):
         self.spec, self.models, self.hub, self.mesh = spec, models, hub, mesh
-        self.policies = [p for p in POLICIES if not REGISTRY[p].head_map or spec.cache.head_map]
+        self.policies = [p for p in POLICIES if self._offers(p)]
         # the decoders a run may pick (offered when the config names both), loaded when first asked
         self.decoders = sorted(video.decoder_checkpoints(spec), key=lambda k: k != spec.decoder.kind)
         self.decoder_weights = {}
@@ -106,6 +109,16 @@ class Studio:
         self.frames: list[bytes] = []  # JPEGs of the current video, for late pages and the mp4
         self.latents: list[np.ndarray] = []  # its latents, a chunk at a time (given frames first)
         self.given: tuple[str, np.ndarray] | None = None  # an uploaded start: (name, latents)
+
+    def _offers(self, name: str) -> bool:
+        """Whether a run may pick policy `name`: it builds from the config (a head-aware
+        policy needs a head map of its kind)."""
+        spec, cfg = policy_config(self.spec, name), self.models.dit.cfg
+        try:
+            pipeline.build_policy(spec, cfg, pipeline.latent_size(spec, cfg), spec.inputs.num_frames)
+        except UserError:
+            return False
+        return True
 
     # ---- requests ----------------------------------------------------------------
     def check_prompt(self, prompt) -> str:

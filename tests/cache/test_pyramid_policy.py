@@ -23,33 +23,12 @@ from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.cache.window import DeepSinkPolicy
 from pyramid_jax import rope
+from upstream_caches import upstream_keys
 
 F, DH, GRID = 3, 16, (3, 5)
 HEAD_MAP = np.array([[WAVE, ANCHOR, VEIL], [VEIL, WAVE, ANCHOR]])
 CHUNKS = 45
 U = np.random.default_rng(0).standard_normal((CHUNKS * F, DH)).astype(np.float32)
-
-
-def upstream_keys(t0, t_q, typ, clean):
-    """Upstream Pyramid Forcing (configs/pyramid-forcing.yaml, MegaCache path), restated as
-    loops over frame indices: the (source, RoPE time) pairs query frame t_q of the chunk
-    starting at t0 attends, in a noisy pass or the clean (cache-writing) pass."""
-    n_sink = {WAVE: 1, ANCHOR: 3, VEIL: 3}[typ]
-    sync = max(0, t_q - min(max(t_q, 18), 21))  # window_clamp, 18..21
-    end = t0 + F  # the chunk's own frames are in the sink/recent pools in every pass
-    stored = end if clean else t0  # frames the middle stores hold (clean: updated first)
-    keys = [(f, sync) for f in range(min(n_sink, end))]  # sinks
-    keys += [(f, f) for f in range(max(n_sink, end - 4), end)]  # recent: last 4, own times
-    if typ == WAVE:  # cyclic: 4 per phase t mod 6; sink frames skipped, recent ones not
-        bucket = [f for f in range(stored) if f % 6 == t_q % 6][-4:]
-        keys += [(f, sync) for f in bucket if f >= n_sink]
-    elif typ == ANCHOR:  # stride: the last 4 frames with t mod 6 == 0
-        ring = [f for f in range(stored) if f % 6 == 0][-4:]
-        keys += [(f, sync) for f in ring if f >= n_sink]
-    else:  # merge: the last 4 completed 4-frame blocks, at time 4b + 1; block 0 never
-        blocks = list(range(stored // 4))[-4:]
-        keys += [(("block", b), 4 * b + 1) for b in blocks if b > 0]
-    return sorted(keys, key=str)
 
 
 def _policy(grid=GRID):

@@ -64,7 +64,9 @@ def test_serve_generates_streams_and_gives_the_mp4(models, tmp_path):
     c = demo_config("--config.num_frames=9")
     with TestClient(create_app(c, models)) as client, client.websocket_connect("/ws") as ws:
         hello = ws.receive_json()
-        assert hello["type"] == "hello" and set(hello["policies"]) == {"window", "deep_sink", "pyramid"}
+        # forcing_kv needs a static / dynamic head map, which the demo config does not name
+        assert hello["type"] == "hello" and set(hello["policies"]) == {"window", "deep_sink", "pyramid",
+                                                                         "dummy_forcing"}
         ws.send_text(json.dumps(dict(op="start", prompt=PROMPT_A, seed=3, policy="pyramid")))
         seen = receive_until(ws, is_state("done", "error"))
         assert seen[-1]["state"] == "done", seen[-1]
