@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from pyramid_jax import sharding
 
-from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.head_map import ANCHOR, DYNAMIC, STATIC, VEIL, WAVE
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.models.wan.modeling import WanConfig, init_model
@@ -50,6 +50,7 @@ def main(backends, meshes):
     b, chunks = 8, 3
     spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (2, 3), 3)
     head_map = np.array([[WAVE, ANCHOR, VEIL, WAVE], [VEIL, ANCHOR, WAVE, ANCHOR]])
+    fkv_map = np.array([[STATIC, DYNAMIC, DYNAMIC, STATIC], [DYNAMIC, STATIC, DYNAMIC, DYNAMIC]])
     sampler = Sampler()
     ctx = np.asarray(jax.random.normal(jax.random.key(0), (b, 5, 24)))
     out = {}
@@ -57,13 +58,16 @@ def main(backends, meshes):
         model = init_model(cfg, seed=2, attention_backend=backend)
         for pname, kw, pages in (("window", dict(local_attn_size=6, sink_size=1), spec),
                                  ("pyramid", dict(head_map=head_map), spec),
-                                 ("pyramid-int8", dict(head_map=head_map), dataclasses.replace(spec, kv_dtype="int8"))):
-            policy = make_policy(pname.split("-")[0], pages, chunks * 3, **kw)
-            noise = RandomNoise(3, (b, chunks * 3, 4, 4, 6), sampler)
-            single = rollout(model, policy, sampler, model.text_kv(ctx), noise, chunks).latents
+                                 ("pyramid-int8", dict(head_map=head_map), dataclasses.replace(spec, kv_dtype="int8")),
+                                 ("dummy_forcing", dict(num_dummy=4), spec),
+                                 ("forcing_kv", dict(head_map=fkv_map, sink_size=1, num_frame_patch=3), spec)):
+            n = chunks + 1 if pname == "forcing_kv" else chunks  # its bands are attended from chunk 3
+            policy = make_policy(pname.split("-")[0], pages, n * 3, **kw)
+            noise = RandomNoise(3, (b, n * 3, 4, 4, 6), sampler)
+            single = rollout(model, policy, sampler, model.text_kv(ctx), noise, n).latents
             for d, m in meshes:
                 mesh = make_mesh(d, m)
-                lat = rollout(model, policy, sampler, text_kv_of(model, ctx, mesh), noise, chunks, mesh=mesh).latents
+                lat = rollout(model, policy, sampler, text_kv_of(model, ctx, mesh), noise, n, mesh=mesh).latents
                 err = float(np.linalg.norm(lat - single) / np.linalg.norm(single))
                 out[f"{backend}/{pname}/mesh{d}x{m}"] = err
                 out[f"{backend}/{pname}/mesh{d}x{m}/pool_collectives"] = pool_collectives(model, policy, sampler, ctx,

@@ -163,14 +163,14 @@ def _split(out):
 @pytest.mark.slow
 def test_meshes_equal_one_device_reference():
     errs, moves = _split(_sharded("reference", "8x1,2x4,1x2,4x2"))
-    assert len(errs) == 12 and max(errs.values()) <= 1e-5, errs
+    assert len(errs) == 20 and max(errs.values()) <= 1e-5, errs
     assert not any(moves.values()), moves  # the page pool never leaves its devices
 
 
 @pytest.mark.slow
 def test_meshes_equal_one_device_pallas():
     errs, moves = _split(_sharded("pallas", "2x4,1x2"))
-    assert len(errs) == 6 and max(errs.values()) <= 1e-5, errs
+    assert len(errs) == 10 and max(errs.values()) <= 1e-5, errs
     assert not any(moves.values()), moves
 
 

@@ -14,7 +14,8 @@ from pyramid_jax.attention import check_backend, in_use_only
 from pyramid_jax.attention import pallas as pk
 from pyramid_jax.attention import pallas_triton as pt
 from pyramid_jax.attention import reference as ref
-from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.head_map import ANCHOR, DYNAMIC, STATIC, VEIL, WAVE
+from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import PoolSpec, quantize
 from pyramid_jax.cache.pyramid import PyramidPolicy
 from pyramid_jax.models.wan.modeling import WanConfig, init_model
@@ -185,14 +186,19 @@ def test_backend_checks():
 
 
 @pytest.mark.slow
-def test_pyramid_rollout_pallas_equals_reference():
-    """A pyramid rollout with the pallas backend gives the reference backend's latents (fp32),
-    and nothing recompiles after the first chunk."""
+@pytest.mark.parametrize("name", ["pyramid", "dummy_forcing", "forcing_kv"])
+def test_head_aware_rollout_pallas_equals_reference(name):
+    """A head-aware rollout with the pallas backend gives the reference backend's latents
+    (fp32), and nothing recompiles after the first chunk (Dummy Forcing's typing chunk and
+    Forcing-KV's band pages of 3 tokens included)."""
     cfg = WanConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=2, in_channels=4, out_channels=4,
                     text_dim=24, freq_dim=32, text_len=5)
-    head_map = np.array([[WAVE, ANCHOR, VEIL, WAVE], [VEIL, ANCHOR, WAVE, ANCHOR]])
+    spec = PoolSpec(2, 4, 16, (3, 5), 3)
     sampler = Sampler()
-    policy = PyramidPolicy(PoolSpec(2, 4, 16, (3, 5), 3), head_map)
+    policy = {"pyramid": lambda: PyramidPolicy(spec, np.array([[WAVE, ANCHOR, VEIL, WAVE], [VEIL, ANCHOR, WAVE, ANCHOR]])),
+              "dummy_forcing": lambda: make_policy("dummy_forcing", spec, 27, num_dummy=4),
+              "forcing_kv": lambda: make_policy("forcing_kv", spec, 27, sink_size=1, num_frame_patch=5,
+                                                head_map=np.array([[STATIC, DYNAMIC] * 2, [DYNAMIC, STATIC] * 2]))}[name]()
     ctx = jax.random.normal(jax.random.key(0), (1, 5, 24))
     lat = {}
     for backend in ("reference", "pallas"):

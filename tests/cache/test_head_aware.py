@@ -18,7 +18,7 @@ from pyramid_jax.cache.policies import advance_fn, make_policy
 from pyramid_jax.cache.pool import PoolSpec, rope_keys
 from pyramid_jax.models.wan.modeling import WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, Sampler, rollout, text_kv_of
-from conftest import REPO
+from conftest import REPO, rel_err
 from upstream_caches import (dummy_assign, dummy_frames, dummy_mass, forcing_kv_bands, forcing_kv_frames,
                              upstream_keys, window_frames)
 
@@ -265,3 +265,19 @@ def test_dummy_groups_reused_offline_give_the_same_video(traced):
     lat = rollout(model, again, sampler, text_kv_of(model, ctx), noise, 6).latents
     np.testing.assert_allclose(lat, run.latents[:, :6 * F], rtol=1e-5, atol=1e-5)
     assert set(np.unique(kinds)) <= {FIRST, MID, LAST}
+
+
+@pytest.mark.parametrize("name", ["dummy_forcing", "forcing_kv"])
+def test_eight_bit_pages_stay_close(traced, name):
+    """int8 pages (per-token scales) give nearly the video of full-precision pages, the bands
+    copied out of 8-bit pages included."""
+    import dataclasses
+
+    _, run = traced[name]
+    policy = make_policy(name, dataclasses.replace(SPEC, kv_dtype="int8"), CHUNKS * F, **CASES[name])
+    model, sampler = init_model(CFG, seed=1), Sampler()
+    ctx = np.random.default_rng(0).standard_normal((BATCH, CFG.text_len, CFG.text_dim)).astype(np.float32)
+    noise = RandomNoise(0, (BATCH, CHUNKS * F, CFG.in_channels, 2 * GRID[0], 2 * GRID[1]), sampler)
+    lat = rollout(model, policy, sampler, text_kv_of(model, ctx), noise, 6).latents
+    want = run.latents[:, :6 * F]
+    assert rel_err(lat, want) < 2e-2

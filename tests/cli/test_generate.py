@@ -189,3 +189,29 @@ def test_pyramid_forcing_config_runs_on_a_converted_checkpoint(tmp_path):
                  "--config.height=32", "--config.width=48", "--config.dtype=float32", f"--config.output={out}")
     assert r.returncode == 0, r.stderr
     assert "pyramid" in r.stdout and "chunk 2/2" in r.stdout and out.exists()
+
+
+@pytest.mark.parametrize("args,want", [
+    (["--config.cache.policy=dummy_forcing", "--config.cache.num_dummy=99"], "cache.num_dummy (99) must be between"),
+    (["--config.cache.policy=forcing_kv", "--config.cache.head_map=NEITHER"], "is in neither format"),
+    (["--config.cache.policy=forcing_kv", "--config.cache.head_map=WIDE"], "made for 30 layers, the model has 2"),
+    (["--config.cache.policy=forcing_kv", "--config.cache.head_map=GOOD"], "must divide a frame's 16 tokens"),
+    (["--config.cache.policy=forcing_kv", "--config.cache.head_map=GOOD", "--config.cache.num_frame_patch=4",
+      "--config.cache.sim_retention_ratio=0.5"], "keeps 6 of 12 bands"),
+])
+def test_head_aware_bad_inputs_one_line(tmp_path, args, want):
+    """Head files and head-aware settings that cannot work: one line, non-zero, nothing written."""
+    import json
+
+    files = {"NEITHER": {"heads": [0, 1]}, "WIDE": {"num_layers": 30, "num_heads": 12, "layers": []},
+             "GOOD": {"layers": [{"layer_idx": i, "static_head": [0, 1], "dynamic_head": [2, 3]} for i in range(2)]}}
+    for name, doc in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    value = lambda a: a.split("=", 1)[1]
+    args = [a.replace(value(a), f"{tmp_path / value(a)}.json") if value(a) in files else a for a in args]
+    r = run_main(generate.main, [DEMO, *SMALL, f"--config.output={tmp_path / 'x.mp4'}",
+                                 f"--config.trace_cache={tmp_path / 't.npz'}", *args])
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and want in lines[0], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.json" for n in files)
