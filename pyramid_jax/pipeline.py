@@ -16,10 +16,11 @@ import numpy as np
 from pyramid_jax import init_frames, media, video
 from pyramid_jax.attention import check_backend
 from pyramid_jax.cache import trace as trace_lib
-from pyramid_jax.cache.head_map import TYPE_NAMES, HeadType, save_head_map_json
+from pyramid_jax.cache.head_map import ANCHOR, TYPE_NAMES, VEIL, WAVE, HeadType, save_head_map_json
 from pyramid_jax.cache.policies import make_policy
 from pyramid_jax.cache.pool import KV_DTYPES, PoolSpec
 from pyramid_jax.errors import UserError, os_reason
+from pyramid_jax.heads.online import ONLINE, OnlineTyping
 from pyramid_jax.spec import RunSpec
 from pyramid_jax.models.wan.modeling import CausalWan, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Rollout, Sampler, rollout, text_kv_of
@@ -217,14 +218,29 @@ def latent_size(spec, cfg) -> tuple[int, int]:
     return spec.inputs.height // space, spec.inputs.width // space
 
 
-def build_policy(spec, cfg, latent_hw, num_frames):
-    """The config's cache policy for a rollout of num_frames latent frames."""
+def pool_spec(spec, cfg, latent_hw) -> PoolSpec:
+    """The cache's static shape facts for the model and latent size."""
     lh, lw = latent_hw
     if lh % cfg.patch_size[1] or lw % cfg.patch_size[2]:
         raise UserError(f"latent size {lh}x{lw} is not divisible by the patch {cfg.patch_size[1:]}")
-    pool = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim,
-                    (lh // cfg.patch_size[1], lw // cfg.patch_size[2]), spec.sampler.frames_per_chunk, cfg.rope_theta,
-                    spec.cache.kv_dtype)
+    return PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (lh // cfg.patch_size[1], lw // cfg.patch_size[2]),
+                    spec.sampler.frames_per_chunk, cfg.rope_theta, spec.cache.kv_dtype)
+
+
+def online_typing(spec, cfg, latent_hw) -> OnlineTyping | None:
+    """Pyramid with cache.head_map=online: the typing phase of the video (heads.online)."""
+    if spec.cache.policy != "pyramid" or spec.cache.head_map != ONLINE:
+        return None
+    return OnlineTyping(pool_spec(spec, cfg, latent_hw))
+
+
+def build_policy(spec, cfg, latent_hw, num_frames):
+    """The config's cache policy for a rollout of num_frames latent frames (with online typing:
+    the policy of its typing phase)."""
+    pool = pool_spec(spec, cfg, latent_hw)
+    typing = online_typing(spec, cfg, latent_hw)
+    if typing is not None:
+        return typing.first
     try:
         return make_policy(spec.cache.policy, pool, num_frames, spec.cache.local_attn_size,
                            spec.cache.sink_size, spec.cache.head_map, seed=spec.inputs.seed,
@@ -257,6 +273,20 @@ def write_groups(spec, cache) -> None:
                        num_dummy=spec.cache.num_dummy, mass=np.asarray(cache.own.mass),
                        prompt=spec.inputs.prompt)
     log.info("wrote head groups %s (reuse them with --config.cache.head_map=%s)", path, path)
+
+
+def write_online_map(spec, typing: OnlineTyping) -> None:
+    """Log the pyramid map typed online and write it beside the output (a head map)."""
+    if typing.head_map is None:
+        log.info("no online head map: the video ended before frame %d", typing.frames)
+        return
+    m = typing.head_map
+    log.info("heads typed online from the first %d frames: %s", typing.frames,
+             ", ".join(f"{TYPE_NAMES[t]} {int((m == t).sum())}" for t in (ANCHOR, WAVE, VEIL)))
+    path = groups_path(spec)
+    save_head_map_json(path, m, policy="pyramid", typed="online", frames=typing.frames, seed=spec.inputs.seed,
+                       prompt=spec.inputs.prompt)
+    log.info("wrote the head map %s (reuse it with --config.cache.head_map=%s)", path, path)
 
 
 def replay_rows(spec):
@@ -362,6 +392,7 @@ def generate(spec, models: LoadedModels, job: GenerationInputs, sink: video.Vide
     cfg, f = models.dit.cfg, spec.sampler.frames_per_chunk
     chunks, start, given = job.num_frames // f, time.perf_counter(), job.given_frames
     policy = build_policy(spec, cfg, job.latent_hw, given + job.num_frames)
+    typing = online_typing(spec, cfg, job.latent_hw)
     log.info("generating %d x %d latent frames (%d chunks of %d)%s at latent %dx%d, %s, cache %s",
              job.batch, job.num_frames, chunks, f, f" after {given} given" if given else "", *job.latent_hw,
              cfg.dtype, spec.cache.policy)
@@ -380,7 +411,9 @@ def generate(spec, models: LoadedModels, job: GenerationInputs, sink: video.Vide
     text_at = lambda k: [kv for start, kv in texts if start <= k][-1]
     result = rollout(models.dit, policy, models.sampler, text_at, job.noise, chunks, on_chunk=progress,
                      record_noise=record_noise, mesh=mesh, initial=job.initial, trace=bool(spec.output.trace_cache),
-                     keep_cache=types_online(spec))
+                     keep_cache=types_online(spec), typing=typing)
+    if typing is not None:
+        write_online_map(spec, typing)
     log.info("done: %d latent frames in %.1f s", job.num_frames, time.perf_counter() - start)
     return result
 

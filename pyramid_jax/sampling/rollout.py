@@ -150,6 +150,15 @@ def step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, reno
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"))
+def probed_step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, renoise, chunk):
+    """`step` that also returns the queries of the chunk's last frame from its cache-writing
+    pass ([L, B, T, H, Dh], online head typing); the cache is not donated (the caller profiles
+    against it). Returns (x0, new cache, probe)."""
+    return chunk_step(nnx.merge(graphdef, params), policy, sampler, cache, text_kv, noise, renoise, chunk,
+                      probe_frame=sampler.frames_per_chunk - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"))
 def traced_step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, renoise, chunk):
     """`step` that also returns what it attended: (x0, cache, noisy PassRecord, clean
     PassRecord) (`--config.trace_cache`; the cache is not donated: the noisy record holds it)."""
@@ -346,6 +355,26 @@ class ChunkLoop:
         self.chunk += 1
         return x0, noise, renoise
 
+    def next_probed(self):
+        """`next`, also returning the last frame's queries and the cache the chunk read:
+        (x0 [B, F, C, h, w] numpy, noise, renoise, probe [L, B, T, H, Dh], cache before the chunk)."""
+        k = self.chunk
+        noise, renoise = self.noise_source.chunk(k - self.given)
+        before = self.cache
+        with on_mesh(self.mesh):
+            if self.mesh is not None:
+                noise, renoise = sharding.put((noise, renoise), self.mesh, (P("batch"), P(None, "batch")))
+            x0, self.cache, probe = probed_step(self.graphdef, self.policy, self.sampler, self.params, self.cache,
+                                                self.text_kv, noise, renoise, jnp.int32(k))
+        self.chunk += 1
+        return np.asarray(x0, np.float32), noise, renoise, probe, before
+
+    def switch_policy(self, policy, latents) -> None:
+        """Go on under another policy: its cache re-written from the chunks made so far
+        (latents [B, F_done, C, h, w]), as `recache` does."""
+        self.policy = policy
+        self.recache(latents)
+
     def prefill(self, latents) -> None:
         """Start from given frames (latents [B, F0, C, h, w], F0 a multiple of the chunk): each
         chunk's cache-writing pass at t = 0, in order, as upstream's initial_latent path runs
@@ -381,7 +410,7 @@ class ChunkLoop:
 
 def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: int, *,
             on_chunk: Callable | None = None, record_noise: bool = False, keep_cache: bool = False,
-            mesh=None, initial=None, trace: bool = False) -> Rollout:
+            mesh=None, initial=None, trace: bool = False, typing=None) -> Rollout:
     """Generate num_chunks chunks; on a mesh (`sharding.make_mesh`) when given.
 
     text_kv: (k, v) [L, B, H, Lt, Dh], or a function chunk -> (k, v) (a prompt schedule: it is
@@ -390,6 +419,9 @@ def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: 
     initial: given frames to continue (latents [B, F0, C, h, w], whole chunks), written into
     the cache first (`ChunkLoop.prefill`); the returned latents start with them.
     trace: record every cache entry each pass attends (Rollout.trace; cache.trace).
+    typing: types heads online (heads.online.OnlineTyping): `policy` runs until chunk
+    typing.chunk, whose probe types the heads; typing(probe, cache) is the policy from then on,
+    its cache re-written from the chunks made so far.
     """
     text_at = text_kv if callable(text_kv) else (lambda k: text_kv)
     current = text_at(0)
@@ -403,8 +435,13 @@ def rollout(model, policy, sampler: Sampler, text_kv, noise_source, num_chunks: 
         if k and text_at(k) is not current:
             current = text_at(k)
             loop.set_text(current)
-        x0, noise, renoise = loop.next()
-        outs.append(x0)
+        if typing is not None and loop.chunk == typing.chunk:
+            x0, noise, renoise, probe, before = loop.next_probed()
+            outs.append(x0)
+            loop.switch_policy(typing(probe, before, loop.batch), np.concatenate(outs, axis=1))
+        else:
+            x0, noise, renoise = loop.next()
+            outs.append(x0)
         if record_noise:
             noises.append(np.asarray(noise))
             renoises.append(np.asarray(renoise))
