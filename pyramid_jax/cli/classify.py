@@ -7,6 +7,13 @@
 With --config, calibration rollouts (nothing evicted) of the config's prompts record the
 profiles first (saved beside the map as MAP.profiles.npz), on one device (mesh.data and
 mesh.model must be 0 or 1).
+
+  python tools/classify_heads.py --config=configs/demo.py --policy forcing_kv --out MAP.json
+
+types heads for Forcing-KV instead (static / dynamic, by its rule: the last frame's attention
+mass on the last 4 frames over its mass on every frame but the first, static at 0.8 or more),
+from the same calibration rollouts; the map is a head-map JSON (cache.head_map of
+cache.policy=forcing_kv), the masses beside it as MAP.masses.npz.
 """
 
 from __future__ import annotations
@@ -19,13 +26,13 @@ import sys
 import numpy as np
 
 from pyramid_jax import pipeline
-from pyramid_jax.cache.head_map import TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
-from pyramid_jax.heads.classify import ClassifyConfig, classify_heads
+from pyramid_jax.cache.head_map import STATIC, TYPE_NAMES, HeadMapError, save_head_map_csv, save_head_map_json
+from pyramid_jax.heads.classify import ClassifyConfig, StaticRule, classify_heads, static_heads
 from pyramid_jax.heads.figures import draw_figures
 from pyramid_jax.cli import harness
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import save_npz
-from pyramid_jax.heads.calibrate import record_profiles
+from pyramid_jax.heads.calibrate import record_masses, record_profiles
 from pyramid_jax.sampling.rollout import RandomNoise, text_kv_of
 from pyramid_jax.text import prompt_context, prompts_of
 
@@ -42,6 +49,8 @@ def parse_args(argv):
                    help="drop this many trailing frames (e.g. 3 when the query's own chunk is included)")
     p.add_argument("--frames", type=int, default=72, help="latent frames per calibration rollout (--config)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--policy", choices=("pyramid", "forcing_kv"), default="pyramid",
+                   help="whose head types: Pyramid's Anchor / Wave / Veil, or Forcing-KV's static / dynamic")
     d = ClassifyConfig()
     for f in dataclasses.fields(ClassifyConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)),
@@ -49,6 +58,8 @@ def parse_args(argv):
     args = p.parse_args(rest)
     if bool(args.profiles) == bool(cfg_args):
         p.error("give exactly one of --profiles FILE.npz or --config=configs/NAME.py")
+    if args.policy == "forcing_kv" and not cfg_args:
+        p.error("--policy forcing_kv records its attention masses: give --config=configs/NAME.py")
     args.thresholds = ClassifyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifyConfig)})
     return args, cfg_args
 
@@ -71,8 +82,9 @@ def load_profiles(path: str, exclude_last: int):
     return prof, prompts
 
 
-def profiles_from_config(cfg_args, frames: int):
-    """Calibration rollouts of the config's prompts (window -1). Returns profiles, prompts, model name."""
+def profiles_from_config(cfg_args, frames: int, record=None):
+    """Calibration rollouts of the config's prompts (window -1). Returns profiles (record's:
+    heads.calibrate.record_profiles or record_masses), prompts, model name."""
     spec = harness.run_spec(NAME, cfg_args)
     harness.one_device(spec, NAME)
     pipeline.check_config(spec)
@@ -87,8 +99,8 @@ def profiles_from_config(cfg_args, frames: int):
     log.info("calibration: %d prompts x %d latent frames, nothing evicted", context.shape[0], frames)
     text_kv = text_kv_of(model, context, sampler=sampler)
     noise = RandomNoise(spec.inputs.seed, (context.shape[0], frames, cfg.in_channels, lh, lw), sampler)
-    prof = record_profiles(model, sampler, text_kv, noise, frames, grid,
-                           on_chunk=lambda k, n: log.info("calibration chunk %d/%d", k + 1, n))
+    prof = (record or record_profiles)(model, sampler, text_kv, noise, frames, grid,
+                                       on_chunk=lambda k, n: log.info("calibration chunk %d/%d", k + 1, n))
     name = spec.model.checkpoint or f"random init (dim {cfg.dim}, {cfg.num_layers} layers)"
     return prof, prompts_of(spec), name
 
@@ -96,6 +108,8 @@ def profiles_from_config(cfg_args, frames: int):
 def body(argv: list[str]) -> None:
     args, cfg_args = parse_args(argv)
     stem = os.path.splitext(args.out)[0]
+    if args.policy == "forcing_kv":
+        return forcing_kv_body(args, cfg_args, stem)
     if args.profiles:
         profiles, prompts = load_profiles(args.profiles, args.exclude_last)
         model_name = f"profiles from {args.profiles}"
@@ -116,6 +130,22 @@ def body(argv: list[str]) -> None:
     if not args.no_figures:
         for png in draw_figures(stem, head_map, profiles, args.thresholds):
             log.info("wrote %s", png)
+
+
+def forcing_kv_body(args, cfg_args, stem: str) -> None:
+    """Forcing-KV's static / dynamic heads from calibration rollouts' attention masses."""
+    masses, prompts, model_name = profiles_from_config(cfg_args, args.frames, record_masses)
+    save_npz(stem + ".masses.npz", masses=masses.astype(np.float32), prompts=np.asarray(prompts))
+    log.info("wrote %s.masses.npz %s", stem, list(masses.shape))
+    rule = StaticRule()
+    try:
+        head_map, score = static_heads(masses, rule)
+        save_head_map_json(stem + ".json", head_map, model=model_name, prompts=prompts, policy="forcing_kv",
+                           rule=dataclasses.asdict(rule), scores=score.round(4), num_profile_frames=int(masses.shape[-1]))
+    except (ValueError, HeadMapError) as e:
+        raise UserError(str(e)) from None
+    log.info("wrote %s.json (static %d, dynamic %d)", stem, int((head_map == STATIC).sum()),
+             int((head_map != STATIC).sum()))
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,12 @@
-"""Calibration rollouts that record head profiles for head typing (Pyramid Forcing).
+"""Calibration rollouts that record head profiles for head typing.
 
 The rollout keeps every frame (window -1). At the last chunk's clean pass, for each layer and
-head, the profile is the mean pre-softmax logit between the tokens of the chunk's last frame
-(the query) and the tokens of every history frame (the query's own chunk excluded). Since
-mean_ij q_i . k_j = (mean_i q_i) . (mean_j k_j), only token means are needed: profiling costs
-one more model pass, not an attention matrix.
+head, Pyramid Forcing's profile is the mean pre-softmax logit between the tokens of the chunk's
+last frame (the query) and the tokens of every history frame (the query's own chunk excluded).
+Since mean_ij q_i . k_j = (mean_i q_i) . (mean_j k_j), only token means are needed: profiling
+costs one more model pass, not an attention matrix. Forcing-KV's profile is the attention mass
+(softmax over every key, the chunk's own included) the last frame's queries put on each key
+frame, averaged over the queries (`record_masses`).
 """
 
 from __future__ import annotations
@@ -41,10 +43,38 @@ def _last_chunk_profile(graphdef, policy, sampler, params, cache, text_kv, noise
     return chunk_profile(probe, cache, policy.spec.tokens_per_frame)
 
 
-def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: int,
-                    grid: tuple[int, int], on_chunk=None) -> np.ndarray:
-    """Roll out num_frames latent frames with nothing evicted; return profiles [B, L, H, T]
-    with T = num_frames - F history frames (frame order)."""
+def frame_masses(probe, cache, tokens_per_frame: int):
+    """The attention mass the probed frame's queries put on each cached frame, mean over
+    queries: [B, L, H, S] (read with cache.slot_time). probe: [L, B, T, H, Dh] queries after
+    RoPE; cache: a state whose pages hold one frame each (window -1), the chunk committed."""
+    scale = 1.0 / np.sqrt(probe.shape[-1])
+
+    def layer(q, pages, times):  # q [B, T, H, Dh]; pages, times [H, S]
+        k = cache.k[:, pages].astype(jnp.float32)  # [B, H, S, T, Dh]
+        if cache.k_scale.shape[1]:
+            k = k * cache.k_scale[:, pages]
+        logits = jnp.einsum("bthd,bhsud->bhtsu", q.astype(jnp.float32), k) * scale
+        logits = jnp.where((times >= 0)[None, :, None, :, None], logits, -jnp.inf)
+        w = jax.nn.softmax(logits.reshape(logits.shape[:3] + (-1,)), axis=-1).reshape(logits.shape)
+        return w.sum(-1).mean(2)  # [B, H, S]
+
+    del tokens_per_frame  # a page is a frame here
+    return jnp.moveaxis(jax.lax.map(lambda xs: layer(*xs), (probe, cache.slot_page, cache.slot_time)), 0, 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"))
+def _last_chunk_masses(graphdef, policy, sampler, params, cache, text_kv, noise, renoise, chunk):
+    """The last chunk, with the attention masses of its last frame over every frame so far."""
+    model = nnx.merge(graphdef, params)
+    f = sampler.frames_per_chunk
+    _, after, probe = chunk_step(model, policy, sampler, cache, text_kv, noise, renoise, chunk, probe_frame=f - 1)
+    return frame_masses(probe, after, policy.spec.tokens_per_frame)
+
+
+def _calibration(model, sampler: Sampler, text_kv, noise_source, num_frames: int, grid, on_chunk, last_chunk):
+    """Roll out num_frames latent frames with nothing evicted and measure the last chunk with
+    last_chunk(graphdef, policy, sampler, params, cache, text_kv, noise, renoise, chunk).
+    Returns (its result for the conditional rows, as numpy; the batch)."""
     cfg = model.cfg
     f = sampler.frames_per_chunk
     if num_frames % f or num_frames < 2 * f:
@@ -57,12 +87,27 @@ def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: 
                     keep_cache=True).cache
     graphdef, params = nnx.split(model)
     noise, renoise = noise_source.chunk(chunks - 1)
-    logits = np.asarray(_last_chunk_profile(graphdef, policy, sampler, params, cache, text_kv, noise, renoise,
-                                            jnp.int32(chunks - 1)))
+    times = np.asarray(cache.slot_time)[0, 0]
+    out = np.asarray(last_chunk(graphdef, policy, sampler, params, cache, text_kv, noise, renoise,
+                                jnp.int32(chunks - 1)))
     if on_chunk is not None:
         on_chunk(chunks - 1, chunks)
-    history = num_frames - f
-    logits = logits[:noise.shape[0]]  # the conditional rows (a guided sampler runs 2B)
-    times = np.asarray(cache.slot_time)[0, 0]
-    assert (times[:history] == np.arange(history)).all()  # window -1: slot t holds frame t
-    return logits[..., :history]
+    assert (times[:num_frames - f] == np.arange(num_frames - f)).all()  # window -1: slot t holds frame t
+    return out[:noise.shape[0]], noise.shape[0]  # the conditional rows (a guided sampler runs 2B)
+
+
+def record_profiles(model, sampler: Sampler, text_kv, noise_source, num_frames: int,
+                    grid: tuple[int, int], on_chunk=None) -> np.ndarray:
+    """Roll out num_frames latent frames with nothing evicted; return Pyramid Forcing's
+    profiles [B, L, H, T] with T = num_frames - F history frames (frame order)."""
+    logits, _ = _calibration(model, sampler, text_kv, noise_source, num_frames, grid, on_chunk, _last_chunk_profile)
+    return logits[..., :num_frames - sampler.frames_per_chunk]
+
+
+def record_masses(model, sampler: Sampler, text_kv, noise_source, num_frames: int,
+                  grid: tuple[int, int], on_chunk=None) -> np.ndarray:
+    """Roll out num_frames latent frames with nothing evicted; return Forcing-KV's profiles
+    [B, L, H, num_frames]: the mass the last frame's queries put on every frame (its own
+    chunk's included), frame order."""
+    masses, _ = _calibration(model, sampler, text_kv, noise_source, num_frames, grid, on_chunk, _last_chunk_masses)
+    return masses[..., :num_frames]

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from pyramid_jax.cache.head_map import ANCHOR, VEIL, WAVE
+from pyramid_jax.cache.head_map import ANCHOR, DYNAMIC, STATIC, VEIL, WAVE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,3 +108,25 @@ def classify_heads(profiles: np.ndarray, cfg: ClassifyConfig = ClassifyConfig())
         raise ValueError("profiles contain NaN or inf")
     per_prompt = classify_profiles(p, cfg)
     return vote(per_prompt, classify_profiles(p.mean(0), cfg)), per_prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticRule:
+    """Forcing-KV's profiling rule (its head_profile.py): a head is static when the attention
+    mass on the last `last` key frames over the mass on key frames from index `skip_first` is
+    at least `threshold`."""
+
+    threshold: float = 0.8
+    last: int = 4
+    skip_first: int = 1
+
+
+def static_heads(masses: np.ndarray, rule: StaticRule = StaticRule()):
+    """masses [P, L, H, T] (attention mass per key frame, the query's own chunk last) ->
+    (head map [L, H] of STATIC / DYNAMIC, scores [L, H]); prompts are averaged first."""
+    m = np.asarray(masses, np.float64)
+    if m.ndim != 4 or m.shape[-1] <= rule.skip_first:
+        raise ValueError(f"masses must be [prompts, layers, heads, frames > {rule.skip_first}], got {list(m.shape)}")
+    m = m.mean(0)
+    score = m[..., -rule.last:].sum(-1) / m[..., rule.skip_first:].sum(-1)
+    return np.where(score >= rule.threshold, int(STATIC), int(DYNAMIC)).astype(np.int32), score

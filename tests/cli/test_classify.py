@@ -76,3 +76,24 @@ def test_deep_forcing_demo(tmp_path):
                                  "--config.num_frames=12", "--config.output=",
                                  f"--config.save_latents={tmp_path / 'l.npz'}"])
     assert r.returncode == 0, r.stderr
+
+
+def test_forcing_kv_typing_then_generate(tmp_path):
+    """--policy forcing_kv: attention masses of a calibration rollout, static / dynamic by
+    Forcing-KV's rule, a head map the forcing_kv policy then runs with."""
+    from pyramid_jax.cli import classify
+
+    m = tmp_path / "fkv.json"
+    r = run_main(classify.main, ["--config=configs/tiny_random.py", "--config.height=96", "--config.width=64",
+                                 "--policy", "forcing_kv", "--frames", "12", "--out", str(m)])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(m.read_text())
+    masses = np.load(tmp_path / "fkv.masses.npz")["masses"]
+    assert masses.shape == (1, 2, 4, 12) and np.allclose(masses.sum(-1), 1, atol=1e-4)  # every key frame
+    score = masses[0, ..., -4:].sum(-1) / masses[0, ..., 1:].sum(-1)
+    np.testing.assert_array_equal(np.asarray(doc["map"]) == 6, score >= 0.8)
+    r = run_main(generate.main, ["--config=configs/tiny_random.py", "--config.height=96", "--config.width=64",
+                                 "--config.cache.policy=forcing_kv", f"--config.cache.head_map={m}",
+                                 "--config.num_frames=12", "--config.output=", f"--config.save_latents={tmp_path / 'l.npz'}"])
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "l.npz")["latents"].shape == (1, 12, 16, 12, 8)
