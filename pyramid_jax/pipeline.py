@@ -459,6 +459,8 @@ def write_files(spec, result: Rollout, job: GenerationInputs) -> None:
         write_groups(spec, result.cache)
     if spec.output.save_replay:
         given = {} if job.initial is None else {"initial_latent": job.initial}
+        if types_online(spec) and result.cache is not None:  # the rows its typing drew
+            given["dummy_rows"] = np.asarray(result.cache.own.rows)
         media.save_npz(spec.output.save_replay, context=job.context, noise=result.noise, renoise=result.renoise,
                        **given)
         log.info("wrote replay %s", spec.output.save_replay)

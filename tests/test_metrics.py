@@ -56,16 +56,20 @@ def test_evaluate_long_tool(tmp_path):
     from conftest import run_tool
 
     args = ["tools/evaluate_long.py", "--config=configs/tiny_random.py", "--config.height=32", "--config.width=32",
-            "--policies", "window,deep_sink", "--seconds", "1.5", "--prompts", "a ball;a cube", "--seeds", "0,3",
-            "--paired", "--out", str(tmp_path)]
+            "--config.cache.num_dummy=4", "--policies", "window,deep_sink,dummy_forcing", "--kv-dtypes", ",int8",
+            "--seconds", "1.5", "--prompts", "a ball;a cube", "--seeds", "0,3", "--paired", "--out", str(tmp_path)]
     r = run_tool(*args)
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "eval.json").read_text())
-    assert [m["policy"] for m in doc["means"]] == ["window", "deep_sink"]
-    assert [(v["prompt"], v["seed"]) for v in doc["videos"]] == [(0, 0), (1, 3)] * 2
-    assert (tmp_path / "drift.png").exists() and (tmp_path / "sharpness.png").exists()
+    labels = ["window", "window/int8", "deep_sink", "deep_sink/int8", "dummy_forcing", "dummy_forcing/int8"]
+    assert [m["policy"] for m in doc["means"]] == labels
+    assert [(v["prompt"], v["seed"]) for v in doc["videos"]] == [(0, 0), (1, 3)] * 6
+    kv = {m["policy"]: m["kv_MiB"] for m in doc["means"]}
+    assert kv["window/int8"] < 0.6 * kv["window"] and kv["dummy_forcing"] < kv["window"]
+    for png in ("drift.png", "sharpness.png", "quality_vs_kv.png"):
+        assert (tmp_path / png).exists()
     r = run_tool(*args, "--reuse")  # nothing generated again, the same numbers
-    assert r.returncode == 0 and r.stdout.count("reusing") == 4 and "chunk" not in r.stdout, r.stdout
+    assert r.returncode == 0 and r.stdout.count("reusing") == 12 and "chunk" not in r.stdout, r.stdout
     assert json.loads((tmp_path / "eval.json").read_text())["videos"] == doc["videos"]
     r = run_tool(*args[:-3], "--seeds", "0", "--paired")
     assert r.returncode == 2 and "as many seeds as prompts" in r.stderr

@@ -28,6 +28,10 @@ def build_parser():
                    help="a 60 s (240 latent frames) rollout of the mid size: per-chunk times stay flat")
     p.add_argument("--policies", action="store_true",
                    help="keys attended per query frame and cache bytes per policy at 1.3B / 480x832 and the demo size")
+    p.add_argument("--compare", action="store_true",
+                   help="the head-aware family (window, deep_sink, pyramid, dummy_forcing, forcing_kv): KV bytes and "
+                        "attention FLOPs per chunk at 1.3B 480x832 for 5 s / 60 s / 5 min, bf16 and 8-bit pages; "
+                        "ms per chunk of the demo model on this machine")
     p.add_argument("--attention", action="store_true",
                    help="paged attention, window-21 vs pyramid plans (reference; pallas on TPU)")
     p.add_argument("--attn-size", default="mid", choices=sorted(ATTN_SIZES))
@@ -81,7 +85,7 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     if not any(getattr(args, s.flag) for s in SECTIONS):
-        p.error("choose at least one section (--forward, --rollout, --long, --policies, --attention, --step, "
+        p.error("choose at least one section (--forward, --rollout, --long, --policies, --compare, --attention, --step, "
                 "--devices, --codecs, --kv-error, --plan, --end-to-end, --side-by-side)")
     if args.upstream and not os.path.isfile(os.path.join(args.upstream, "wan", "modules", "causal_model.py")):
         p.error(f"--upstream {args.upstream}: not a Self Forcing checkout (no wan/modules/causal_model.py)")

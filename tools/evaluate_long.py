@@ -2,14 +2,19 @@
 
   python tools/evaluate_long.py --config=configs/demo.py --head-map MAP.csv --seconds 60 \
       --prompts "a red circle bouncing;a blue square moving" --seeds 0,1 --out runs/eval
+      [--policies window,deep_sink,pyramid,pyramid-online,dummy_forcing,forcing_kv]
+      [--forcing-kv-map FILE.json]   forcing_kv's static / dynamic head map
+      [--kv-dtypes ,int8]  each policy with the model's pages and with 8-bit pages
       [--paired]   prompt i with seed i only, not every (prompt, seed) pair
       [--reuse]    keep the videos already in --out
 
-For each policy (window-21, deep_sink, pyramid) x prompt x seed it generates a video with the
-configured model, then reports colour/brightness drift against the first second, flicker at
-chunk boundaries vs inside chunks, the sharpness trend, object persistence and, for prompts of
-the shapes caption grammar, prompt adherence (metrics.prompt_adherence): a table on
-stdout, eval.json, and drift.png / sharpness.png (per-second curves, mean over prompts).
+For each policy x page dtype x prompt x seed it generates a video with the configured model,
+then reports colour/brightness drift against the first second, flicker at chunk boundaries vs
+inside chunks, the sharpness trend, object persistence and, for prompts of the shapes caption
+grammar, prompt adherence (metrics.prompt_adherence), with the KV bytes the policy holds: a
+table on stdout, eval.json, drift.png / sharpness.png (per-second curves, mean over prompts)
+and quality_vs_kv.png (adherence and persistence against KV bytes). pyramid-online types the
+heads during the video (cache.head_map=online); dummy_forcing types them online as upstream.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ POLICIES = {"window": ["--config.cache.policy=window", "--config.cache.local_att
                        "--config.cache.sink_size=0"],
             "deep_sink": ["--config.cache.policy=deep_sink", "--config.cache.local_attn_size=21",
                           "--config.cache.sink_size=10"],
-            "pyramid": ["--config.cache.policy=pyramid"]}
+            "pyramid": ["--config.cache.policy=pyramid"],
+            "pyramid-online": ["--config.cache.policy=pyramid", "--config.cache.head_map=online"],
+            "dummy_forcing": ["--config.cache.policy=dummy_forcing", "--config.cache.head_map="],
+            "forcing_kv": ["--config.cache.policy=forcing_kv"]}
 
 
 def read_video(path):
@@ -52,6 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--head-map", default="", help="head map for the pyramid policy")
     p.add_argument("--policies", default="window,deep_sink,pyramid")
     p.add_argument("--window", type=int, default=21, help="frames of the window policy (deep_sink keeps its 21 + 10)")
+    p.add_argument("--forcing-kv-map", default="", help="static / dynamic head map for the forcing_kv policy")
+    p.add_argument("--kv-dtypes", default="", help="page dtypes, comma separated ('' = the model's; int8, bfloat16...)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--prompts", default="a red circle bouncing left to right on a blue striped background")
     p.add_argument("--seeds", default="0")
@@ -71,6 +81,8 @@ def main(argv=None) -> int:
              if len(seeds) != len(args.seeds.split(",")) else
              "--head-map is needed for the pyramid policy (tools/classify_heads.py makes one)"
              if "pyramid" in policies and not args.head_map else
+             "--forcing-kv-map is needed for the forcing_kv policy (tools/classify_heads.py --policy forcing_kv)"
+             if "forcing_kv" in policies and not args.forcing_kv_map else
              f"--paired needs as many seeds as prompts ({len(seeds)} vs {len(prompts)})"
              if args.paired and len(seeds) != len(prompts) else "")
     if error:
@@ -90,12 +102,17 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     rows, curves = [], {}
     per_second = lambda a: a[: len(a) // fps * fps].reshape(-1, fps).mean(1)
-    label = {p: f"window-{args.window}" if p == "window" and args.window != 21 else p for p in policies}
-    for policy in policies:
+    base = {p: f"window-{args.window}" if p == "window" and args.window != 21 else p for p in policies}
+    kv_dtypes = args.kv_dtypes.split(",")
+    cases = [(p, d, base[p] + (f"/{d}" if d else "")) for p in policies for d in kv_dtypes]
+    for policy, kv_dtype, label in cases:
+        extra = POLICIES[policy] + ([f"--config.cache.head_map={args.head_map}"] if policy == "pyramid" else [])
+        extra += [f"--config.cache.head_map={args.forcing_kv_map}"] if policy == "forcing_kv" else []
+        extra += [f"--config.cache.local_attn_size={args.window}"] if policy == "window" else []
+        extra += [f"--config.cache.kv_dtype={kv_dtype}"]
+        kv_bytes = cache_bytes([*cfg_args, *extra, f"--config.num_frames={frames}"])
         for pi, seed in runs:
-            path = os.path.join(args.out, f"{label[policy]}_p{pi}_s{seed}.mp4")
-            extra = POLICIES[policy] + ([f"--config.cache.head_map={args.head_map}"] if policy == "pyramid" else [])
-            extra += [f"--config.cache.local_attn_size={args.window}"] if policy == "window" else []
+            path = os.path.join(args.out, f"{label.replace('/', '_')}_p{pi}_s{seed}.mp4")
             video = read_video(path) if args.reuse and os.path.exists(path) else None
             if video is not None and len(video) == video_frames:
                 print(f"reusing {path}")
@@ -106,23 +123,66 @@ def main(argv=None) -> int:
                 if code:
                     return code
                 video = read_video(path)
-            rows.append(dict(policy=label[policy], prompt=pi, seed=seed,
+            rows.append(dict(policy=label, prompt=pi, seed=seed, kv_MiB=kv_bytes / 2**20,
                              **metrics.summary(video, chunk - stride + 1, chunk, fps),
                              prompt_adherence=metrics.prompt_adherence(video, prompts[pi], fps)))
-            curves.setdefault(label[policy], []).append((per_second(metrics.color_drift(video)),
-                                                  per_second(metrics.sharpness(video))))
-    cols = ["color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence", "prompt_adherence"]
-    table = [dict(policy=label[pol], **{c: float(np.nanmean([r[c] for r in rows if r["policy"] == label[pol]]))
-                                        for c in cols}) for pol in policies]
-    print(f"\n## {args.seconds:g} s videos, {len(rows) // len(policies)} per policy (means)")
-    print("policy      " + "  ".join(f"{c:>16}" for c in cols))
+            curves.setdefault(label, []).append((per_second(metrics.color_drift(video)),
+                                                 per_second(metrics.sharpness(video))))
+    cols = ["kv_MiB", "color_drift", "brightness_drift", "flicker_ratio", "sharpness_trend", "persistence",
+            "prompt_adherence"]
+    labels = [label for _, _, label in cases]
+    table = [dict(policy=lab, **{c: float(np.nanmean([r[c] for r in rows if r["policy"] == lab])) for c in cols})
+             for lab in labels]
+    print(f"\n## {args.seconds:g} s videos, {len(rows) // len(labels)} per policy (means)")
+    print("policy                " + "  ".join(f"{c:>16}" for c in cols))
     for t in table:
-        print(f"{t['policy']:<11} " + "  ".join(f"{t[c]:16.4g}" for c in cols))
+        print(f"{t['policy']:<21} " + "  ".join(f"{t[c]:16.4g}" for c in cols))
     write_text(os.path.join(args.out, "eval.json"), json.dumps({"means": table, "videos": rows, "prompts": prompts,
                                                                    "config_args": cfg_args}, indent=1))
+    _quality_plot(table, args.out)
     _plots(curves, args.out)
-    print(f"wrote {args.out}/eval.json, drift.png, sharpness.png")
+    print(f"wrote {args.out}/eval.json, drift.png, sharpness.png, quality_vs_kv.png")
     return 0
+
+
+def cache_bytes(argv) -> int:
+    """Bytes of the KV cache a run of these config flags holds (B = 1), from its state's shapes."""
+    import jax
+    import jax.numpy as jnp
+
+    from pyramid_jax import pipeline
+
+    spec = parse_spec(["generate", *argv])
+    cfg = pipeline.model_config(spec)
+    policy = pipeline.build_policy(spec, cfg, pipeline.latent_size(spec, cfg), spec.inputs.num_frames)
+    if spec.cache.head_map == "online":  # after typing: the pyramid cache of the typed map's shape
+        from pyramid_jax.cache.pyramid import PyramidPolicy
+
+        policy = PyramidPolicy(policy.spec, np.ones((cfg.num_layers, cfg.num_heads), np.int32))
+    state = jax.eval_shape(lambda: policy.init(1, jnp.dtype(spec.model.dtype)))
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def _quality_plot(table, out):
+    """Prompt adherence and persistence against the KV bytes each policy holds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, col, name in ((axes[0], "prompt_adherence", "prompt adherence"), (axes[1], "persistence", "persistence")):
+        shown = [t for t in table if np.isfinite(t[col])]  # adherence is NaN outside the caption grammar
+        for t in shown:
+            ax.scatter(t["kv_MiB"], t[col], marker="s" if "/" in t["policy"] else "o")
+            ax.annotate(t["policy"], (t["kv_MiB"], t[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if shown:
+            ax.set_xscale("log")
+        ax.set_xlabel("KV cache held (MiB, B = 1)")
+        ax.set_ylabel(name)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "quality_vs_kv.png"), dpi=110)
+    plt.close(fig)
 
 
 def _plots(curves, out):

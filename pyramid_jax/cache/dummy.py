@@ -130,19 +130,19 @@ class DummyForcingPolicy:
             return np.asarray(self.head_map, np.int32)
         return np.zeros((self.spec.num_layers, self.spec.num_heads), np.int32)
 
-    def draw_rows(self) -> np.ndarray:
+    def draw_rows(self) -> jax.Array:
         """[L, R] int32 the typing rows: the given ones, or drawn from the seed (with replacement)."""
         if self.rows is not None:
-            return np.asarray(self.rows, np.int32)
+            return jnp.asarray(self.rows, jnp.int32)
         key = jax.random.fold_in(jax.random.key(self.seed), ROW_STREAM)
-        return np.asarray(jax.random.randint(key, (self.spec.num_layers, self.num_rows), 0, self.query_tokens))
+        return jax.random.randint(key, (self.spec.num_layers, self.num_rows), 0, self.query_tokens, jnp.int32)
 
     def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
         sp = self.spec
         pages = np.ones((sp.num_layers, sp.num_heads, self.num_slots), np.int64)
         shape = (sp.num_layers, sp.num_heads)
         own = DummyState(jnp.zeros(shape, jnp.int32), jnp.zeros(shape + (2,), jnp.float32),
-                         jnp.asarray(self.draw_rows()))
+                         self.draw_rows())
         return empty_state(sp, batch, dtype, pages, sp.tokens_per_frame, head_groups=head_groups, own=own)
 
     # ---- plan ----------------------------------------------------------------------

@@ -281,3 +281,44 @@ def test_eight_bit_pages_stay_close(traced, name):
     lat = rollout(model, policy, sampler, text_kv_of(model, ctx), noise, 6).latents
     want = run.latents[:, :6 * F]
     assert rel_err(lat, want) < 2e-2
+
+
+def test_replay_gives_dummy_forcings_rows(tmp_path):
+    """A replay file's `dummy_rows` are the rows the typing samples (a replay of upstream's
+    draws); a run that saves its replay writes the rows it drew, and replaying it is exact."""
+    from conftest import run_main
+    from pyramid_jax.cli import generate
+
+    base = ["--config=configs/tiny_random.py", "--config.num_frames=9", "--config.height=64", "--config.width=64",
+            "--config.cache.policy=dummy_forcing", "--config.cache.num_dummy=4", "--config.output="]
+    r = run_main(generate.main, [*base, f"--config.save_latents={tmp_path / 'a.npz'}",
+                                 f"--config.save_replay={tmp_path / 'r.npz'}", "--config.seed=7"])
+    assert r.returncode == 0, r.stderr
+    rows = np.load(tmp_path / "r.npz")["dummy_rows"]
+    assert rows.shape == (2, 16 // 3)  # 16 tokens a frame: 5 rows a layer
+    r = run_main(generate.main, [*base, f"--config.save_latents={tmp_path / 'b.npz'}",
+                                 f"--config.replay={tmp_path / 'r.npz'}"])
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["latents"], np.load(tmp_path / "b.npz")["latents"])
+    groups = json.loads((tmp_path / "a.heads.json").read_text())
+    assert np.asarray(groups["map"]).shape == (2, 4) and groups["policy"] == "dummy_forcing"
+    assert json.loads((tmp_path / "b.heads.json").read_text())["map"] == groups["map"]
+
+
+def test_cache_picture_draws_the_new_policies(traced):
+    """The studio's picture: a row per Dummy group (last heads see the frame before the chunk,
+    first heads frame 0) and per Forcing-KV type (dynamic heads see parts of frames: bands)."""
+    from pyramid_jax.cache.picture import attended_frames
+
+    policy, run = traced["dummy_forcing"]
+    rows = {r["type"]: r for r in attended_frames(policy, run.cache, CHUNKS)["rows"]}
+    assert set(rows) <= {"First", "Mid", "Last"} and rows["Last"]["heads"] == 6
+    t0 = CHUNKS * F
+    assert rows["Last"]["full"][t0 - 1] == 1.0 and sum(rows["Last"]["full"]) == 1.0
+    if "First" in rows:
+        assert rows["First"]["full"][0] == 1.0 and sum(rows["First"]["full"]) == 1.0
+    policy, run = traced["forcing_kv"]
+    rows = {r["type"]: r for r in attended_frames(policy, run.cache, CHUNKS)["rows"]}
+    assert set(rows) == {"Static", "Dynamic"} and rows["Static"]["heads"] == 5
+    assert rows["Static"]["full"][0] == 1.0 and rows["Static"]["full"][t0 - 1] == 1.0
+    assert sum(rows["Static"]["pooled"]) == 0 and sum(rows["Dynamic"]["pooled"][t0 - 4:t0 - 1]) > 0

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from . import (attention, codecs, devices, end_to_end, forward, kv_error, plan, policies, rollout,
+from . import (attention, codecs, compare, devices, end_to_end, forward, kv_error, plan, policies, rollout,
                side_by_side, step)
 
 
@@ -29,6 +29,7 @@ SECTIONS = (
     Section("plan", plan.run),
     Section("kv_error", kv_error.run),
     Section("policies", policies.run),
+    Section("compare", compare.run),
     Section("long", rollout.run_long),
     Section("side_by_side", side_by_side.run),
 )
