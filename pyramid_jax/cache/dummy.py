@@ -19,9 +19,11 @@ Upstream draws the rows from torch's global generator (the stream of its re-nois
 they come from the run's seed, or are given (`rows`, a replay of upstream). A head map of
 first / mid / last types (`head_map`) replaces the online typing: the groups of another run.
 
-Memory: every head owns 1 + R frame slots for the whole video (the layout must hold the typing
-chunk's frames before the groups are known); upstream re-allocates after typing, to 1 frame
-(first, last) or R frames (mid) per head.
+Memory: until the typing chunk every head owns 1 + R frame slots (the layout must hold that
+chunk's frames before the groups exist). After it, as upstream re-allocates, the host loop
+moves the cache into the groups' own layout (`relayout`: one read of the groups, one more
+compiled step shape): a first or last head owns 1 frame slot, a mid head R
+(`DummyGroupsPolicy`).
 
 Upstream sources: zju-jiyicheng/Forcing-KV, wan/modules/dummyforcing.py (typing, assignment),
 wan/modules/causal_model_dummyforcing.py (the caches), configs/dummy-forcing/ (the values).
@@ -30,6 +32,7 @@ wan/modules/causal_model_dummyforcing.py (the caches), configs/dummy-forcing/ (t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -97,6 +100,11 @@ class DummyForcingPolicy:
             object.__setattr__(self, "rows", tuple(tuple(int(v) for v in row) for row in r))
 
     # ---- static layout -------------------------------------------------------------
+    @property
+    def relayout_at(self) -> int:
+        """The chunk after which the host loop moves the cache into the groups' layout."""
+        return self.params.ar_start
+
     @property
     def ring(self) -> int:
         """Frames the local ring keeps (a mid head's context)."""
@@ -218,3 +226,102 @@ class DummyForcingPolicy:
         typed = self.assign(own.mass) if self.head_map is None else jnp.asarray(self.head_types)
         kind = jnp.where(jnp.asarray(chunk) == self.params.ar_start, typed, own.head_kind)
         return state._replace(own=own._replace(head_kind=kind))
+
+    def relayout(self, state: CacheState, head_groups: int = 1):
+        """After the typing chunk: (DummyGroupsPolicy of the groups the state holds, the cache
+        moved into its layout). One host read of the groups."""
+        groups = DummyGroupsPolicy(self.spec, tuple(map(tuple, np.asarray(state.own.head_kind).tolist())),
+                                   self.params)
+        batch, dtype = state.k.shape[0], state.k.dtype
+        empty = groups.init(batch, jnp.float32 if dtype.itemsize == 1 else dtype, head_groups)
+        return groups, _move(self.num_slots, groups, state, empty)
+
+
+@dataclasses.dataclass(frozen=True)
+class DummyGroupsPolicy:
+    """Dummy Forcing after typing, in its groups' own layout: a first head keeps frame 0, a
+    last head the frame before the chunk (1 slot each), a mid head the last R frames (R slots).
+    Plans, passes and commits as `DummyForcingPolicy` after its typing chunk."""
+
+    spec: PoolSpec
+    groups: tuple  # [L][H] FIRST / MID / LAST
+    params: DummyParams = DummyParams()
+
+    def __post_init__(self):
+        m = check_map(self.groups, self.spec.num_layers, self.spec.num_heads, "dummy groups", types=DUMMY_TYPES)
+        object.__setattr__(self, "groups", tuple(tuple(int(v) for v in row) for row in m))
+
+    @property
+    def ring(self) -> int:
+        return self.spec.frames_per_chunk * self.params.local_context_length
+
+    @property
+    def head_types(self) -> np.ndarray:
+        return np.asarray(self.groups, np.int32)
+
+    @property
+    def slots_per_head(self) -> np.ndarray:
+        """[L, H] frame slots each head owns."""
+        return np.where(self.head_types == MID, self.ring, 1)
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.slots_per_head.max())
+
+    @property
+    def pooled_frames(self) -> int:
+        return 1
+
+    def init(self, batch: int, dtype, head_groups: int = 1) -> CacheState:
+        sp = self.spec
+        pages = (np.arange(self.num_slots) < self.slots_per_head[..., None]).astype(np.int64)
+        shape = (sp.num_layers, sp.num_heads)
+        rows = jnp.zeros((sp.num_layers, sp.tokens_per_frame // 3), jnp.int32)
+        own = DummyState(jnp.asarray(self.head_types), jnp.zeros(shape + (2,), jnp.float32), rows)
+        return empty_state(sp, batch, dtype, pages, sp.tokens_per_frame, head_groups=head_groups, own=own)
+
+    def plan(self, state: CacheState, chunk) -> PagePlan:
+        """[L, 1, H, S]: every committed frame a head holds (its layout is its keep-set)."""
+        frame0 = jnp.asarray(chunk, jnp.int32) * self.spec.frames_per_chunk
+        st = state.slot_time
+        valid = (st >= 0) & (st < frame0)
+        return PagePlan(frame0, state.slot_page[:, None], None, valid[:, None])
+
+    def stage(self, state: CacheState, plan: PagePlan, layer, k_pre, v, chunk, q=None):
+        return state, state.pool(), layer_plan(plan, layer)
+
+    def commit(self, state: CacheState, chunk_kv, chunk) -> CacheState:
+        """A last head's slot takes the chunk's last frame, a mid head's ring every frame; a
+        first head keeps frame 0."""
+        sp = self.spec
+        k_pre, v = chunk_kv
+        f = sp.frames_per_chunk
+        times = jnp.asarray(chunk, jnp.int32) * f + jnp.arange(f, dtype=jnp.int32)
+        kind = jnp.asarray(self.head_types)[..., None]
+        skip = self.num_slots
+        slots = jnp.where(kind == MID, (times - 1) % self.ring,
+                          jnp.where((kind == LAST) & (times == times[-1]), 0, skip))
+        return write_entries(state, rope_keys(sp, k_pre, times), v, slots, jnp.broadcast_to(times, slots.shape))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _move(typing_slots: int, groups: DummyGroupsPolicy, old: CacheState, new: CacheState) -> CacheState:
+    """The typing layout's pages into the groups' layout: a first head's frame 0, a last head's
+    newest frame, a mid head's ring (ring slot 1 + i -> slot i). Pages (and 8-bit scales) are
+    copied as stored."""
+    kind = jnp.asarray(groups.head_types)[..., None]
+    s_new = jnp.arange(groups.num_slots)
+    newest = jnp.argmax(old.slot_time, axis=-1)[..., None]  # [L, H, 1]
+    src = jnp.where(kind == MID, 1 + s_new, jnp.where(kind == LAST, newest, 0))  # [L, H, S']
+    src = jnp.minimum(src, typing_slots - 1)
+    used = s_new < jnp.asarray(groups.slots_per_head)[..., None]
+    dst_page = jnp.where(used, new.slot_page, new.k.shape[1])  # past the pool: dropped
+    src_page = jnp.take_along_axis(old.slot_page, src, axis=-1)
+    copy = lambda a, b: a.at[:, dst_page.reshape(-1)].set(b[:, src_page.reshape(-1)], mode="drop")
+    moved = new._replace(k=copy(new.k, old.k), v=copy(new.v, old.v),
+                         slot_time=jnp.where(used, jnp.take_along_axis(old.slot_time, src, axis=-1), -1),
+                         own=old.own._replace(head_kind=jnp.asarray(groups.head_types)))
+    if old.k_scale.shape[1]:
+        moved = moved._replace(k_scale=copy(new.k_scale, old.k_scale), v_scale=copy(new.v_scale, old.v_scale))
+    page_len = new.page_len.at[dst_page.reshape(-1)].set(old.page_len[src_page.reshape(-1)], mode="drop")
+    return moved._replace(page_len=page_len)

@@ -308,6 +308,7 @@ class ChunkLoop:
         self.graphdef, params = nnx.split(model)
         self.trace = [] if trace else None  # rows of cache.trace per chunk made
         self.policy, self.sampler, self.noise_source, self.mesh = policy, sampler, noise_source, mesh
+        self.base_policy = policy  # the policy a re-written cache starts from (before any re-layout)
         self.batch = noise_source.chunk(0)[0].shape[0]
         self.dtype = model.cfg.jnp_dtype
         with on_mesh(mesh):
@@ -317,13 +318,27 @@ class ChunkLoop:
         self.chunk = 0  # the next chunk to make
         self.given = 0  # chunks of given frames (prefill) before the first one made
 
+    @property
+    def head_groups(self) -> int:
+        return 1 if self.mesh is None else self.mesh.shape[sharding.MODEL]
+
     def _empty_cache(self) -> CacheState:
-        groups = 1 if self.mesh is None else self.mesh.shape[sharding.MODEL]
-        cache = self.policy.init(self.sampler.model_batch(self.batch), self.dtype, head_groups=groups)
+        return self._placed(self.policy.init(self.sampler.model_batch(self.batch), self.dtype,
+                                             head_groups=self.head_groups))
+
+    def _placed(self, cache: CacheState) -> CacheState:
         if self.mesh is None:  # committed, as every later cache is: the step compiles once, not twice
             return jax.device_put(cache, next(iter(jax.tree.leaves(self.params)[0].devices())))
         with on_mesh(self.mesh):
             return sharding.put(cache, self.mesh, cache.logical_axes())
+
+    def _after(self, chunk: int) -> None:
+        """A policy that changes its layout after a chunk (Dummy Forcing after typing: its
+        `relayout_at`, `relayout`) does so now; one host read, one more step shape."""
+        if getattr(self.policy, "relayout_at", None) == chunk:
+            with on_mesh(self.mesh):
+                self.policy, cache = self.policy.relayout(self.cache, self.head_groups)
+            self.cache = self._placed(cache)
 
     def set_text(self, text_kv) -> None:
         """The text K/V the chunks from the next one on attend."""
@@ -352,6 +367,7 @@ class ChunkLoop:
                 x0, self.cache, noisy, clean = traced_step(*args)
                 self.trace.append(trace_lib.chunk_rows(self.policy, k, noisy, clean, self.sampler.num_steps,
                                                        self.batch))
+        self._after(k)
         self.chunk += 1
         return x0, noise, renoise
 
@@ -366,13 +382,14 @@ class ChunkLoop:
                 noise, renoise = sharding.put((noise, renoise), self.mesh, (P("batch"), P(None, "batch")))
             x0, self.cache, probe = probed_step(self.graphdef, self.policy, self.sampler, self.params, self.cache,
                                                 self.text_kv, noise, renoise, jnp.int32(k))
+        self._after(k)
         self.chunk += 1
         return np.asarray(x0, np.float32), noise, renoise, probe, before
 
     def switch_policy(self, policy, latents) -> None:
         """Go on under another policy: its cache re-written from the chunks made so far
         (latents [B, F_done, C, h, w]), as `recache` does."""
-        self.policy = policy
+        self.base_policy = policy
         self.recache(latents)
 
     def prefill(self, latents) -> None:
@@ -395,8 +412,10 @@ class ChunkLoop:
                 x0 = jnp.asarray(latents[:, k * f:(k + 1) * f])
                 if self.mesh is not None:
                     x0 = sharding.put(x0, self.mesh, P("batch"))
-                cache = write_step(self.graphdef, self.policy, sampler, self.params, cache, self.text_kv, x0,
-                                   jnp.int32(first_chunk + k))
+                self.cache = write_step(self.graphdef, self.policy, sampler, self.params, cache, self.text_kv, x0,
+                                        jnp.int32(first_chunk + k))
+                self._after(first_chunk + k)
+                cache = self.cache
         return cache
 
     def recache(self, latents) -> None:
@@ -404,6 +423,7 @@ class ChunkLoop:
         x0s) under the current text: each chunk's cache-writing pass again, from an empty
         cache, so what every policy keeps is what it would hold had the video been made with
         this text's cache passes (LongLive's re-cache at a prompt switch)."""
+        self.policy = self.base_policy
         self.cache = self._write(self.sampler, latents[:, :self.chunk * self.sampler.frames_per_chunk],
                                  self._empty_cache())
 

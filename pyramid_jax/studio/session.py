@@ -114,6 +114,8 @@ class Studio:
         """Whether a run may pick policy `name`: it builds from the config (a head-aware
         policy needs a head map of its kind)."""
         spec, cfg = policy_config(self.spec, name), self.models.dit.cfg
+        if spec.cache.head_map == "online":  # typed during a video: the studio's loop has no typing phase
+            return False
         try:
             pipeline.build_policy(spec, cfg, pipeline.latent_size(spec, cfg), spec.inputs.num_frames)
         except UserError:
@@ -270,7 +272,7 @@ class Studio:
                 switches.append([given + k * f, prompt, recache])
                 log.info("studio: prompt from latent frame %d: %r%s", given + k * f, prompt,
                          " (re-cached)" if recache else "")
-            self.picture = dict(type="cache", policy=req.policy, **attended_frames(policy, loop.cache, loop.chunk))
+            self.picture = dict(type="cache", policy=req.policy, **attended_frames(loop.policy, loop.cache, loop.chunk))
             self.hub.publish(self.picture)
             x0, _, _ = loop.next()
             latents.append(x0)

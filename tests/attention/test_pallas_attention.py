@@ -190,7 +190,7 @@ def test_backend_checks():
 def test_head_aware_rollout_pallas_equals_reference(name):
     """A head-aware rollout with the pallas backend gives the reference backend's latents
     (fp32), and nothing recompiles after the first chunk (Dummy Forcing's typing chunk and
-    Forcing-KV's band pages of 3 tokens included)."""
+    Forcing-KV's band pages of 3 tokens included; Dummy's layout after typing compiles once more)."""
     cfg = WanConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=2, in_channels=4, out_channels=4,
                     text_dim=24, freq_dim=32, text_len=5)
     spec = PoolSpec(2, 4, 16, (3, 5), 3)
@@ -206,12 +206,13 @@ def test_head_aware_rollout_pallas_equals_reference(name):
         compiles = [0]
         jax.monitoring.register_event_duration_secs_listener(
             lambda e, *a, **k: e == "/jax/core/compile/backend_compile_duration" and compiles.__setitem__(0, compiles[0] + 1))
-        after_first = []
+        after = []
         try:
             lat[backend] = rollout(model, policy, sampler, model.text_kv(ctx),
                                    RandomNoise(1, (1, 27, 4, 6, 10), sampler), 9,
-                                   on_chunk=lambda k, *_: k == 0 and after_first.append(compiles[0])).latents
+                                   on_chunk=lambda k, *_: after.append(compiles[0])).latents
         finally:
             jax.monitoring.clear_event_listeners()
-        assert after_first == compiles
+        settled = 2 if name == "dummy_forcing" else 0  # Dummy's groups layout compiles once, in chunk 2
+        assert after[settled:] == [compiles[0]] * (9 - settled), after
     assert rel_err(lat["pallas"], lat["reference"]) <= 1e-5

@@ -310,7 +310,10 @@ def test_cache_picture_draws_the_new_policies(traced):
     first heads frame 0) and per Forcing-KV type (dynamic heads see parts of frames: bands)."""
     from pyramid_jax.cache.picture import attended_frames
 
-    policy, run = traced["dummy_forcing"]
+    from pyramid_jax.cache.dummy import DummyGroupsPolicy
+
+    _, run = traced["dummy_forcing"]
+    policy = DummyGroupsPolicy(SPEC, np.asarray(run.cache.own.head_kind))  # the layout after typing
     rows = {r["type"]: r for r in attended_frames(policy, run.cache, CHUNKS)["rows"]}
     assert set(rows) <= {"First", "Mid", "Last"} and rows["Last"]["heads"] == 6
     t0 = CHUNKS * F
@@ -322,3 +325,28 @@ def test_cache_picture_draws_the_new_policies(traced):
     assert set(rows) == {"Static", "Dynamic"} and rows["Static"]["heads"] == 5
     assert rows["Static"]["full"][0] == 1.0 and rows["Static"]["full"][t0 - 1] == 1.0
     assert sum(rows["Static"]["pooled"]) == 0 and sum(rows["Dynamic"]["pooled"][t0 - 4:t0 - 1]) > 0
+
+
+def test_dummy_moves_into_its_groups_layout_after_typing(traced):
+    """After the typing chunk the cache holds 1 frame slot per first / last head and R per mid
+    head, as upstream re-allocates, and the video is the one the typing layout makes."""
+    import dataclasses
+
+    from pyramid_jax.cache.dummy import DummyForcingPolicy
+
+    policy, run = traced["dummy_forcing"]
+    kinds = np.asarray(run.cache.own.head_kind)
+    assert run.cache.k.shape[1] == int(np.where(kinds == MID, 3, 1).sum())  # pages: a frame each
+
+    @dataclasses.dataclass(frozen=True)
+    class Unmoved(DummyForcingPolicy):
+        relayout_at = None  # keep the typing layout (1 + R slots a head) to the end
+
+    unmoved = Unmoved(policy.spec, policy.params, seed=policy.seed)
+    model, sampler = init_model(CFG, seed=1), Sampler()
+    ctx = np.random.default_rng(0).standard_normal((BATCH, CFG.text_len, CFG.text_dim)).astype(np.float32)
+    noise = RandomNoise(0, (BATCH, CHUNKS * F, CFG.in_channels, 2 * GRID[0], 2 * GRID[1]), sampler)
+    kept = rollout(model, unmoved, sampler, text_kv_of(model, ctx), noise, CHUNKS, keep_cache=True)
+    assert kept.cache.k.shape[1] == 4 * CFG.num_layers * CFG.num_heads
+    np.testing.assert_array_equal(np.asarray(kept.cache.own.head_kind), kinds)
+    np.testing.assert_allclose(run.latents, kept.latents, rtol=1e-5, atol=1e-5)

@@ -88,13 +88,21 @@ def measure(name, kw, stops):
     return out
 
 
-def held_bytes(name, kw, kv_dtype, frames) -> int:
-    """Bytes of the policy's cache at the real size (B = 1, bf16 model), from its state shapes."""
+def held_bytes(name, kw, kv_dtype, frames) -> tuple[int, int]:
+    """(steady, peak) bytes of the policy's cache at the real size (B = 1, bf16 model), from its
+    state shapes. They differ for Dummy Forcing only: its typing layout holds 1 + R frames a
+    head until the typing chunk, its groups' layout after it."""
+    from pyramid_jax.cache.dummy import DummyGroupsPolicy
     from pyramid_jax.cache.policies import make_policy
     from pyramid_jax.cache.pool import PoolSpec
 
-    real = make_policy(name, PoolSpec(LAYERS, HEADS, HEAD_DIM, GRID, 3, kv_dtype=kv_dtype), frames, **kw)
-    return _nbytes(jax.eval_shape(lambda: real.init(1, jnp.bfloat16)))
+    spec = PoolSpec(LAYERS, HEADS, HEAD_DIM, GRID, 3, kv_dtype=kv_dtype)
+    real = make_policy(name, spec, frames, **kw)
+    nbytes = lambda p: _nbytes(jax.eval_shape(lambda: p.init(1, jnp.bfloat16)))
+    first = nbytes(real)
+    if name != "dummy_forcing":
+        return first, first
+    return nbytes(DummyGroupsPolicy(spec, kw["head_map"], real.params)), first
 
 
 def global_row(frames, kv_dtype):
@@ -113,14 +121,14 @@ def comparison():
         flops = measure(name, kw, set(stops.values()))
         for kv_dtype in ("bfloat16", "int8"):
             for length, frames in LENGTHS:
-                rows.append(dict(policy=label, pages=kv_dtype, length=length,
-                                 kv_GB=held_bytes(name, kw, kv_dtype, frames) / 1e9,
-                                 attn_TFLOP_per_chunk=flops[stops[length]] / 1e12))
+                steady, peak = held_bytes(name, kw, kv_dtype, frames)
+                rows.append(dict(policy=label, pages=kv_dtype, length=length, kv_GB=steady / 1e9,
+                                 peak_kv_GB=peak / 1e9, attn_TFLOP_per_chunk=flops[stops[length]] / 1e12))
     for kv_dtype in ("bfloat16", "int8"):
         for length, frames in LENGTHS:
             nbytes, flops = global_row(frames, kv_dtype)
             rows.append(dict(policy="global (nothing evicted)", pages=kv_dtype, length=length, kv_GB=nbytes / 1e9,
-                             attn_TFLOP_per_chunk=flops / 1e12))
+                             peak_kv_GB=nbytes / 1e9, attn_TFLOP_per_chunk=flops / 1e12))
     return rows
 
 
@@ -168,7 +176,7 @@ def run(args, env):
     rows = [dict(section="compare", **r) for r in comparison()]
     print("\n## the head-aware family at Wan2.1-1.3B 480x832, B = 1: KV held and attention per chunk (5 passes), "
           "at the last chunk of each length")
-    print_table(rows, ["policy", "pages", "length", "kv_GB", "attn_TFLOP_per_chunk"])
+    print_table(rows, ["policy", "pages", "length", "kv_GB", "peak_kv_GB", "attn_TFLOP_per_chunk"])
     demo = demo_ms_per_chunk(args.repeats)
     print(f"\n## the demo model (64x64 pixels, fp32), ms per chunk on {env['device']} ({env['cpu_count']} CPUs)")
     print_table(demo, ["policy", "pages", "chunks", "ms_per_chunk", "first_chunk_s"])
