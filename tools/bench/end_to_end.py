@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
 import numpy as np
 
-from .common import print_table, proportional_row, published_type_map
+from .common import REPO, print_table, proportional_row, published_type_map
 
 
 def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",), decoder="wan"):
@@ -51,10 +52,21 @@ def bench_end_to_end(size="real", seconds=60.0, dtype="bfloat16", kv_dtypes=("",
     tkv = jax.jit(lambda m, c: m.text_kv(c))(model, jax.random.normal(jax.random.key(1), (1, cfg.text_len,
                                                                                           cfg.text_dim)) * 0.1)
     sampler, device, rows = Sampler(), jax.devices()[0], []
+    fkv_map = np.where(head_map == 1, 6, 7)  # Anchor heads static, the others dynamic (a stand-in at other sizes)
+    if (cfg.num_layers, cfg.num_heads) == (30, 12):
+        from pyramid_jax.cache.head_map import FORCING_KV_TYPES, load_head_map
+
+        fkv_map = load_head_map(os.path.join(REPO, "head_maps", "forcing_kv_self_forcing.json"), 30, 12,
+                                types=FORCING_KV_TYPES)
+    bands = 6 if (hw[0] // 2 * hw[1] // 2) % 6 == 0 else 4  # bands must divide a frame's tokens
     runs = [(label, name, kw, kv) for kv in kv_dtypes
             for label, name, kw in [("window-21", "window", dict(local_attn_size=21, sink_size=0)),
                                     ("deep_sink", "deep_sink", dict(local_attn_size=21, sink_size=10)),
-                                    ("pyramid", "pyramid", dict(head_map=head_map))]
+                                    ("pyramid", "pyramid", dict(head_map=head_map)),
+                                    ("dummy_forcing", "dummy_forcing",
+                                     dict(num_dummy=cfg.num_layers * cfg.num_heads // 2)),
+                                    ("forcing_kv", "forcing_kv", dict(head_map=fkv_map, sink_size=1,
+                                                                      num_frame_patch=bands))]
             if kv in ("", dtype) or name == "pyramid"]
     for label, name, kw, kv_dtype in runs:
         spec = PoolSpec(cfg.num_layers, cfg.num_heads, cfg.head_dim, (hw[0] // 2, hw[1] // 2), 3, kv_dtype=kv_dtype)
