@@ -22,7 +22,7 @@ from conftest import REPO, rel_err
 from upstream_caches import (dummy_assign, dummy_frames, dummy_mass, forcing_kv_bands, forcing_kv_frames,
                              upstream_keys, window_frames)
 
-F, CHUNKS, BATCH = 3, 12, 2
+F, CHUNKS, BATCH = 3, 8, 2
 CFG = WanConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=3, in_channels=4, out_channels=4, text_len=6,
                 text_dim=16, freq_dim=32, dtype="float32")
 GRID = (4, 6)  # 24 tokens a frame: 6 bands of 4, pooled blocks of 2 x 3
@@ -39,19 +39,24 @@ CASES = {
 }
 
 
+class Runs(dict):
+    """Each policy's rollout of CHUNKS chunks, batch 2, with its trace and final cache, made
+    when a test first asks for it: traced[name] -> (policy, Rollout)."""
+
+    def __missing__(self, name):
+        model = init_model(CFG, seed=1)
+        sampler = Sampler()
+        ctx = np.random.default_rng(0).standard_normal((BATCH, CFG.text_len, CFG.text_dim)).astype(np.float32)
+        policy = make_policy(name, SPEC, CHUNKS * F, **CASES[name])
+        noise = RandomNoise(0, (BATCH, CHUNKS * F, CFG.in_channels, 2 * GRID[0], 2 * GRID[1]), sampler)
+        self[name] = policy, rollout(model, policy, sampler, text_kv_of(model, ctx), noise, CHUNKS, keep_cache=True,
+                                     trace=True)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def traced():
-    """Each policy's rollout of CHUNKS chunks, batch 2, with its trace and final cache."""
-    model = init_model(CFG, seed=1)
-    sampler = Sampler()
-    ctx = np.random.default_rng(0).standard_normal((BATCH, CFG.text_len, CFG.text_dim)).astype(np.float32)
-    text_kv = text_kv_of(model, ctx)
-    out = {}
-    for name, kw in CASES.items():
-        policy = make_policy(name, SPEC, CHUNKS * F, **kw)
-        noise = RandomNoise(0, (BATCH, CHUNKS * F, CFG.in_channels, 2 * GRID[0], 2 * GRID[1]), sampler)
-        out[name] = policy, rollout(model, policy, sampler, text_kv, noise, CHUNKS, keep_cache=True, trace=True)
-    return out
+    return Runs()
 
 
 def entries_by_pass(entries):
@@ -254,6 +259,7 @@ def test_bad_policy_settings(name, kw, want):
         make_policy(name, SPEC, 30, **kw)
 
 
+@pytest.mark.slow
 def test_dummy_groups_reused_offline_give_the_same_video(traced):
     """The groups an online run chose, given as a head map, make the same video."""
     policy, run = traced["dummy_forcing"]
@@ -267,6 +273,7 @@ def test_dummy_groups_reused_offline_give_the_same_video(traced):
     assert set(np.unique(kinds)) <= {FIRST, MID, LAST}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dummy_forcing", "forcing_kv"])
 def test_eight_bit_pages_stay_close(traced, name):
     """int8 pages (per-token scales) give nearly the video of full-precision pages, the bands
@@ -327,6 +334,7 @@ def test_cache_picture_draws_the_new_policies(traced):
     assert sum(rows["Static"]["pooled"]) == 0 and sum(rows["Dynamic"]["pooled"][t0 - 4:t0 - 1]) > 0
 
 
+@pytest.mark.slow
 def test_dummy_moves_into_its_groups_layout_after_typing(traced):
     """After the typing chunk the cache holds 1 frame slot per first / last head and R per mid
     head, as upstream re-allocates, and the video is the one the typing layout makes."""

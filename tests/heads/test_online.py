@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.heads import calibrate
@@ -18,6 +19,7 @@ CFG = WanConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=3, in_channels=4, ou
 GRID = (2, 3)
 
 
+@pytest.mark.slow
 def test_online_typing_types_what_calibration_types():
     model, sampler = init_model(CFG, seed=1), Sampler()
     tkv = model.text_kv(jax.random.normal(jax.random.key(0), (2, 5, 24)))
