@@ -30,11 +30,13 @@ def test_export_tiny_pallas_step_has_the_target_kernel(tmp_path, platform):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["self_forcing", "pyramid_forcing", "pyramid_forcing/int8"])
+@pytest.mark.parametrize("config", ["self_forcing", "pyramid_forcing", "pyramid_forcing/int8", "dummy_forcing",
+                                    "forcing_kv", "forcing_kv/int8"])
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_export_real_size_configs(tmp_path, config, platform):
-    """Wan2.1-1.3B at 480x832 bf16 (no checkpoint needed): window-21 and the published pyramid
-    map (bf16 and 8-bit pages) lower with the target's kernel."""
+    """Wan2.1-1.3B at 480x832 bf16 (no checkpoint needed): window-21, the published pyramid
+    map (bf16 and 8-bit pages), Dummy Forcing (its typing layout) and Forcing-KV with its
+    published head file (band pages of 260 tokens) lower with the target's kernel."""
     out = tmp_path / "step.bin"
     name, _, kv = config.partition("/")
     r = run_tool("-m", "pyramid_jax.export", f"--config=configs/{name}.py", "--config.attention.backend=pallas",
