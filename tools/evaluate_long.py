@@ -110,7 +110,6 @@ def main(argv=None) -> int:
         extra += [f"--config.cache.head_map={args.forcing_kv_map}"] if policy == "forcing_kv" else []
         extra += [f"--config.cache.local_attn_size={args.window}"] if policy == "window" else []
         extra += [f"--config.cache.kv_dtype={kv_dtype}"]
-        kv_bytes = cache_bytes([*cfg_args, *extra, f"--config.num_frames={frames}"])
         for pi, seed in runs:
             path = os.path.join(args.out, f"{label.replace('/', '_')}_p{pi}_s{seed}.mp4")
             video = read_video(path) if args.reuse and os.path.exists(path) else None
@@ -123,6 +122,9 @@ def main(argv=None) -> int:
                 if code:
                     return code
                 video = read_video(path)
+            typed = os.path.splitext(path)[0] + ".heads.json"  # the map a video typed itself
+            kv_bytes = cache_bytes([*cfg_args, *extra, f"--config.num_frames={frames}"],
+                                   typed if policy in ("dummy_forcing", "pyramid-online") else None)
             rows.append(dict(policy=label, prompt=pi, seed=seed, kv_MiB=kv_bytes / 2**20,
                              **metrics.summary(video, chunk - stride + 1, chunk, fps),
                              prompt_adherence=metrics.prompt_adherence(video, prompts[pi], fps)))
@@ -145,42 +147,63 @@ def main(argv=None) -> int:
     return 0
 
 
-def cache_bytes(argv) -> int:
-    """Bytes of the KV cache a run of these config flags holds (B = 1), from its state's shapes."""
+def cache_bytes(argv, typed: str | None = None) -> int:
+    """Bytes of the KV cache a run of these config flags holds (B = 1), from its state's shapes;
+    typed: the head map a run typed online (dummy_forcing's groups, pyramid's online map), whose
+    layout it holds from then on."""
     import jax
     import jax.numpy as jnp
 
     from pyramid_jax import pipeline
+    from pyramid_jax.cache.dummy import DummyGroupsPolicy
+    from pyramid_jax.cache.pyramid import PyramidPolicy
 
     spec = parse_spec(["generate", *argv])
     cfg = pipeline.model_config(spec)
-    policy = pipeline.build_policy(spec, cfg, pipeline.latent_size(spec, cfg), spec.inputs.num_frames)
-    if spec.cache.head_map == "online":  # after typing: the pyramid cache of the typed map's shape
-        from pyramid_jax.cache.pyramid import PyramidPolicy
-
-        policy = PyramidPolicy(policy.spec, np.ones((cfg.num_layers, cfg.num_heads), np.int32))
+    hw = pipeline.latent_size(spec, cfg)
+    policy = pipeline.build_policy(spec, cfg, hw, spec.inputs.num_frames)
+    if typed and os.path.isfile(typed):
+        with open(typed) as fh:
+            head_map = np.asarray(json.load(fh)["map"])
+        pool = pipeline.pool_spec(spec, cfg, hw)
+        policy = (DummyGroupsPolicy(pool, head_map, policy.params) if spec.cache.policy == "dummy_forcing"
+                  else PyramidPolicy(pool, head_map))
     state = jax.eval_shape(lambda: policy.init(1, jnp.dtype(spec.model.dtype)))
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
 
 
 def _quality_plot(table, out):
-    """Prompt adherence and persistence against the KV bytes each policy holds."""
+    """Prompt adherence and persistence against the KV bytes each policy holds: a colour per
+    policy, a marker per page dtype."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    policies = list(dict.fromkeys(t["policy"].split("/")[0] for t in table))
+    dtypes = list(dict.fromkeys(t["policy"].partition("/")[2] for t in table))
+    colour = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(policies)}
+    marker = {d: m for d, m in zip(dtypes, "os^D")}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, col, name in ((axes[0], "prompt_adherence", "prompt adherence"), (axes[1], "persistence", "persistence")):
         shown = [t for t in table if np.isfinite(t[col])]  # adherence is NaN outside the caption grammar
         for t in shown:
-            ax.scatter(t["kv_MiB"], t[col], marker="s" if "/" in t["policy"] else "o")
-            ax.annotate(t["policy"], (t["kv_MiB"], t[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            pol, _, dt = t["policy"].partition("/")
+            ax.scatter(t["kv_MiB"], t[col], color=colour[pol], marker=marker[dt], s=45)
         if shown:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("KV cache held (MiB, B = 1)")
         ax.set_ylabel(name)
-    fig.tight_layout()
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=colour[p], marker="o", linestyle="", label=p) for p in policies]
+    handles += [plt.Line2D([], [], color="grey", marker=marker[d], linestyle="", label=d or "model dtype")
+                for d in dtypes if len(dtypes) > 1]
+    fig.legend(handles=handles, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
     fig.savefig(os.path.join(out, "quality_vs_kv.png"), dpi=110)
     plt.close(fig)
 
