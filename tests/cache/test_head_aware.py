@@ -82,12 +82,13 @@ def frames_of(by_pass, chunk, layer, head, passes=range(5), query=-1):
 
 
 def test_trace_file_layout(traced):
-    _, run = traced["window"]
+    _, run = traced["dummy_forcing"]
     assert run.trace.dtype == np.int32 and run.trace.shape[1] == len(tr.COLUMNS)
     assert set(tr.column(run.trace, "pass")) == set(range(5))  # 4 noisy passes, then the clean one
     assert set(tr.column(run.trace, "sample")) == {0, 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["window", "deep_sink"])
 def test_trace_restates_windows(traced, name):
     policy, run = traced[name]
@@ -103,6 +104,7 @@ def test_trace_restates_windows(traced, name):
                 assert rope == sorted(f + (shift if f < s else 0) for f in want)
 
 
+@pytest.mark.slow
 def test_trace_restates_pyramid(traced):
     _, run = traced["pyramid"]
     by_pass = entries_by_pass(run.trace)
@@ -290,6 +292,7 @@ def test_eight_bit_pages_stay_close(traced, name):
     assert rel_err(lat, want) < 2e-2
 
 
+@pytest.mark.slow
 def test_replay_gives_dummy_forcings_rows(tmp_path):
     """A replay file's `dummy_rows` are the rows the typing samples (a replay of upstream's
     draws); a run that saves its replay writes the rows it drew, and replaying it is exact."""

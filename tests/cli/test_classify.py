@@ -78,6 +78,7 @@ def test_deep_forcing_demo(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_forcing_kv_typing_then_generate(tmp_path):
     """--policy forcing_kv: attention masses of a calibration rollout, static / dynamic by
     Forcing-KV's rule, a head map the forcing_kv policy then runs with."""
