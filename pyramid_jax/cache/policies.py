@@ -22,7 +22,10 @@ class CachePolicy(Protocol):
     """What a KV-cache policy is to the chunk step. Every method is a pure, jit-safe function
     of the state (a CacheState) and the chunk index (may be traced); a policy is hashable (a
     static argument of the jitted step). Window, deep sink, pyramid, dummy_forcing and
-    forcing_kv implement it.
+    forcing_kv implement it. Optionally (not declared: isinstance checks the members above) a
+    policy whose layout changes once, on the host, between chunks has `relayout_at` (the chunk
+    after which) and `relayout(state, head_groups) -> (policy, state)`: Dummy Forcing after its
+    typing chunk; `sampling.rollout.ChunkLoop` calls it.
     """
 
     spec: PoolSpec
