@@ -40,7 +40,7 @@ POLICIES = {"window": ["--config.cache.policy=window", "--config.cache.local_att
             "pyramid": ["--config.cache.policy=pyramid"],
             "pyramid-online": ["--config.cache.policy=pyramid", "--config.cache.head_map=online"],
             "dummy_forcing": ["--config.cache.policy=dummy_forcing", "--config.cache.head_map="],
-            "forcing_kv": ["--config.cache.policy=forcing_kv"]}
+            "forcing_kv": ["--config.cache.policy=forcing_kv", "--config.cache.sink_size=1"]}  # upstream's sink
 
 
 def read_video(path):

@@ -137,7 +137,7 @@ DEMO_POLICIES = (("window-21", ["--config.cache.policy=window", "--config.cache.
                                 "--config.cache.sink_size=10"]),
                  ("pyramid", ["--config.cache.policy=pyramid"]),
                  ("dummy_forcing", ["--config.cache.policy=dummy_forcing", "--config.cache.head_map="]),
-                 ("forcing_kv", ["--config.cache.policy=forcing_kv",
+                 ("forcing_kv", ["--config.cache.policy=forcing_kv", "--config.cache.sink_size=1",
                                  "--config.cache.head_map=assets/demo/forcing_kv_heads.json"]))
 
 
