@@ -109,9 +109,8 @@ def _check_files(spec) -> None:
         path = getattr(spec.inputs, field)
         if path and not os.path.isfile(path):
             raise UserError(f"{field} {path!r}: no such file")
-    if spec.cache.policy:  # the policy and its head file, before any model loads
-        cfg = model_config(spec)
-        build_policy(spec, cfg, latent_size(spec, cfg), spec.inputs.num_frames)
+    cfg = model_config(spec)  # the policy and its head file, before any model loads
+    build_policy(spec, cfg, latent_size(spec, cfg), spec.inputs.num_frames)
     if spec.decoder.kind not in ("wan", "taehv", "pixel"):
         raise UserError(f"unknown vae.kind {spec.decoder.kind!r}; choose wan, taehv or pixel")
     if spec.output.fps <= 0:

@@ -73,6 +73,16 @@ class DummyState(NamedTuple):
         return DummyState(head_kind=P(None, "heads"), mass=P(None, "heads"), rows=P())
 
 
+def first_frames(spec: PoolSpec, params: DummyParams) -> int:
+    """Key frames typing counts as "first" (upstream's span: HW, or 3 HW past ar_start 1)."""
+    return 1 if params.ar_start == 1 else spec.frames_per_chunk
+
+
+def typing_rows(spec: PoolSpec, params: DummyParams) -> int:
+    """Query rows each layer samples in the typing pass (upstream: its "first" span // 3)."""
+    return first_frames(spec, params) * spec.tokens_per_frame // 3
+
+
 @dataclasses.dataclass(frozen=True)
 class DummyForcingPolicy:
     spec: PoolSpec
@@ -125,11 +135,11 @@ class DummyForcingPolicy:
     @property
     def first_frames(self) -> int:
         """Key frames counted as "first" in typing (upstream's span: HW, or 3 HW past ar_start 1)."""
-        return 1 if self.params.ar_start == 1 else self.spec.frames_per_chunk
+        return first_frames(self.spec, self.params)
 
     @property
     def num_rows(self) -> int:
-        return self.first_frames * self.spec.tokens_per_frame // 3
+        return typing_rows(self.spec, self.params)
 
     @property
     def head_types(self) -> np.ndarray:
@@ -276,7 +286,7 @@ class DummyGroupsPolicy:
         sp = self.spec
         pages = (np.arange(self.num_slots) < self.slots_per_head[..., None]).astype(np.int64)
         shape = (sp.num_layers, sp.num_heads)
-        rows = jnp.zeros((sp.num_layers, sp.tokens_per_frame // 3), jnp.int32)
+        rows = jnp.zeros((sp.num_layers, typing_rows(sp, self.params)), jnp.int32)
         own = DummyState(jnp.asarray(self.head_types), jnp.zeros(shape + (2,), jnp.float32), rows)
         return empty_state(sp, batch, dtype, pages, sp.tokens_per_frame, head_groups=head_groups, own=own)
 

@@ -15,10 +15,26 @@ samples of a batch: every sample has the same rows.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 COLUMNS = ("chunk", "pass", "layer", "head", "sample", "frame", "token_start", "token_stop", "rope_frame",
            "pooled", "query_frame")
+
+
+class SlotTables(NamedTuple):
+    """What the trace needs of a cache state: which frame each slot holds and where (the pages
+    themselves stay on the device)."""
+
+    slot_time: Any
+    slot_page: Any
+    page_len: Any
+    own: Any
+
+    @classmethod
+    def of(cls, state) -> "SlotTables":
+        return cls(state.slot_time, state.slot_page, state.page_len, state.own)
 
 
 def slot_table(policy, state) -> tuple[np.ndarray, ...]:

@@ -43,7 +43,7 @@ def _last_chunk_profile(graphdef, policy, sampler, params, cache, text_kv, noise
     return chunk_profile(probe, cache, policy.spec.tokens_per_frame)
 
 
-def frame_masses(probe, cache, tokens_per_frame: int):
+def frame_masses(probe, cache):
     """The attention mass the probed frame's queries put on each cached frame, mean over
     queries: [B, L, H, S] (read with cache.slot_time). probe: [L, B, T, H, Dh] queries after
     RoPE; cache: a state whose pages hold one frame each (window -1), the chunk committed."""
@@ -58,7 +58,6 @@ def frame_masses(probe, cache, tokens_per_frame: int):
         w = jax.nn.softmax(logits.reshape(logits.shape[:3] + (-1,)), axis=-1).reshape(logits.shape)
         return w.sum(-1).mean(2)  # [B, H, S]
 
-    del tokens_per_frame  # a page is a frame here
     return jnp.moveaxis(jax.lax.map(lambda xs: layer(*xs), (probe, cache.slot_page, cache.slot_time)), 0, 1)
 
 
@@ -68,7 +67,7 @@ def _last_chunk_masses(graphdef, policy, sampler, params, cache, text_kv, noise,
     model = nnx.merge(graphdef, params)
     f = sampler.frames_per_chunk
     _, after, probe = chunk_step(model, policy, sampler, cache, text_kv, noise, renoise, chunk, probe_frame=f - 1)
-    return frame_masses(probe, after, policy.spec.tokens_per_frame)
+    return frame_masses(probe, after)
 
 
 def _calibration(model, sampler: Sampler, text_kv, noise_source, num_frames: int, grid, on_chunk, last_chunk):

@@ -124,15 +124,15 @@ def write_pass(model, policy, sampler: Sampler, cache, text_kv, x0, chunk, plan,
     new_cache = policy.commit(staged, out.chunk_kv, chunk)
     new_cache = sharding.constrain(new_cache, new_cache.logical_axes())
     return ((new_cache,) + (() if probe_frame is None else (out.probe,))
-            + ((PassRecord(seen, staged),) if record else ()))
+            + ((PassRecord(seen, trace_lib.SlotTables.of(staged)),) if record else ()))
 
 
 class PassRecord(NamedTuple):
     """What a pass attended: its plan (fields [L, C, H, P], time_shift zeros when no entry
-    moves) and the cache state it read (its slot tables say which frame each page holds)."""
+    moves) and the slot tables of the cache it read (which frame each page holds)."""
 
     plan: PagePlan
-    state: CacheState
+    state: "trace_lib.SlotTables"
 
 
 def record_plan(plan: PagePlan) -> PagePlan:
@@ -158,15 +158,16 @@ def probed_step(graphdef, policy, sampler: Sampler, params, cache, text_kv, nois
                       probe_frame=sampler.frames_per_chunk - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
 def traced_step(graphdef, policy, sampler: Sampler, params, cache, text_kv, noise, renoise, chunk):
     """`step` that also returns what it attended: (x0, cache, noisy PassRecord, clean
-    PassRecord) (`--config.trace_cache`; the cache is not donated: the noisy record holds it)."""
+    PassRecord) (`--config.trace_cache`; the records hold slot tables, not pages)."""
     model = nnx.merge(graphdef, params)
     plan = policy.plan(cache, chunk)
     x0 = denoise(model, sampler, text_kv, cache.pool(), plan, noise, renoise)
+    noisy = PassRecord(record_plan(plan), trace_lib.SlotTables.of(cache))
     new_cache, clean = write_pass(model, policy, sampler, cache, text_kv, x0, chunk, plan, record=True)
-    return x0, new_cache, PassRecord(record_plan(plan), cache), clean
+    return x0, new_cache, noisy, clean
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "sampler"), donate_argnames=("cache",))
