@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
     # classifier-free guidance: flow = u + g (c - u), the unconditional branch reading an empty
     # (all-zero) text context; 1 = off. g > 1 runs both branches as one batch of twice the size
     c.guidance_scale = 1.0
+    # each denoising step re-noises its x0 with eta x fresh noise + sqrt(1 - eta^2) x the noise
+    # the model's x0 implies: 1 = Self Forcing's sampler (all fresh), 0 = deterministic (DDIM)
+    c.renoise_eta = 1.0
     c.seed = 0
     c.dtype = "bfloat16"
     c.output = "outputs/video.mp4"

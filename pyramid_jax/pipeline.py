@@ -55,6 +55,9 @@ def check_config(spec: RunSpec) -> None:
     if not isinstance(spec.sampler.guidance_scale, (int, float)) or spec.sampler.guidance_scale < 0:
         raise UserError("guidance_scale must be a number >= 0 (1 = no guidance), got "
                         f"{spec.sampler.guidance_scale!r}")
+    eta = spec.sampler.renoise_eta
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+        raise UserError(f"renoise_eta must be a number in [0, 1] (1 = all fresh noise), got {eta!r}")
     if spec.cache.kv_dtype not in KV_DTYPES:
         raise UserError(f"unknown cache.kv_dtype {spec.cache.kv_dtype!r}; choose one of "
                         f"{', '.join(d or '(the model dtype)' for d in KV_DTYPES)}")
@@ -153,7 +156,8 @@ def make_sampler(spec) -> Sampler:
         raise UserError(str(e)) from None
     return Sampler(timesteps=tuple(float(t) for t in steps), context_noise=float(spec.sampler.context_noise),
                    frames_per_chunk=spec.sampler.frames_per_chunk, schedule=sched,
-                   guidance_scale=float(spec.sampler.guidance_scale))
+                   guidance_scale=float(spec.sampler.guidance_scale),
+                   renoise_eta=float(spec.sampler.renoise_eta))
 
 
 @dataclasses.dataclass

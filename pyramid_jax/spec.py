@@ -9,7 +9,7 @@ takes. Each group says what one part of a run needs.
   cache.*                                          cache  (CacheSpec)
   frames_per_chunk, denoising_step_list,           sampler (SamplerSpec)
     warp_denoising_step, shift, context_noise,
-    guidance_scale
+    guidance_scale, renoise_eta
   mesh.*, batch_size                               mesh   (MeshSpec)
   prompt, prompts_file, prompt_schedule,           inputs (InputSpec)
     prompt_embeds, replay, seed, num_frames,
@@ -84,6 +84,7 @@ class SamplerSpec:
     shift: float
     context_noise: float
     guidance_scale: float
+    renoise_eta: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ WHERE.update({f"cache.{k}": f"cache.{k}" for k in (
     "spatial_context_length", "temporal_context_length", "dynamic_context_length", "num_frame_patch",
     "sim_retention_ratio")})
 WHERE.update({k: f"sampler.{k}" for k in ("frames_per_chunk", "denoising_step_list", "warp_denoising_step", "shift",
-                                          "context_noise", "guidance_scale")})
+                                          "context_noise", "guidance_scale", "renoise_eta")})
 WHERE.update({k: f"inputs.{k}" for k in ("prompt", "prompts_file", "prompt_schedule", "prompt_embeds", "replay", "seed",
                                          "num_frames", "height", "width", "init_video", "init_image")})
 WHERE.update({k: f"output.{k}" for k in ("output", "save_latents", "save_replay", "fps", "init_in_output",

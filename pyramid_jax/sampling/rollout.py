@@ -1,7 +1,7 @@
 """Chunk-by-chunk autoregressive rollout (the schedule and chunk loop of Self Forcing).
 
 Per chunk: for each denoising step i, x0 = model(x, t_i); unless last, x = add_noise(x0,
-fresh N(0, 1), t_{i+1}). The last x0 is the output; one more model pass on x0 at
+fresh N(0, 1), t_{i+1}) (with `renoise_eta` < 1, partly the noise the model's x0 implies). The last x0 is the output; one more model pass on x0 at
 t = context_noise writes the chunk into the cache: each layer first lets the policy stage
 its keys (`policy.stage`) and attends what the policy then plans, and the policy commits the
 rest after the pass (`policy.commit`).
@@ -57,6 +57,10 @@ class Sampler:
     frames_per_chunk: int = 3
     schedule: FlowSchedule = FlowSchedule()
     guidance_scale: float = 1.0  # classifier-free guidance; 1 = the conditional model alone
+    # share of fresh noise in each re-noise: 1 = Self Forcing's sampler (all fresh), 0 = the
+    # deterministic DDIM step (the noise the model's own x0 implies); between, mixed so the
+    # noise keeps unit variance
+    renoise_eta: float = 1.0
 
     @property
     def num_steps(self) -> int:
@@ -224,6 +228,10 @@ def denoise(model, sampler: Sampler, text_kv, pool, plan, noise, renoise):
         t_i, t_n, e = xs
         flow = flow_of(model, sampler, x, full(t_i), text_kv, pool, plan)
         x0 = sched.flow_to_x0(x, flow, full(t_i))
+        if sampler.renoise_eta != 1.0:  # static: eta 1 is upstream's step, bit for bit
+            implied = x0.astype(jnp.float32) + flow.astype(jnp.float32)  # flow = noise - x0
+            eta = sampler.renoise_eta
+            e = (eta * e.astype(jnp.float32) + float(np.sqrt(1.0 - eta * eta)) * implied).astype(e.dtype)
         return sched.add_noise(x0, e, full(t_n)), x0
 
     dtype = model.cfg.jnp_dtype

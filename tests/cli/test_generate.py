@@ -85,6 +85,7 @@ def _bad_embeds(tmp_path):
     (["--config.prompt_schedule=three:a"], "is not FRAME:PROMPT"),
     (["--config.cache.kv_dtype=int4"], "unknown cache.kv_dtype 'int4'"),
     (["--config.guidance_scale=-2"], "guidance_scale must be a number >= 0"),
+    (["--config.renoise_eta=1.5"], "renoise_eta must be a number in [0, 1]"),
     (["--config.prompt_schedule=3:b", "--config.prompt_embeds=EMB"], "cannot go with prompt_embeds"),
 ])
 def test_bad_inputs_one_line(tmp_path, args, want):

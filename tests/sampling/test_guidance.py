@@ -83,3 +83,34 @@ def test_guidance_scale_one_and_zero(model):
     # an empty prompt guided is the empty prompt: both branches agree, whatever the scale
     assert rel_err(_run(model, Sampler(guidance_scale=4.0), np.zeros_like(context)).latents, uncond) <= 1e-5
     assert rel_err(plain, uncond) > 1e-3  # the text matters on this model
+
+
+@pytest.mark.slow
+def test_renoise_eta_zero_is_deterministic_and_half_mixes(model):
+    """renoise_eta 0 re-noises with the noise the model's x0 implies (DDIM): the fresh draws
+    do not matter; eta 0.5 mixes both as eta e + sqrt(1 - eta^2) implied."""
+    from pyramid_jax.sampling.rollout import ReplayNoise
+
+    context = _context(1)
+    first = _run(model, Sampler(), context, seeds=5)
+    replay = lambda sampler, renoise: rollout(model, _policy(), sampler, text_kv_of(model, context), ReplayNoise(
+        first.noise, renoise, sampler), CHUNKS).latents
+    ddim = Sampler(renoise_eta=0.0)
+    a, b = replay(ddim, first.renoise), replay(ddim, np.zeros_like(first.renoise))
+    assert rel_err(a, b) == 0
+    assert rel_err(replay(Sampler(), first.renoise), first.latents) == 0  # eta 1: upstream's step
+    # one chunk written plainly with eta 0.5
+    half, sched = Sampler(renoise_eta=0.5), Sampler().schedule
+    got = replay(half, first.renoise)[:, :3]
+    tkv, policy = model.text_kv(jnp.asarray(context)), _policy()
+    state = policy.init(1, jnp.float32)
+    plan = policy.plan(state, jnp.int32(0))
+    x = jnp.asarray(first.noise[:, :3])
+    for i, ti in enumerate(half.timesteps):
+        tt = jnp.full(x.shape[:2], ti)
+        flow = model(x, tt, tkv, Committed(state.pool(), plan)).flow
+        x0 = sched.flow_to_x0(x, flow, tt)
+        if i + 1 < half.num_steps:
+            e = 0.5 * jnp.asarray(first.renoise[i]) + np.sqrt(0.75) * (x0 + flow)
+            x = sched.add_noise(x0, e, jnp.full(x.shape[:2], half.timesteps[i + 1]))
+    assert rel_err(got, x0) <= 1e-5
