@@ -37,6 +37,11 @@ class Recipe:
         clean), so the model learns not to trust every detail of its own earlier frames.
     text_drop_prob: the share of samples whose text is dropped (an all-zero context, the
         unconditional branch of classifier-free guidance).
+    foreground_weight: extra weight of the pixels a `foreground` mask marks in the first
+        chunk (each frame's weights normalised to mean 1): small objects then count in the loss
+        as much as the background they sit on where the video is made from the text alone.
+        Later chunks stay unweighted: a weighted loss pulls uncertain pixels towards the
+        objects' colours, and continued chunk after chunk the objects would grow.
     """
 
     frames_per_chunk: int = 3
@@ -45,6 +50,7 @@ class Recipe:
     clean_context_prob: float = 0.0
     context_t_max: float = 0.0
     text_drop_prob: float = 0.0
+    foreground_weight: float = 0.0
     remat: bool = True
 
 
@@ -58,9 +64,10 @@ def sample_timesteps(key, batch: int, num_frames: int, frames_per_chunk: int, sc
     return jnp.repeat(t, frames_per_chunk, axis=1)[:, :num_frames]
 
 
-def loss_fn(model, x0, context, key, recipe: Recipe = Recipe()):
+def loss_fn(model, x0, context, key, recipe: Recipe = Recipe(), foreground=None):
     """Mean squared flow error over the noised chunks. x0: [B, F, C, H, W] clean frames;
-    context: [B, Lt, text_dim]."""
+    context: [B, Lt, text_dim]; foreground: None or [B, F, 1, H, W] (1 = weighted by
+    1 + recipe.foreground_weight in the first chunk)."""
     b, f = x0.shape[:2]
     k_t, k_n, k_c, k_k, k_x, k_d = jax.random.split(key, 6)
     r = recipe
@@ -77,7 +84,12 @@ def loss_fn(model, x0, context, key, recipe: Recipe = Recipe()):
     x_t = r.schedule.add_noise(x0.astype(jnp.float32), noise, t)
     flow = model(x_t, t, model.text_kv(context), FrameMask(block_causal_mask(f, r.frames_per_chunk)),
                  remat=r.remat).flow
-    err = jnp.mean(jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32))), axis=(2, 3, 4))
+    sq = jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32)))
+    if foreground is not None and r.foreground_weight:
+        first_chunk = (chunk < 1).astype(jnp.float32)[None, :, None, None, None]
+        w = 1.0 + r.foreground_weight * foreground.astype(jnp.float32) * first_chunk
+        sq = sq * w / jnp.mean(w, axis=(2, 3, 4), keepdims=True)
+    err = jnp.mean(sq, axis=(2, 3, 4))
     weight = (~context_frame).astype(jnp.float32)
     return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
@@ -110,16 +122,17 @@ def dit_params(params, text_cfg):
 @functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "recipe", "text_cfg", "ema_decay"),
                    donate_argnames=("params", "opt_state", "ema"))
 def train_step(graphdef, optimizer, params, opt_state, x0, text, key, *, recipe: Recipe = Recipe(),
-               text_cfg: umt5.UMT5Config | None = None, ema=None, ema_decay: float = 0.999):
+               text_cfg: umt5.UMT5Config | None = None, ema=None, ema_decay: float = 0.999, foreground=None):
     """One optimizer step -> (params, opt_state, loss), or (params, opt_state, loss, ema) when
     an EMA of the params is kept; params, opt_state and ema are updated in place.
 
     params: the DiT's nnx state, or {"dit": state, "text": umT5 params} to train the text
     encoder too (text_cfg its config; `text` is then (ids, mask), else features).
+    foreground: None or [B, F, 1, H, W], the pixels recipe.foreground_weight weights.
     """
     def loss_of(p):
         model = nnx.merge(graphdef, dit_params(p, text_cfg))
-        return loss_fn(model, x0, text_context(p, text, text_cfg), key, recipe)
+        return loss_fn(model, x0, text_context(p, text, text_cfg), key, recipe, foreground)
 
     loss, grads = jax.value_and_grad(loss_of)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)

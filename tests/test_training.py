@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,43 @@ def test_timesteps_are_per_chunk():
     assert t.shape == (2, 7)
     assert (t[:, 0] == t[:, 2]).all() and (t[:, 3] == t[:, 5]).all()
     assert set(np.unique(t)) <= set(FlowSchedule().timesteps.tolist())
+
+
+def test_foreground_is_the_shapes_and_weights_them():
+    """The mask of a clip's shapes, found from its background's name alone, is where the clip
+    differs from the same clip drawn without shapes; the weighted loss puts
+    1 + foreground_weight on those pixels of the first chunk, each frame normalised to mean 1,
+    and leaves later chunks alone."""
+    import dataclasses
+
+    from pyramid_jax.data import shapes
+    from pyramid_jax.training import Recipe
+
+    for seed in range(20):
+        clip = shapes.random_clip(seed)
+        video = shapes.render(clip, 4, 32, 32)
+        bare = shapes.render(dataclasses.replace(clip, shapes=()), 4, 32, 32)
+        want = np.any(video != bare, axis=-1)
+        np.testing.assert_array_equal(shapes.foreground(video, clip.background), want)
+    cfg = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_channels=3, out_channels=3,
+                    patch_size=(1, 4, 4), text_dim=16, freq_dim=32, text_len=4)
+    model = init_model(cfg, seed=0)
+    x0 = jnp.asarray(to_model_frames(shapes.sample(2, 3, 16, 16)[0]))[None]
+    ctx, key = jnp.ones((1, 4, 16)) * 0.1, jax.random.key(1)
+    plain = float(loss_fn(model, x0, ctx, key))
+    ones = jnp.ones((1, 3, 1, 16, 16))
+    weighted = Recipe(foreground_weight=8.0)
+    assert abs(float(loss_fn(model, x0, ctx, key, weighted, ones)) - plain) <= 1e-5 * plain  # uniform = unweighted
+    assert float(loss_fn(model, x0, ctx, key, Recipe(), ones.at[..., :8].set(0))) == plain  # weight 0: mask ignored
+    right = ones.at[..., :8].set(0)
+    # foreground_weight -1 zeroes the marked pixels: the loss of the other half alone
+    only_left, only_right = (float(loss_fn(model, x0, ctx, key, Recipe(foreground_weight=-1.0), m))
+                             for m in (right, 1 - right))
+    got = float(loss_fn(model, x0, ctx, key, weighted, right))  # weights 1 left, 9 right: mean 5
+    assert abs(got - (only_left + 9 * only_right) / 10) <= 1e-5 * got
+    x6 = jnp.asarray(to_model_frames(shapes.sample(2, 6, 16, 16)[0]))[None]
+    later = jnp.zeros((1, 6, 1, 16, 16)).at[:, 3:, ..., 8:].set(1)
+    assert float(loss_fn(model, x6, ctx, key, weighted, later)) == float(loss_fn(model, x6, ctx, key))
 
 
 @pytest.mark.slow
@@ -49,11 +88,14 @@ def test_train_demo_resumes_and_writes_a_loadable_model(tmp_path):
             "--clips", "8", "--clip-frames", "6", "--save-every", "2"]
     r = run_tool(*args, "--steps", "2")
     assert r.returncode == 0, r.stderr
-    r = run_tool(*args, "--steps", "4")
+    r = run_tool(*args, "--steps", "4", "--fg-weight", "8")  # a second stage: the shapes weighted
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and "at step 2" in r.stdout and "step 4/4" in r.stdout
     model = load_model(str(tmp_path / "model" / "dit"))
     assert model.cfg.in_channels == 3 and model.cfg.patch_size == (1, 4, 4)
+    with open(tmp_path / "model" / "dit" / "config.json") as fh:
+        stages = json.load(fh)["training"]["stages"]
+    assert [(s["from_step"], s["args"]["steps"], s["args"]["fg_weight"]) for s in stages] == [(0, 2, 0.0), (2, 4, 8.0)]
 
 
 def test_demo_text_path_is_the_same_in_training_and_generate():

@@ -1,7 +1,8 @@
 """Train the demo model on this machine's CPU: a small causal Wan DiT and its tiny umT5 text
 encoder, together, on procedural shapes videos read through TensorFlow Datasets.
 
-  python tools/train_demo.py --out assets/demo          # the shipped recipe (defaults)
+  python tools/train_demo.py --out assets/demo --steps 9000                  # stage 1
+  python tools/train_demo.py --out assets/demo --steps 11600 --fg-weight 8   # stage 2 (resumes it)
 
 Resumable: WORK (default runs/train_demo) holds the dataset and the checkpoints; run the same
 command again after a kill or a --max-minutes stop and it continues from the newest
@@ -19,6 +20,8 @@ chunks: the second attends the first, as at inference) cut from 12-frame clips; 
 levels trained are the 8 of the demo sampler (configs/demo.py samples them, or every other
 one); the first chunk is clean or lightly noised context half of the time; 10% of the
 captions are dropped for classifier-free guidance; an EMA of the weights is what ships.
+Stage 2 resumes the run with the shapes' pixels of each clip's first chunk weighted in the
+loss (--fg-weight): stage 1 alone learns the backgrounds and loses the shapes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from pyramid_jax import logs
+from pyramid_jax.media import write_text
 
 log = logging.getLogger("train_demo")
 
@@ -107,15 +111,17 @@ def recipe_of(args):
     levels = FlowSchedule(shift=args.shift).warp(DEMO_STEPS)
     return Recipe(frames_per_chunk=3, schedule=FlowSchedule(shift=args.shift), timesteps=tuple(map(float, levels)),
                   clean_context_prob=args.context_prob, context_t_max=args.context_t_max,
-                  text_drop_prob=args.text_drop, remat=False)
+                  text_drop_prob=args.text_drop, foreground_weight=args.fg_weight, remat=False)
 
 
 class Batches:
     """Step s's batch: clips and crops drawn from rng(seed, s) alone (resumable), as model
-    frames [B, F, 3, S, S] and caption token ids / masks [B, text_len]."""
+    frames [B, F, 3, S, S], caption token ids / masks [B, text_len] and, with_foreground,
+    the shapes' pixels [B, F, 1, S, S] (else None)."""
 
-    def __init__(self, source, tokenizer, batch: int, frames: int, seed: int):
+    def __init__(self, source, tokenizer, batch: int, frames: int, seed: int, with_foreground: bool = False):
         self.source, self.tokenizer, self.batch, self.frames, self.seed = source, tokenizer, batch, frames, seed
+        self.with_foreground = with_foreground
 
     def __call__(self, step: int):
         rng = np.random.default_rng([self.seed, step])
@@ -124,9 +130,20 @@ class Batches:
         clip_frames = records[0]["video"].shape[0]
         starts = rng.integers(0, clip_frames - self.frames + 1, self.batch)
         video = np.stack([r["video"][s:s + self.frames] for r, s in zip(records, starts)])
-        ids, mask = self.tokenizer([r["caption"].decode() for r in records])
+        captions = [r["caption"].decode() for r in records]
+        ids, mask = self.tokenizer(captions)
         frames = (video.astype(np.float32) / 127.5 - 1.0).transpose(0, 1, 4, 2, 3)
-        return frames, ids, mask
+        return frames, ids, mask, foreground(video, captions) if self.with_foreground else None
+
+
+def foreground(video, captions) -> np.ndarray:
+    """float32 [B, F, 1, H, W]: the shapes' pixels of a batch of clips [B, F, H, W, 3], found
+    from the background each caption names."""
+    from pyramid_jax.data import shapes
+    from pyramid_jax.metrics import caption_colors
+
+    masks = [shapes.foreground(v, caption_colors(c)[1]) for v, c in zip(video, captions)]
+    return np.stack(masks).astype(np.float32)[:, :, None]
 
 
 def main(argv=None) -> int:
@@ -150,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--context-prob", type=float, default=0.5, help="share of samples with a context chunk")
     p.add_argument("--context-t-max", type=float, default=100.0, help="context chunks noised up to this timestep")
     p.add_argument("--text-drop", type=float, default=0.1, help="share of captions dropped (guidance)")
+    p.add_argument("--fg-weight", type=float, default=0.0,
+                   help="extra loss weight of the shapes' pixels (0 = every pixel alike)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
@@ -203,7 +222,7 @@ def train(args, source=None) -> int:
     tokenizer = umt5.Tokenizer(vocab, 32)
     source = clips_of(args, work) if source is None else source
     log.info("%d train clips ready in %.1f s", len(source), time.perf_counter() - t_start)
-    batches = Batches(source, tokenizer, args.batch, args.frames, args.seed)
+    batches = Batches(source, tokenizer, args.batch, args.frames, args.seed, with_foreground=args.fg_weight > 0)
 
     cfg, t5_cfg = dit_config(args), t5_config(tokenizer.sp.get_piece_size())
     graphdef, dit = nnx.split(init_model(cfg, seed=args.seed))
@@ -219,14 +238,16 @@ def train(args, source=None) -> int:
         start = mgr.latest_step()
         params, opt_state, ema, spent = restore(mgr, start, params, opt_state, ema)
         log.info("resumed from %s at step %d (%.1f min of training before)", mgr.directory, start, spent / 60)
+    stages = record_stage(work, start, args)
     key = jax.random.key(args.seed)
     t0, losses, step, done = time.perf_counter(), [], start, start
     stop = start if args.export_now else args.steps if not args.run_steps else min(args.steps, start + args.run_steps)
     for step in range(start, stop):
-        frames, ids, mask = batches(step)
+        frames, ids, mask, fg = batches(step)
         params, opt_state, loss, ema = train_step(graphdef, opt, params, opt_state, jnp.asarray(frames),
                                                   (jnp.asarray(ids), jnp.asarray(mask)), jax.random.fold_in(key, step),
-                                                  recipe=recipe, text_cfg=t5_cfg, ema=ema, ema_decay=args.ema)
+                                                  recipe=recipe, text_cfg=t5_cfg, ema=ema, ema_decay=args.ema,
+                                                  foreground=None if fg is None else jnp.asarray(fg))
         losses.append(loss)
         done = step + 1
         if done % 50 == 0 or done == stop or done - start in (1, 3):
@@ -246,7 +267,7 @@ def train(args, source=None) -> int:
         log.info("stopped at step %d of %d: run the same command again to continue", done, args.steps)
         return 0
     final_loss = float(np.mean(jax.device_get(losses[-200:]))) if losses else float("nan")
-    export(out, vocab, graphdef, ema, cfg, t5_cfg, args, spent, final_loss, done)
+    export(out, vocab, graphdef, ema, cfg, t5_cfg, args, spent, final_loss, done, stages)
     log.info("(%.1f min in all this run)", (time.perf_counter() - t_start) / 60)
     return 0
 
@@ -279,15 +300,31 @@ def restore(mgr, step, params, opt_state, ema):
     return params, got["opt"], ema, float(got["seconds"])
 
 
-def export(out, vocab, graphdef, ema, cfg, t5_cfg, args, seconds, final_loss, steps):
+def record_stage(work: str, start: int, args) -> list[dict]:
+    """WORK/stages.json: from which step each run's arguments held (a run resumed with other
+    arguments, e.g. a later --fg-weight, is a new stage); returns the stages up to this run."""
+    path = os.path.join(work, "stages.json")
+    stages = json.load(open(path)) if os.path.exists(path) else []
+    stages = [s for s in stages if s["from_step"] < start]  # a rerun from an earlier checkpoint replaces the rest
+    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "work", "export_now", "run_steps", "max_minutes")}
+    if args.export_now or (stages and stages[-1]["args"] == recipe):
+        return stages
+    stages.append({"from_step": start, "args": recipe})
+    write_text(path, json.dumps(stages, indent=1))
+    return stages
+
+
+def export(out, vocab, graphdef, ema, cfg, t5_cfg, args, seconds, final_loss, steps, stages=()):
     """The EMA weights after `steps` steps as the demo's files: OUT/dit, OUT/text/umt5,
-    OUT/text/spiece.model (final_loss: the mean of this run's last 200 steps, NaN if none)."""
+    OUT/text/spiece.model (final_loss: the mean of this run's last 200 steps, NaN if none;
+    stages: what `record_stage` kept)."""
     from pyramid_jax.weights.checkpoint import save_model, save_params
 
     how = {"training": dict(steps=steps, of_steps=args.steps, minutes=round(seconds / 60, 1),
                             final_loss=round(final_loss, 4),
                             machine=machine(), batch=args.batch, frames=args.frames, size=args.size,
-                            recipe={k: v for k, v in vars(args).items() if k not in ("out", "work")})}
+                            recipe={k: v for k, v in vars(args).items() if k not in ("out", "work")},
+                            stages=list(stages))}
     source = f"tools/train_demo.py: {steps} of {args.steps} steps ({seconds / 60:.0f} min on {machine()}), EMA weights"
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out) or ".")
     try:

@@ -78,7 +78,7 @@ def _bounce(p0, v, t, lo, hi):
 def render(clip: Clip, num_frames: int, height: int, width: int) -> np.ndarray:
     """uint8 video [T, H, W, 3]."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.asarray(COLORS[clip.background], np.float32)
+    dark, light = background_shades(clip.background).astype(np.float32)
     out = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         oy, ox = clip.pan[0] * t * width, clip.pan[1] * t * width
@@ -89,7 +89,7 @@ def render(clip: Clip, num_frames: int, height: int, width: int) -> np.ndarray:
             tex = (np.floor(u) + np.floor(v)) % 2 > 0
         else:
             tex = np.sin(u * 2.3) * np.sin(v * 1.7 + u) > 0.3
-        frame = np.where(tex[..., None], base * 0.75, np.minimum(base * 1.1 + 15, 255))
+        frame = np.where(tex[..., None], dark, light)
         for s in clip.shapes:
             r = s.size
             cy = _bounce(s.pos[0], s.vel[0], t, r, 1 - r) * height
@@ -105,6 +105,19 @@ def render(clip: Clip, num_frames: int, height: int, width: int) -> np.ndarray:
             frame = np.where(mask[..., None], np.asarray(COLORS[s.color], np.float32), frame)
         out[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return out
+
+
+def background_shades(name: str) -> np.ndarray:
+    """[2, 3] uint8: the two colours `render` paints a background named `name` in."""
+    base = np.asarray(COLORS[name], np.float32)
+    return np.clip(np.stack([base * 0.75, np.minimum(base * 1.1 + 15, 255)]), 0, 255).astype(np.uint8)
+
+
+def foreground(video: np.ndarray, background: str) -> np.ndarray:
+    """bool [T, H, W]: the pixels of a rendered clip [T, H, W, 3] that are not its background
+    (the shapes), from the background's name."""
+    diff = np.abs(video[..., None, :].astype(np.int16) - background_shades(background).astype(np.int16))
+    return ~np.any(np.all(diff <= 2, axis=-1), axis=-1)
 
 
 def sample(seed: int, num_frames: int, height: int, width: int) -> tuple[np.ndarray, str]:
