@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.parse
 
+import numpy as np
 import pytest
 
 from conftest import REPO, run_tool
@@ -20,6 +21,7 @@ from conftest import REPO, run_tool
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from pyramid_jax.cache.head_map import load_head_map  # noqa: E402
 from pyramid_jax.cli import serve  # noqa: E402
 from pyramid_jax.config import parse_spec  # noqa: E402
 from pyramid_jax.media import count_frames  # noqa: E402
@@ -316,7 +318,8 @@ def test_studio_in_a_browser(server, tmp_path):
         page.wait_for_function(f"window.studio.received >= {received + 6}", timeout=120_000)  # it goes on
         assert at > 0 and switched["switches"][-1][2] is True and f"frame {at}: {PROMPT_B}" in page.inner_text(
             "#switches")
-        page.wait_for_function("window.studio.cache && window.studio.cache.rows.length === 3", timeout=60_000)
+        types = len(np.unique(np.asarray(load_head_map(demo_config().cache.head_map))))  # one row per head type present
+        page.wait_for_function(f"window.studio.cache && window.studio.cache.rows.length === {types}", timeout=60_000)
         page.wait_for_function("window.studio.status.state === 'done'", timeout=240_000)
         page.wait_for_timeout(1500)  # the last frames play out
         page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
