@@ -23,15 +23,12 @@ def test_timesteps_are_per_chunk():
     assert set(np.unique(t)) <= set(FlowSchedule().timesteps.tolist())
 
 
-def test_foreground_is_the_shapes_and_weights_them():
+def test_foreground_is_the_shapes():
     """The mask of a clip's shapes, found from its background's name alone, is where the clip
-    differs from the same clip drawn without shapes; the weighted loss puts
-    1 + foreground_weight on those pixels of the first chunk, each frame normalised to mean 1,
-    and leaves later chunks alone."""
+    differs from the same clip drawn without shapes."""
     import dataclasses
 
     from pyramid_jax.data import shapes
-    from pyramid_jax.training import Recipe
 
     for seed in range(20):
         clip = shapes.random_clip(seed)
@@ -39,6 +36,15 @@ def test_foreground_is_the_shapes_and_weights_them():
         bare = shapes.render(dataclasses.replace(clip, shapes=()), 4, 32, 32)
         want = np.any(video != bare, axis=-1)
         np.testing.assert_array_equal(shapes.foreground(video, clip.background), want)
+
+
+@pytest.mark.slow
+def test_foreground_weight_is_on_the_first_chunk_only():
+    """The weighted loss puts 1 + foreground_weight on the marked pixels of the first chunk,
+    each frame normalised to mean 1, and leaves later chunks alone."""
+    from pyramid_jax.data import shapes
+    from pyramid_jax.training import Recipe
+
     cfg = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_channels=3, out_channels=3,
                     patch_size=(1, 4, 4), text_dim=16, freq_dim=32, text_len=4)
     model = init_model(cfg, seed=0)

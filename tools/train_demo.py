@@ -304,7 +304,10 @@ def record_stage(work: str, start: int, args) -> list[dict]:
     """WORK/stages.json: from which step each run's arguments held (a run resumed with other
     arguments, e.g. a later --fg-weight, is a new stage); returns the stages up to this run."""
     path = os.path.join(work, "stages.json")
-    stages = json.load(open(path)) if os.path.exists(path) else []
+    stages = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            stages = json.load(fh)
     stages = [s for s in stages if s["from_step"] < start]  # a rerun from an earlier checkpoint replaces the rest
     recipe = {k: v for k, v in vars(args).items() if k not in ("out", "work", "export_now", "run_steps", "max_minutes")}
     if args.export_now or (stages and stages[-1]["args"] == recipe):
