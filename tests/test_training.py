@@ -165,3 +165,20 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(np.asarray(ta[k]), np.asarray(tb[k]))
     meta = __import__("json").load(open(runs["resumed"] / "dit" / "config.json"))
     assert meta["training"]["steps"] == 5 and np.isfinite(meta["training"]["final_loss"])
+
+
+@pytest.mark.parametrize("bad, want", [(["--frames", "4"], "--frames must be a positive multiple of 3"),
+                                       (["--fg-weight", "-1"], "--fg-weight must be >= 0")])
+def test_train_demo_bad_input_one_line(tmp_path, capsys, bad, want):
+    import os
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import train_demo
+
+    assert train_demo.main(["--out", str(tmp_path / "model"), "--work", str(tmp_path / "work"), *bad]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and want in err[0], err
+    assert not os.listdir(tmp_path)  # nothing written

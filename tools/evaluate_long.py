@@ -110,6 +110,8 @@ def main(argv=None) -> int:
         extra += [f"--config.cache.head_map={args.forcing_kv_map}"] if policy == "forcing_kv" else []
         extra += [f"--config.cache.local_attn_size={args.window}"] if policy == "window" else []
         extra += [f"--config.cache.kv_dtype={kv_dtype}"]
+        types_online = policy in ("dummy_forcing", "pyramid-online")  # each video holds the layout it typed
+        kv_bytes = None if types_online else cache_bytes([*cfg_args, *extra, f"--config.num_frames={frames}"])
         for pi, seed in runs:
             path = os.path.join(args.out, f"{label.replace('/', '_')}_p{pi}_s{seed}.mp4")
             video = read_video(path) if args.reuse and os.path.exists(path) else None
@@ -122,10 +124,9 @@ def main(argv=None) -> int:
                 if code:
                     return code
                 video = read_video(path)
-            typed = os.path.splitext(path)[0] + ".heads.json"  # the map a video typed itself
-            kv_bytes = cache_bytes([*cfg_args, *extra, f"--config.num_frames={frames}"],
-                                   typed if policy in ("dummy_forcing", "pyramid-online") else None)
-            rows.append(dict(policy=label, prompt=pi, seed=seed, kv_MiB=kv_bytes / 2**20,
+            held = kv_bytes if not types_online else cache_bytes(
+                [*cfg_args, *extra, f"--config.num_frames={frames}"], os.path.splitext(path)[0] + ".heads.json")
+            rows.append(dict(policy=label, prompt=pi, seed=seed, kv_MiB=held / 2**20,
                              **metrics.summary(video, chunk - stride + 1, chunk, fps),
                              prompt_adherence=metrics.prompt_adherence(video, prompts[pi], fps)))
             curves.setdefault(label, []).append((per_second(metrics.color_drift(video)),

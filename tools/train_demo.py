@@ -194,6 +194,8 @@ def check_args(args) -> str:
         return f"--clip-frames {args.clip_frames} is shorter than --frames {args.frames}"
     if args.dim % args.heads:
         return f"--dim {args.dim} is not divisible by --heads {args.heads}"
+    if args.fg_weight < 0:
+        return f"--fg-weight must be >= 0 (0 = every pixel alike), got {args.fg_weight:g}"
     return ""
 
 
