@@ -136,10 +136,22 @@ class WanVAEDecoder(NamedWeights):
 # ---- layers ------------------------------------------------------------------------
 def _conv(x, w, b, padding):
     """x [B, T, H, W, C] (3-D kernel, no padding in time) or [N, H, W, C] (2-D kernel),
-    channel-last."""
-    if w.ndim == 5:
-        return _frames_conv(x, w.astype(x.dtype), padding[1:]) + b.astype(x.dtype)
+    channel-last. A 3-D kernel comes whole [kt, kh, kw, C, Co] or as its taps (split_taps)."""
+    if isinstance(w, tuple) or w.ndim == 5:
+        return _frames_conv(x, [t.astype(x.dtype) for t in _taps(w)], padding[1:]) + b.astype(x.dtype)
     return _conv2d(x, w.astype(x.dtype), padding) + b.astype(x.dtype)
+
+
+def _taps(w):
+    """A 3-D conv weight as its temporal taps: [kt, kh, kw, C, Co] -> kt x [kh, kw, C, Co].
+    Slicing copies the weight in every call: split_taps does it once."""
+    return w if isinstance(w, tuple) else tuple(w[k] for k in range(w.shape[0]))
+
+
+def split_taps(p):
+    """The decoder's parameters with every 3-D conv weight as a tuple of its temporal taps, the
+    layout the convs read (streaming decoders prepare it once rather than slice per call)."""
+    return {k: _taps(v) if v.ndim == 5 else v for k, v in p.items()}
 
 
 def _conv2d(x, w, padding):
@@ -147,36 +159,81 @@ def _conv2d(x, w, padding):
                                         precision=jax.lax.Precision.HIGHEST)
 
 
+# Temporal Winograd F(m, 3) (Lavin & Gray's 1-D transforms): m output frames of a 3-tap
+# temporal kernel from m + 2 input frames with m + 2 spatial convs instead of 3m. Rows of
+# B^T mix input frames, G mixes the taps, A^T mixes the products into output frames.
+_WINOGRAD = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
+}
+
+
+def _mix(rows, xs):
+    """sum_j rows[i, j] xs[j] for every row i, skipping zero coefficients."""
+    return [sum(float(c) * x for c, x in zip(row, xs) if c != 0) for row in rows]
+
+
+def _winograd_frames(x, w, padding, m):
+    """The first m * n output frames of a 3-tap temporal conv by Winograd F(m, 3) tiles.
+    x [B, T, H, W, C] with T >= m * n + 2, w 3 x [kh, kw, C, Co] -> [B, m * n, H', W', Co]."""
+    bt, g, at = _WINOGRAD[m]
+    b, _, hh, ww, c = x.shape
+    n = (x.shape[1] - 2) // m
+    frames = [x[:, j:j + m * (n - 1) + 1:m].reshape((b * n, hh, ww, c)) for j in range(m + 2)]
+    taps = _mix(g, w)
+    prods = [_conv2d(d, u.astype(x.dtype), padding) for d, u in zip(_mix(bt, frames), taps)]
+    y = jnp.stack(_mix(at, prods), axis=1)  # [B n, m, H', W', Co]
+    return y.reshape((b, n * m) + y.shape[2:])
+
+
 def _frames_conv(x, w, padding):
     """A 3-D conv without time padding, as 2-D convs of every frame summed over the temporal
     taps: XLA's CPU conv2d runs about twice the FLOP rate of its conv3d (2 cores, 96-384
-    channels), and the sum is the same. Few output channels (conv_out's 3) make a poor GEMM:
-    then one conv2d gives every tap's output at once and the taps are summed shifted.
-    x [B, T, H, W, C], w [kt, kh, kw, C, Co] -> [B, T - kt + 1, H', W', Co]."""
+    channels), and the sum is the same. In fp32, 3-tap kernels over 2 or more output frames go
+    by temporal Winograd tiles (up to 2x fewer FLOPs; its error stays near fp32 rounding, while
+    in bf16 its transforms would amplify rounding, so bf16 keeps the direct sum). Few output
+    channels (conv_out's 3) make a poor GEMM: then one conv2d gives every tap's output at once
+    and the taps are summed shifted.
+    x [B, T, H, W, C], w kt x [kh, kw, C, Co] -> [B, T - kt + 1, H', W', Co]."""
     b, tt, hh, ww, c = x.shape
-    kt, co = w.shape[0], w.shape[-1]
+    kt, co = len(w), w[0].shape[-1]
     t = tt - kt + 1
+    if kt == 3 and co >= 16 and t >= 2 and x.dtype == jnp.float32:
+        m = 4 if t >= 4 else 2
+        done = t - t % m
+        y = _winograd_frames(x[:, :done + 2], w, padding, m)
+        return y if done == t else jnp.concatenate([y, _frames_conv(x[:, done:], w, padding)], axis=1)
     if kt == 1 or co >= 16:
         frames = lambda k: x[:, k:k + t].reshape((b * t, hh, ww, c))
         y = sum(_conv2d(frames(k), w[k], padding) for k in range(kt))
         return y.reshape((b, t) + y.shape[1:])
-    y = _conv2d(x.reshape((b * tt, hh, ww, c)), jnp.concatenate(list(w), axis=-1), padding)
+    y = _conv2d(x.reshape((b * tt, hh, ww, c)), jnp.concatenate(w, axis=-1), padding)
     y = y.reshape((b, tt) + y.shape[1:3] + (kt, co))
     return sum(y[:, k:k + t, :, :, k] for k in range(kt))
 
 
 def causal_conv(p, name, x, state, new_state):
     """Causal Conv3d: the temporal kernel sees the 2 cached frames before x (k_t = 3)."""
-    w, b = p[name + ".weight"], p[name + ".bias"]
-    kt, kh, kw = w.shape[:3]
+    w, b = _taps(p[name + ".weight"]), p[name + ".bias"]
+    kt, (kh, kw) = len(w), w[0].shape[:2]
     if kt == 1:
         return _conv(x, w, b, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)])
     cache = state.get(name)
-    if cache is None:  # no cache yet (shape discovery): the causal zero padding
+    zeros = cache is None  # a video's start (or shape discovery): the causal zero padding
+    if zeros:
         cache = jnp.zeros((x.shape[0], kt - 1) + x.shape[2:], x.dtype)
     xx = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
     new_state[name] = xx[:, -(kt - 1):]
-    return _conv(xx, w, b, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)])
+    padding = [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)]
+    if zeros and x.shape[1] == 1:  # the taps on the zero frames add nothing: only the last one
+        return _conv(x, w[kt - 1:], b, padding)
+    return _conv(xx, w, b, padding)
 
 
 def rms_norm(p, name, x):
@@ -219,11 +276,32 @@ def upsample(p, name, x, mode, first, state, new_state):
             y = causal_conv(p, tc, x, state, new_state)  # [B, t, H, W, 2C]
             x = y.reshape(b, t, hh, ww, 2, c).transpose(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, hh, ww, c)
             t = 2 * t
-    x = x.reshape(b * t, hh, ww, c)
-    x = jnp.repeat(jnp.repeat(x.astype(jnp.float32), 2, axis=1), 2, axis=2).astype(x.dtype)
     w = p[name + ".resample.1.weight"]
-    x = _conv(x, w, p[name + ".resample.1.bias"], [(1, 1), (1, 1)])
+    x = _upsample_conv(x.reshape(b * t, hh, ww, c), w) + p[name + ".resample.1.bias"].astype(x.dtype)
     return x.reshape(b, t, 2 * hh, 2 * ww, w.shape[-1])
+
+
+# Nearest x2 then a 3x3 conv, by output phase: rows 2i + a see input rows (i - 1, i) for a = 0
+# (taps 0 | 1 + 2) and (i, i + 1) for a = 1 (taps 0 + 1 | 2); the same for columns.
+_PHASE_TAPS = {0: ((0,), (1, 2)), 1: ((0, 1), (2,))}
+_PHASE_PAD = {0: (1, 0), 1: (0, 1)}
+
+
+def _upsample_conv(x, w):
+    """conv3x3(nearest_upsample_x2(x)) as four 2x2 convs of x, one per output phase: the same
+    sums in 4/9 of the FLOPs, and no 4x upsampled copy. x [N, H, W, C], w [3, 3, C, Co] ->
+    [N, 2H, 2W, Co] (no bias)."""
+    n, hh, ww, _ = x.shape
+    wf = w.astype(jnp.float32)
+    rows = []
+    for a in (0, 1):
+        cols = []
+        for b in (0, 1):
+            k = jnp.stack([jnp.stack([sum(wf[dy, dx] for dy in dys for dx in dxs) for dxs in _PHASE_TAPS[b]])
+                           for dys in _PHASE_TAPS[a]])
+            cols.append(_conv2d(x, k.astype(x.dtype), [_PHASE_PAD[a], _PHASE_PAD[b]]))
+        rows.append(jnp.stack(cols, axis=3))  # [N, H, W, 2 (b), Co]
+    return jnp.stack(rows, axis=2).reshape((n, 2 * hh, 2 * ww, w.shape[-1]))
 
 
 # ---- decoder -----------------------------------------------------------------------
@@ -264,26 +342,34 @@ def decode_frame(p, cfg: VAEConfig, z, state, first: bool):
     """Decode one latent frame.
 
     z: [B, 1, h, w, z_dim] normalised latents (the DiT's output, channel-last); state: conv
-    caches from init_state / the previous call. Returns (video [B, 1 or 4, 8h, 8w, 3] in
+    caches from init_state / the previous call (the first frame starts from the causal zeros
+    whatever it is given: the convs skip the taps that would only see them). Returns (video [B, 1 or 4, 8h, 8w, 3] in
     [-1, 1], new state).
     """
     z = unnormalize(cfg, z)
     pq = _conv(z, p["post_quant_conv.weight"], p["post_quant_conv.bias"], [(0, 0)] * 3)
-    out, new_state = _decoder(p, cfg, pq, state, first)
+    out, new_state = _decoder(p, cfg, pq, {} if first else state, first)
     return jnp.clip(out, -1.0, 1.0), new_state
 
 
 def decode_video(p, cfg: VAEConfig, z):
-    """Whole-video decode: the first frame alone, then every later frame in one call.
+    """Whole-video decode, as the streaming decoders do it: the first frame, then one latent
+    frame at a time (a scan carrying the conv caches), so that both give the same numbers.
 
-    z: [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3]. Equal to decoding frame by frame.
+    z: [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3].
     """
-    state = init_state(p, cfg, z.shape[0], z.shape[2:4], z.dtype)
-    first, state = decode_frame(p, cfg, z[:, :1], state, first=True)
+    p = split_taps(p)
+    first, state = decode_frame(p, cfg, z[:, :1], {}, first=True)
     if z.shape[1] == 1:
         return first
-    rest, _ = decode_frame(p, cfg, z[:, 1:], state, first=False)
-    return jnp.concatenate([first, rest], axis=1)
+
+    def step(state, zf):  # zf [B, h, w, z_dim]
+        out, state = decode_frame(p, cfg, zf[:, None], state, first=False)
+        return state, out
+
+    _, rest = jax.lax.scan(step, state, jnp.moveaxis(z[:, 1:], 1, 0))  # [F - 1, B, 4, H, W, 3]
+    rest = jnp.moveaxis(rest, 0, 1)
+    return jnp.concatenate([first, rest.reshape((rest.shape[0], -1) + rest.shape[3:])], axis=1)
 
 
 def to_uint8(video):
@@ -314,7 +400,7 @@ class StreamingDecoder:
 
     def __init__(self, decoder: WanVAEDecoder, batch: int, latent_hw: tuple[int, int]):
         cfg = decoder.cfg
-        self.params, self.cfg = decoder.params(), cfg
+        self.params, self.cfg = split_taps(decoder.params()), cfg
         self.state = init_state(self.params, cfg, batch, latent_hw, jnp.dtype(cfg.dtype))
         self.started = False
         self._first, self._next = _streaming_steps(cfg)
