@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pyramid_jax.models.convs import conv2d, upsample2x_conv
 from pyramid_jax.models.named import NamedWeights, channel_axes
 
 TIME_STRIDE, SPACE_STRIDE = 4, 8
@@ -123,9 +124,7 @@ def _conv(p, name, x, stride=1, bias=True):
     w = p[name + ".weight"]
     b, t = x.shape[:2]
     pad = w.shape[0] // 2
-    y = jax.lax.conv_general_dilated(x.reshape((b * t,) + x.shape[2:]), w.astype(x.dtype), (stride, stride),
-                                     [(pad, pad), (pad, pad)], dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=jax.lax.Precision.HIGHEST)
+    y = conv2d(x.reshape((b * t,) + x.shape[2:]), w.astype(x.dtype), [(pad, pad), (pad, pad)], stride)
     if bias:
         y = y + p[name + ".bias"].astype(x.dtype)
     return y.reshape((b, t) + y.shape[1:])
@@ -143,9 +142,18 @@ def run_layers(p, prefix: str, layers: list[tuple], x, memory: dict):
     """Apply the layers to x [B, T, H, W, C] after the frames whose last inputs `memory` holds
     ({layer index: [B, H, W, C]}; missing = zeros, a video's start). Returns (out, memory)."""
     new = {}
+    up = 1  # a nearest upsample not applied yet: the 1x1 tgrow commutes with it, and the 3x3
+    # conv after it runs as phase convs on the small grid (convs.upsample2x_conv)
     for i, (kind, _, _, stride) in enumerate(layers):
         name = f"{prefix}.{i}"
-        if kind == "mem":
+        phase_conv = kind == "conv_nb" and up == 2 and p[name + ".weight"].shape[0] == 3
+        if up > 1 and kind != "tgrow" and not phase_conv:
+            x, up = jnp.repeat(jnp.repeat(x, up, axis=2), up, axis=3), 1
+        if phase_conv:
+            b, t = x.shape[:2]
+            y = upsample2x_conv(x.reshape((b * t,) + x.shape[2:]), p[name + ".weight"])
+            x, up = y.reshape((b, t) + y.shape[1:]), 1
+        elif kind == "mem":
             last = memory.get(i, jnp.zeros_like(x[:, 0]))
             past = jnp.concatenate([last[:, None].astype(x.dtype), x[:, :-1]], axis=1)
             new[i] = x[:, -1]
@@ -157,7 +165,7 @@ def run_layers(p, prefix: str, layers: list[tuple], x, memory: dict):
         elif kind == "clamp":
             x = jnp.tanh(x / 3) * 3
         elif kind == "up":
-            x = jnp.repeat(jnp.repeat(x, stride, axis=2), stride, axis=3)
+            up *= stride
         elif kind == "tgrow":  # frame t's channel block s becomes frame stride * t + s
             y = _conv(p, name + ".conv", x, bias=False)
             b, t, hh, ww, c = y.shape
@@ -168,6 +176,8 @@ def run_layers(p, prefix: str, layers: list[tuple], x, memory: dict):
             x = x.reshape(b, t // stride, stride, hh, ww, c).transpose(0, 1, 3, 4, 2, 5).reshape(
                 b, t // stride, hh, ww, stride * c)
             x = _conv(p, name + ".conv", x, bias=False)
+    if up > 1:
+        x = jnp.repeat(jnp.repeat(x, up, axis=2), up, axis=3)
     return x, new
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from pyramid_jax.models.named import NamedWeights, channel_axes
+from pyramid_jax.models.convs import conv2d
 from pyramid_jax.models.vae.modeling import ShapeTable, VAEConfig, _conv, attention, causal_conv, resnet, rms_norm
 
 FRAMES_PER_CHUNK = 4  # video frames per latent frame after the first
@@ -79,8 +80,7 @@ def downsample(p, name, x, mode, first, state, new_state):
     b, t, hh, ww, c = x.shape
     y = jnp.pad(x.reshape(b * t, hh, ww, c), ((0, 0), (0, 1), (0, 1), (0, 0)))
     w = p[name + ".resample.1.weight"]
-    y = jax.lax.conv_general_dilated(y, w.astype(x.dtype), (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision=jax.lax.Precision.HIGHEST) + p[name + ".resample.1.bias"].astype(x.dtype)
+    y = conv2d(y, w.astype(x.dtype), [(0, 0), (0, 0)], stride=2) + p[name + ".resample.1.bias"].astype(x.dtype)
     x = y.reshape(b, t, *y.shape[1:])
     if mode == "downsample3d":
         tc = name + ".time_conv"

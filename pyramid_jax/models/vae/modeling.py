@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pyramid_jax.models.convs import conv2d, upsample2x_conv
 from pyramid_jax.models.named import NamedWeights, channel_axes
 
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -139,7 +140,7 @@ def _conv(x, w, b, padding):
     channel-last. A 3-D kernel comes whole [kt, kh, kw, C, Co] or as its taps (split_taps)."""
     if isinstance(w, tuple) or w.ndim == 5:
         return _frames_conv(x, [t.astype(x.dtype) for t in _taps(w)], padding[1:]) + b.astype(x.dtype)
-    return _conv2d(x, w.astype(x.dtype), padding) + b.astype(x.dtype)
+    return conv2d(x, w.astype(x.dtype), padding) + b.astype(x.dtype)
 
 
 def _taps(w):
@@ -152,11 +153,6 @@ def split_taps(p):
     """The decoder's parameters with every 3-D conv weight as a tuple of its temporal taps, the
     layout the convs read (streaming decoders prepare it once rather than slice per call)."""
     return {k: _taps(v) if v.ndim == 5 else v for k, v in p.items()}
-
-
-def _conv2d(x, w, padding):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=jax.lax.Precision.HIGHEST)
 
 
 # Temporal Winograd F(m, 3) (Lavin & Gray's 1-D transforms): m output frames of a 3-tap
@@ -187,7 +183,7 @@ def _winograd_frames(x, w, padding, m):
     n = (x.shape[1] - 2) // m
     frames = [x[:, j:j + m * (n - 1) + 1:m].reshape((b * n, hh, ww, c)) for j in range(m + 2)]
     taps = _mix(g, w)
-    prods = [_conv2d(d, u.astype(x.dtype), padding) for d, u in zip(_mix(bt, frames), taps)]
+    prods = [conv2d(d, u.astype(x.dtype), padding) for d, u in zip(_mix(bt, frames), taps)]
     y = jnp.stack(_mix(at, prods), axis=1)  # [B n, m, H', W', Co]
     return y.reshape((b, n * m) + y.shape[2:])
 
@@ -211,9 +207,9 @@ def _frames_conv(x, w, padding):
         return y if done == t else jnp.concatenate([y, _frames_conv(x[:, done:], w, padding)], axis=1)
     if kt == 1 or co >= 16:
         frames = lambda k: x[:, k:k + t].reshape((b * t, hh, ww, c))
-        y = sum(_conv2d(frames(k), w[k], padding) for k in range(kt))
+        y = sum(conv2d(frames(k), w[k], padding) for k in range(kt))
         return y.reshape((b, t) + y.shape[1:])
-    y = _conv2d(x.reshape((b * tt, hh, ww, c)), jnp.concatenate(w, axis=-1), padding)
+    y = conv2d(x.reshape((b * tt, hh, ww, c)), jnp.concatenate(w, axis=-1), padding)
     y = y.reshape((b, tt) + y.shape[1:3] + (kt, co))
     return sum(y[:, k:k + t, :, :, k] for k in range(kt))
 
@@ -277,31 +273,8 @@ def upsample(p, name, x, mode, first, state, new_state):
             x = y.reshape(b, t, hh, ww, 2, c).transpose(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, hh, ww, c)
             t = 2 * t
     w = p[name + ".resample.1.weight"]
-    x = _upsample_conv(x.reshape(b * t, hh, ww, c), w) + p[name + ".resample.1.bias"].astype(x.dtype)
+    x = upsample2x_conv(x.reshape(b * t, hh, ww, c), w) + p[name + ".resample.1.bias"].astype(x.dtype)
     return x.reshape(b, t, 2 * hh, 2 * ww, w.shape[-1])
-
-
-# Nearest x2 then a 3x3 conv, by output phase: rows 2i + a see input rows (i - 1, i) for a = 0
-# (taps 0 | 1 + 2) and (i, i + 1) for a = 1 (taps 0 + 1 | 2); the same for columns.
-_PHASE_TAPS = {0: ((0,), (1, 2)), 1: ((0, 1), (2,))}
-_PHASE_PAD = {0: (1, 0), 1: (0, 1)}
-
-
-def _upsample_conv(x, w):
-    """conv3x3(nearest_upsample_x2(x)) as four 2x2 convs of x, one per output phase: the same
-    sums in 4/9 of the FLOPs, and no 4x upsampled copy. x [N, H, W, C], w [3, 3, C, Co] ->
-    [N, 2H, 2W, Co] (no bias)."""
-    n, hh, ww, _ = x.shape
-    wf = w.astype(jnp.float32)
-    rows = []
-    for a in (0, 1):
-        cols = []
-        for b in (0, 1):
-            k = jnp.stack([jnp.stack([sum(wf[dy, dx] for dy in dys for dx in dxs) for dxs in _PHASE_TAPS[b]])
-                           for dys in _PHASE_TAPS[a]])
-            cols.append(_conv2d(x, k.astype(x.dtype), [_PHASE_PAD[a], _PHASE_PAD[b]]))
-        rows.append(jnp.stack(cols, axis=3))  # [N, H, W, 2 (b), Co]
-    return jnp.stack(rows, axis=2).reshape((n, 2 * hh, 2 * ww, w.shape[-1]))
 
 
 # ---- decoder -----------------------------------------------------------------------
