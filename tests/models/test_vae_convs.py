@@ -76,15 +76,29 @@ def test_first_frame_skips_only_zero_taps():
     np.testing.assert_array_equal(np.asarray(new["c"]), np.asarray(jnp.concatenate([zeros[:, 1:], x], 1)))
 
 
-def test_split_taps_gives_the_same_decode():
-    """The streaming decoders' prepared weights (taps split once) decode as the stored ones."""
-    cfg = vae.VAEConfig(base_dim=8, dim_mult=(1, 2), num_res_blocks=1, temperal_downsample=(True,))
-    shapes = vae.param_shapes(cfg)
-    rng = np.random.default_rng(4)
-    p = {k: jnp.asarray(rng.standard_normal(s) * 0.2, jnp.float32) for k, s in shapes.items()}
-    z = jnp.asarray(rng.standard_normal((1, 1, 3, 4, cfg.z_dim)), jnp.float32)
-    state = vae.init_state(p, cfg, 1, (3, 4))
-    a, sa = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False))(p, z, state)
-    b, sb = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False))(vae.split_taps(p), z, state)
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert jax.tree.structure(sa) == jax.tree.structure(sb)
+def test_streaming_weights_give_the_same_decode():
+    """The streaming decoders' prepared weights (taps split and Winograd filters made once)
+    decode as the stored ones, in fp32 (Winograd) and bf16 (taps only)."""
+    for dtype in ("float32", "bfloat16"):
+        cfg = vae.VAEConfig(base_dim=8, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(True, True),
+                            dtype=dtype)
+        rng = np.random.default_rng(4)
+        p = {k: jnp.asarray(rng.standard_normal(s) * 0.2, dtype) for k, s in vae.param_shapes(cfg).items()}
+        prepared = vae.streaming_weights(p, cfg)
+        kinds = {type(w).__name__ for w in prepared.values()}
+        assert ("WinogradTaps" in kinds) == (dtype == "float32") and "tuple" in kinds
+        z = jnp.asarray(rng.standard_normal((1, 1, 3, 4, cfg.z_dim)), dtype)
+        state = vae.init_state(p, cfg, 1, (3, 4), jnp.dtype(dtype))
+        step = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False))
+        (a, sa), (b, sb) = step(p, z, state), step(prepared, z, state)
+        assert a.shape == b.shape == (1, 4, 12, 16, 3)
+        assert _rel(b.astype(jnp.float32), a.astype(jnp.float32)) <= (1e-6 if dtype == "float32" else 0)
+        assert jax.tree.structure(sa) == jax.tree.structure(sb)
+
+
+def test_frames_per_call_follows_the_temporal_upsamplers():
+    cfg = vae.VAEConfig()  # Wan2.1: upsample in time after up_blocks 0 and 1
+    assert [vae.frames_per_call(cfg, f"decoder.up_blocks.{i}.resnets.0.conv1") for i in range(4)] == [1, 2, 4, 4]
+    assert vae.frames_per_call(cfg, "decoder.up_blocks.1.upsamplers.0.time_conv") == 2
+    assert vae.frames_per_call(cfg, "decoder.conv_in") == vae.frames_per_call(cfg, "decoder.mid_block.resnets.0.conv1") == 1
+    assert vae.frames_per_call(cfg, "decoder.conv_out") == 4

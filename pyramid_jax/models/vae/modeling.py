@@ -127,7 +127,7 @@ class WanVAEDecoder(NamedWeights):
         return init_state(self.params(), self.cfg, batch, latent_hw, jnp.dtype(self.cfg.dtype))
 
     def decode_frame(self, z, state, first: bool):
-        return _streaming_steps(self.cfg)[0 if first else 1](self.params(), z, state)
+        return _streaming_steps(self.cfg)[1 if first else 2](self.params(), z, state)
 
     def __call__(self, z):
         """Whole-video decode of z [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3]."""
@@ -137,22 +137,20 @@ class WanVAEDecoder(NamedWeights):
 # ---- layers ------------------------------------------------------------------------
 def _conv(x, w, b, padding):
     """x [B, T, H, W, C] (3-D kernel, no padding in time) or [N, H, W, C] (2-D kernel),
-    channel-last. A 3-D kernel comes whole [kt, kh, kw, C, Co] or as its taps (split_taps)."""
+    channel-last. A 3-D kernel comes whole [kt, kh, kw, C, Co], as its taps or as Winograd
+    filters (streaming_weights)."""
+    if isinstance(w, WinogradTaps):
+        w = WinogradTaps(w.m, tuple(u.astype(x.dtype) for u in w.u))
+        return _frames_conv(x, w, padding[1:]) + b.astype(x.dtype)
     if isinstance(w, tuple) or w.ndim == 5:
-        return _frames_conv(x, [t.astype(x.dtype) for t in _taps(w)], padding[1:]) + b.astype(x.dtype)
+        return _frames_conv(x, tuple(t.astype(x.dtype) for t in _taps(w)), padding[1:]) + b.astype(x.dtype)
     return conv2d(x, w.astype(x.dtype), padding) + b.astype(x.dtype)
 
 
 def _taps(w):
     """A 3-D conv weight as its temporal taps: [kt, kh, kw, C, Co] -> kt x [kh, kw, C, Co].
-    Slicing copies the weight in every call: split_taps does it once."""
+    Slicing copies the weight in every call: streaming_weights does it once."""
     return w if isinstance(w, tuple) else tuple(w[k] for k in range(w.shape[0]))
-
-
-def split_taps(p):
-    """The decoder's parameters with every 3-D conv weight as a tuple of its temporal taps, the
-    layout the convs read (streaming decoders prepare it once rather than slice per call)."""
-    return {k: _taps(v) if v.ndim == 5 else v for k, v in p.items()}
 
 
 # Temporal Winograd F(m, 3) (Lavin & Gray's 1-D transforms): m output frames of a 3-tap
@@ -170,20 +168,37 @@ _WINOGRAD = {
 }
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["u"], meta_fields=["m"])
+@dataclasses.dataclass(frozen=True)
+class WinogradTaps:
+    """A 3-tap temporal kernel as its Winograd F(m, 3) filters G w: u (m + 2) x [kh, kw, C, Co].
+    G's last row is [0, 0, 1]: u[-1] is the last tap itself."""
+    m: int
+    u: tuple
+
+
 def _mix(rows, xs):
     """sum_j rows[i, j] xs[j] for every row i, skipping zero coefficients."""
     return [sum(float(c) * x for c, x in zip(row, xs) if c != 0) for row in rows]
 
 
-def _winograd_frames(x, w, padding, m):
-    """The first m * n output frames of a 3-tap temporal conv by Winograd F(m, 3) tiles.
-    x [B, T, H, W, C] with T >= m * n + 2, w 3 x [kh, kw, C, Co] -> [B, m * n, H', W', Co]."""
-    bt, g, at = _WINOGRAD[m]
-    b, _, hh, ww, c = x.shape
-    n = (x.shape[1] - 2) // m
+def _winograd_tile(t: int, co: int, dtype) -> int:
+    """Winograd's tile m for t output frames (0: the direct sum). In fp32 its error stays near
+    rounding; in bf16 its transforms would amplify rounding, so bf16 keeps the direct sum.
+    Few output channels (conv_out's 3) keep their own path."""
+    if t < 2 or co < 16 or jnp.dtype(dtype) != jnp.float32:
+        return 0
+    return 4 if t >= 4 else 2
+
+
+def _winograd_frames(x, w: WinogradTaps, padding):
+    """m * n output frames of a 3-tap temporal conv by Winograd F(m, 3) tiles.
+    x [B, m * n + 2, H, W, C] -> [B, m * n, H', W', Co]."""
+    bt, _, at = _WINOGRAD[w.m]
+    b, tt, hh, ww, c = x.shape
+    m, n = w.m, (tt - 2) // w.m
     frames = [x[:, j:j + m * (n - 1) + 1:m].reshape((b * n, hh, ww, c)) for j in range(m + 2)]
-    taps = _mix(g, w)
-    prods = [conv2d(d, u.astype(x.dtype), padding) for d, u in zip(_mix(bt, frames), taps)]
+    prods = [conv2d(d, u, padding) for d, u in zip(_mix(bt, frames), w.u)]
     y = jnp.stack(_mix(at, prods), axis=1)  # [B n, m, H', W', Co]
     return y.reshape((b, n * m) + y.shape[2:])
 
@@ -192,18 +207,21 @@ def _frames_conv(x, w, padding):
     """A 3-D conv without time padding, as 2-D convs of every frame summed over the temporal
     taps: XLA's CPU conv2d runs about twice the FLOP rate of its conv3d (2 cores, 96-384
     channels), and the sum is the same. In fp32, 3-tap kernels over 2 or more output frames go
-    by temporal Winograd tiles (up to 2x fewer FLOPs; its error stays near fp32 rounding, while
-    in bf16 its transforms would amplify rounding, so bf16 keeps the direct sum). Few output
-    channels (conv_out's 3) make a poor GEMM: then one conv2d gives every tap's output at once
-    and the taps are summed shifted.
-    x [B, T, H, W, C], w kt x [kh, kw, C, Co] -> [B, T - kt + 1, H', W', Co]."""
+    by temporal Winograd tiles (up to 2x fewer FLOPs). Few output channels (conv_out's 3) make
+    a poor GEMM: then one conv2d gives every tap's output at once and the taps are summed
+    shifted.
+    x [B, T, H, W, C], w kt x [kh, kw, C, Co] or WinogradTaps -> [B, T - kt + 1, H', W', Co]."""
     b, tt, hh, ww, c = x.shape
+    if isinstance(w, WinogradTaps):  # prepared for this many frames (streaming_weights)
+        if (tt - 2) % w.m:
+            raise ValueError(f"Winograd filters for tiles of {w.m} frames, given {tt - 2}")
+        return _winograd_frames(x, w, padding)
     kt, co = len(w), w[0].shape[-1]
     t = tt - kt + 1
-    if kt == 3 and co >= 16 and t >= 2 and x.dtype == jnp.float32:
-        m = 4 if t >= 4 else 2
+    m = _winograd_tile(t, co, x.dtype) if kt == 3 else 0
+    if m:
         done = t - t % m
-        y = _winograd_frames(x[:, :done + 2], w, padding, m)
+        y = _winograd_frames(x[:, :done + 2], WinogradTaps(m, tuple(_mix(_WINOGRAD[m][1], w))), padding)
         return y if done == t else jnp.concatenate([y, _frames_conv(x[:, done:], w, padding)], axis=1)
     if kt == 1 or co >= 16:
         frames = lambda k: x[:, k:k + t].reshape((b * t, hh, ww, c))
@@ -214,10 +232,36 @@ def _frames_conv(x, w, padding):
     return sum(y[:, k:k + t, :, :, k] for k in range(kt))
 
 
+def frames_per_call(cfg: VAEConfig, name: str) -> int:
+    """Frames a decoder conv sees when one latent frame after the first is decoded: 1 up to
+    the first temporal upsampler, doubled after each (conv_out: cfg.time_stride)."""
+    if name.startswith("decoder.up_blocks."):
+        i = int(name.split(".")[2])
+        return 2 ** sum(cfg.temperal_upsample[:i])
+    return cfg.time_stride if name.startswith("decoder.conv_out") else 1
+
+
+def streaming_weights(p, cfg: VAEConfig):
+    """The decoder's parameters as the per-latent-frame decode reads them, prepared once rather
+    than in every call: each 3-D conv weight as its temporal taps, or, where that call's frames
+    go by Winograd tiles, as their filters."""
+    out = {}
+    for name, w in p.items():
+        if w.ndim == 5:
+            taps = _taps(w)
+            m = _winograd_tile(frames_per_call(cfg, name), w.shape[-1], cfg.dtype) if len(taps) == 3 else 0
+            w = WinogradTaps(m, tuple(_mix(_WINOGRAD[m][1], taps))) if m else taps
+        out[name] = w
+    return out
+
+
 def causal_conv(p, name, x, state, new_state):
     """Causal Conv3d: the temporal kernel sees the 2 cached frames before x (k_t = 3)."""
-    w, b = _taps(p[name + ".weight"]), p[name + ".bias"]
-    kt, (kh, kw) = len(w), w[0].shape[:2]
+    w, b = p[name + ".weight"], p[name + ".bias"]
+    if not isinstance(w, WinogradTaps):
+        w = _taps(w)
+    last = w.u[-1:] if isinstance(w, WinogradTaps) else w[-1:]
+    kt, (kh, kw) = (3 if isinstance(w, WinogradTaps) else len(w)), last[0].shape[:2]
     if kt == 1:
         return _conv(x, w, b, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)])
     cache = state.get(name)
@@ -228,7 +272,7 @@ def causal_conv(p, name, x, state, new_state):
     new_state[name] = xx[:, -(kt - 1):]
     padding = [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)]
     if zeros and x.shape[1] == 1:  # the taps on the zero frames add nothing: only the last one
-        return _conv(x, w[kt - 1:], b, padding)
+        return _conv(x, last, b, padding)
     return _conv(xx, w, b, padding)
 
 
@@ -331,7 +375,7 @@ def decode_video(p, cfg: VAEConfig, z):
 
     z: [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3].
     """
-    p = split_taps(p)
+    p, z = streaming_weights(p, cfg), z.astype(jnp.dtype(cfg.dtype))
     first, state = decode_frame(p, cfg, z[:, :1], {}, first=True)
     if z.shape[1] == 1:
         return first
@@ -361,22 +405,25 @@ def _whole_video(cfg: VAEConfig):
 
 @functools.lru_cache(maxsize=None)
 def _streaming_steps(cfg: VAEConfig):
-    """The jitted first-frame and next-frame decodes of a config, shared by every decoder (a
-    new video, a new studio run) so that none compiles again."""
-    return (jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=True)),
+    """The jitted weight preparation, first-frame and next-frame decodes of a config, shared by
+    every decoder (a new video, a new studio run) so that none compiles again."""
+    return (jax.jit(lambda p: streaming_weights(p, cfg)),
+            jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=True)),
             jax.jit(lambda p, z, s: decode_frame(p, cfg, z, s, first=False)))
 
 
 class StreamingDecoder:
     """Decodes latent frames as the rollout produces them, keeping the conv state between
-    calls. push(z [B, F, C, h, w] channel-first latents) -> uint8 video [B, T, 8h, 8w, 3]."""
+    calls. push(z [B, F, C, h, w] channel-first latents) -> uint8 video [B, T, 8h, 8w, 3].
+    (batch and latent_hw: the latents it will be given; the first frame starts from the causal
+    zeros, so no state is made before it.)"""
 
     def __init__(self, decoder: WanVAEDecoder, batch: int, latent_hw: tuple[int, int]):
         cfg = decoder.cfg
-        self.params, self.cfg = split_taps(decoder.params()), cfg
-        self.state = init_state(self.params, cfg, batch, latent_hw, jnp.dtype(cfg.dtype))
+        prepare, self._first, self._next = _streaming_steps(cfg)
+        self.params, self.cfg = prepare(decoder.params()), cfg
+        self.state = {}
         self.started = False
-        self._first, self._next = _streaming_steps(cfg)
 
     def push(self, z) -> np.ndarray:
         return np.asarray(self.push_on_device(z))
