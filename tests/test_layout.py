@@ -16,7 +16,8 @@ FLOORS = [
     {"heads"},  # head typing: offline (calibration) and online (the pipeline's cache.head_map=online)
     {"sampling"},
     {"weights"},
-    {"models.wan", "models.umt5", "models.vae", "models.taehv", "models.named", "models.table", "cache"},
+    {"models.wan", "models.umt5", "models.vae", "models.taehv", "models.named", "models.table", "models.convs",
+     "cache"},
     {"attention"},
     {"rope", "sharding", "errors", "logs", "media", "compile_cache", "data"},  # shared
 ]

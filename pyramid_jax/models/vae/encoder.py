@@ -17,8 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pyramid_jax.models.named import NamedWeights, channel_axes
 from pyramid_jax.models.convs import conv2d
+from pyramid_jax.models.named import NamedWeights, channel_axes
 from pyramid_jax.models.vae.modeling import ShapeTable, VAEConfig, _conv, attention, causal_conv, resnet, rms_norm
 
 FRAMES_PER_CHUNK = 4  # video frames per latent frame after the first

@@ -258,10 +258,10 @@ def streaming_weights(p, cfg: VAEConfig):
 def causal_conv(p, name, x, state, new_state):
     """Causal Conv3d: the temporal kernel sees the 2 cached frames before x (k_t = 3)."""
     w, b = p[name + ".weight"], p[name + ".bias"]
-    if not isinstance(w, WinogradTaps):
-        w = _taps(w)
-    last = w.u[-1:] if isinstance(w, WinogradTaps) else w[-1:]
-    kt, (kh, kw) = (3 if isinstance(w, WinogradTaps) else len(w)), last[0].shape[:2]
+    w = w if isinstance(w, WinogradTaps) else _taps(w)
+    taps = w.u if isinstance(w, WinogradTaps) else w  # Winograd filters end with the last tap
+    kt = 3 if isinstance(w, WinogradTaps) else len(w)
+    kh, kw = taps[-1].shape[:2]
     if kt == 1:
         return _conv(x, w, b, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)])
     cache = state.get(name)
@@ -272,7 +272,7 @@ def causal_conv(p, name, x, state, new_state):
     new_state[name] = xx[:, -(kt - 1):]
     padding = [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)]
     if zeros and x.shape[1] == 1:  # the taps on the zero frames add nothing: only the last one
-        return _conv(x, last, b, padding)
+        return _conv(x, taps[-1:], b, padding)
     return _conv(xx, w, b, padding)
 
 
@@ -360,8 +360,8 @@ def decode_frame(p, cfg: VAEConfig, z, state, first: bool):
 
     z: [B, 1, h, w, z_dim] normalised latents (the DiT's output, channel-last); state: conv
     caches from init_state / the previous call (the first frame starts from the causal zeros
-    whatever it is given: the convs skip the taps that would only see them). Returns (video [B, 1 or 4, 8h, 8w, 3] in
-    [-1, 1], new state).
+    whatever it is given: the convs skip the taps that would only see them). Returns (video
+    [B, 1 or 4, 8h, 8w, 3] in [-1, 1], new state).
     """
     z = unnormalize(cfg, z)
     pq = _conv(z, p["post_quant_conv.weight"], p["post_quant_conv.bias"], [(0, 0)] * 3)
