@@ -76,6 +76,7 @@ def test_first_frame_skips_only_zero_taps():
     np.testing.assert_array_equal(np.asarray(new["c"]), np.asarray(jnp.concatenate([zeros[:, 1:], x], 1)))
 
 
+@pytest.mark.slow  # two decoder compiles; the fp32 half is also what the parity tests' whole-video decode runs
 def test_streaming_weights_give_the_same_decode():
     """The streaming decoders' prepared weights (taps split and Winograd filters made once)
     decode as the stored ones, in fp32 (Winograd) and bf16 (taps only)."""
