@@ -2,10 +2,9 @@
 
 Per chunk: for each denoising step i, x0 = model(x, t_i); unless last, x = add_noise(x0,
 fresh N(0, 1), t_{i+1}) (with `renoise_eta` < 1, partly the noise the model's x0 implies).
-The last x0 is the output; one more model pass on x0 at
-t = context_noise writes the chunk into the cache: each layer first lets the policy stage
-its keys (`policy.stage`) and attends what the policy then plans, and the policy commits the
-rest after the pass (`policy.commit`).
+The last x0 is the output; one more model pass on x0 at t = context_noise writes the chunk
+into the cache: each layer first lets the policy stage its keys (`policy.stage`) and attends
+what the policy then plans, and the policy commits the rest after the pass (`policy.commit`).
 
 Classifier-free guidance (`Sampler.guidance_scale` > 1) runs the conditional and the
 unconditional model as one batch of 2B: the text K/V hold the prompts' rows then B rows of
