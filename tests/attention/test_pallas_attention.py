@@ -61,7 +61,13 @@ CASES = [  # (name, b, c, grid, h, dh, s, p, valid, page_len, span)
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+# the quick loop keeps the general and the edge cases; the rest run in the full suite (and
+# the Triton program and the 8-bit test run them all quickly)
+_SLOW_CASES = ("one page", "all pages, batch 2", "frames over 3 pages")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c[0] in _SLOW_CASES else c
+                                  for c in CASES], ids=[c[0] for c in CASES])
 def test_kernel_equals_reference_fp32(case):
     _, b, c, grid, h, dh, s, p, valid, plen, span = case
     args, page_len = _case(0, b, c, grid, h, dh, s, p, valid, page_len=plen, span=span)
@@ -139,6 +145,7 @@ def test_eight_bit_pages_every_backend(case, kv_dtype):
     assert rel_err(want, full) <= (1e-2 if kv_dtype == "int8" else 4e-2)
 
 
+@pytest.mark.slow
 def test_eight_bit_pages_tpu_interpreter():
     args, _ = _case(3, 1, 3, (4, 4), 2, 128, 4, 3, "random", page_len=True, span=2)
     (pool_k, k_scale), (pool_v, v_scale) = quantize(args[3], jnp.int8), quantize(args[4], jnp.int8)
@@ -163,7 +170,8 @@ def test_shared_plan_row_equals_per_frame_plan(shifted):
         assert rel_err(run(q, k, v, pool_k, pool_v, *shared, **kw), want) <= 1e-5
 
 
-@pytest.mark.parametrize("valid", ["none", "one", "random", "all"])
+@pytest.mark.parametrize("valid", ["none", pytest.param("one", marks=pytest.mark.slow), "random",
+                                   pytest.param("all", marks=pytest.mark.slow)])
 def test_in_use_only_equals_the_whole_plan(valid):
     """The reference over only the entries in use (cut to a bucket at run time, under jit)
     equals the reference over the whole plan, per-frame and shared rows alike."""

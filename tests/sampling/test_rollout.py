@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,9 +41,9 @@ def test_cached_chunks_equal_full_masked_forward(model, w, s):
     x = jax.random.normal(key, (1, n, C, HH, WW))
     t = jax.random.uniform(jax.random.key(1), (1, n), maxval=1000.0)
     tkv = model.text_kv(jax.random.normal(jax.random.key(2), (1, CFG.text_len, CFG.text_dim)))
-    full = model(x, t, tkv, FrameMask(full_sequence_mask(policy, n))).flow
-
     graphdef, params = nnx.split(model)
+    full = jax.jit(lambda params, mask: nnx.merge(graphdef, params)(x, t, tkv, FrameMask(mask)).flow)(
+        params, full_sequence_mask(policy, n))
 
     @jax.jit
     def chunk_call(params, state, xc, tc, k):
@@ -58,17 +59,27 @@ def test_cached_chunks_equal_full_masked_forward(model, w, s):
     assert rel_err(jnp.concatenate(outs, 1), full) <= 1e-5
 
 
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _forward(graphdef, params, x, t, tkv, pool, plan):
+    """One model pass against fixed pages, jitted whole (the eager op-by-op call took ~20 s of
+    a quick test); the loop around it stays plain Python."""
+    out = nnx.merge(graphdef, params)(x, t, tkv, Committed(pool, plan))
+    return out.flow, out.chunk_kv
+
+
 def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, initial=None):
     """The upstream loop written plainly: the given frames (initial) one chunk at a time at
     t = 0 into the cache; then per chunk, steps with re-noise, then the clean pass."""
     sched, f = sampler.schedule, sampler.frames_per_chunk
+    graphdef, params = nnx.split(model)
+    model = lambda x, t, tkv, committed: _forward(graphdef, params, x, t, tkv, committed.pool, committed.plan)
     state = policy.init(noise.shape[0], jnp.float32)
     out, given = [], 0
     if initial is not None:
         for k in range(initial.shape[1] // f):
             plan = policy.plan(state, jnp.int32(k))
             x0 = jnp.asarray(initial[:, k * f:(k + 1) * f])
-            state = policy.commit(state, model(x0, jnp.zeros(x0.shape[:2]), tkv, Committed(state.pool(), plan)).chunk_kv, jnp.int32(k))
+            state = policy.commit(state, model(x0, jnp.zeros(x0.shape[:2]), tkv, Committed(state.pool(), plan))[1], jnp.int32(k))
             out.append(np.asarray(x0))
         given = initial.shape[1] // f
     for j in range(chunks):
@@ -78,12 +89,12 @@ def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, init
         x = jnp.asarray(noise_k)
         for i, ti in enumerate(sampler.timesteps):
             tt = jnp.full(x.shape[:2], ti)
-            flow = model(x, tt, tkv, Committed(state.pool(), plan)).flow
+            flow = model(x, tt, tkv, Committed(state.pool(), plan))[0]
             x0 = sched.flow_to_x0(x, flow, tt)
             if i + 1 < sampler.num_steps:
                 x = sched.add_noise(x0, jnp.asarray(renoise[j * (sampler.num_steps - 1) + i]),
                                     jnp.full(x.shape[:2], sampler.timesteps[i + 1]))
-        kv = model(x0, jnp.full(x.shape[:2], sampler.context_noise), tkv, Committed(state.pool(), plan)).chunk_kv
+        kv = model(x0, jnp.full(x.shape[:2], sampler.context_noise), tkv, Committed(state.pool(), plan))[1]
         state = policy.commit(state, kv, jnp.int32(k))
         out.append(np.asarray(x0))
     return np.concatenate(out, 1)
