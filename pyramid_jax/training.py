@@ -42,6 +42,14 @@ class Recipe:
         as much as the background they sit on where the video is made from the text alone.
         Later chunks stay unweighted: a weighted loss pulls uncertain pixels towards the
         objects' colours, and continued chunk after chunk the objects would grow.
+    self_context_prob: with this probability a sample's context chunks are the model's own
+        x0 estimate of them from noise level self_context_t (one pass without gradient), not
+        the real frames, while the chunks after them keep the real frames as targets: the
+        model learns to continue its own slightly wrong frames (colours a little off, shapes a
+        little too big) towards the real video, instead of carrying the errors on chunk after
+        chunk (a one-pass self-rollout against drift, with no teacher needed).
+    self_context_t: the level those estimates start from; the sampler's last level is where
+        the frames the cache holds at inference come from.
     """
 
     frames_per_chunk: int = 3
@@ -51,6 +59,8 @@ class Recipe:
     context_t_max: float = 0.0
     text_drop_prob: float = 0.0
     foreground_weight: float = 0.0
+    self_context_prob: float = 0.0
+    self_context_t: float = 400.0
     remat: bool = True
 
 
@@ -81,10 +91,19 @@ def loss_fn(model, x0, context, key, recipe: Recipe = Recipe(), foreground=None)
         keep = jax.random.uniform(k_d, (b, 1, 1)) >= r.text_drop_prob
         context = jnp.where(keep, context, 0.0)
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
-    x_t = r.schedule.add_noise(x0.astype(jnp.float32), noise, t)
-    flow = model(x_t, t, model.text_kv(context), FrameMask(block_causal_mask(f, r.frames_per_chunk)),
-                 remat=r.remat).flow
-    sq = jnp.square(flow.astype(jnp.float32) - (noise - x0.astype(jnp.float32)))
+    text_kv, mask = model.text_kv(context), FrameMask(block_causal_mask(f, r.frames_per_chunk))
+    real = x0.astype(jnp.float32)
+    seen = real  # what the noised input is made from
+    if r.self_context_prob:  # keys folded from `key`: recipes without it draw what they drew before
+        k_p, k_s = jax.random.split(jax.random.fold_in(key, 1))
+        t_s = jnp.full((b, f), r.self_context_t, jnp.float32)
+        x_s = r.schedule.add_noise(real, jax.random.normal(k_s, x0.shape, jnp.float32), t_s)
+        own = r.schedule.flow_to_x0(x_s, model(x_s, t_s, text_kv, mask, remat=r.remat).flow, t_s)
+        use = context_frame & (jax.random.uniform(k_p, (b, 1)) < r.self_context_prob)
+        seen = jnp.where(use[:, :, None, None, None], jax.lax.stop_gradient(own.astype(jnp.float32)), real)
+    x_t = r.schedule.add_noise(seen, noise, t)
+    flow = model(x_t, t, text_kv, mask, remat=r.remat).flow
+    sq = jnp.square(flow.astype(jnp.float32) - (noise - real))
     if foreground is not None and r.foreground_weight:
         first_chunk = (chunk < 1).astype(jnp.float32)[None, :, None, None, None]
         w = 1.0 + r.foreground_weight * foreground.astype(jnp.float32) * first_chunk

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from pyramid_jax.data.shapes import sample
-from pyramid_jax.models.wan.modeling import WanConfig, init_model
+from pyramid_jax.models.wan.modeling import FrameMask, WanConfig, block_causal_mask, init_model
 from pyramid_jax.training import loss_fn, make_optimizer, sample_timesteps, to_model_frames, train_step
 from pyramid_jax.sampling.schedule import FlowSchedule
 
@@ -67,6 +67,33 @@ def test_foreground_weight_is_on_the_first_chunk_only():
 
 
 @pytest.mark.slow
+def test_self_context_continues_the_models_own_estimate():
+    """self_context_prob 1: the context chunk the next chunk sees is the model's own x0
+    estimate of it from self_context_t (the real frames stay the targets), so the loss is the
+    plain loss of the clip whose context frames are that estimate."""
+    from pyramid_jax.data import shapes
+    from pyramid_jax.training import Recipe
+
+    cfg = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_channels=3, out_channels=3,
+                    patch_size=(1, 4, 4), text_dim=16, freq_dim=32, text_len=4)
+    model = init_model(cfg, seed=0)
+    x0 = jnp.asarray(to_model_frames(shapes.sample(2, 6, 16, 16)[0]))[None]
+    ctx = jnp.ones((1, 4, 16)) * 0.1
+    plain, own_ctx = Recipe(clean_context_prob=1.0), Recipe(clean_context_prob=1.0, self_context_prob=1.0)
+    # a key whose sample has a context chunk (the first of the two chunks)
+    key = next(k for k in map(jax.random.key, range(50))
+               if int(jax.random.randint(jax.random.split(k, 6)[3], (1, 1), 0, 2)[0, 0]) == 1)
+    _, k_s = jax.random.split(jax.random.fold_in(key, 1))
+    t_s = jnp.full((1, 6), own_ctx.self_context_t)
+    x_s = own_ctx.schedule.add_noise(x0, jax.random.normal(k_s, x0.shape), t_s)
+    flow = model(x_s, t_s, model.text_kv(ctx), FrameMask(block_causal_mask(6, 3))).flow
+    estimate = x0.at[:, :3].set(own_ctx.schedule.flow_to_x0(x_s, flow, t_s)[:, :3])
+    got = float(loss_fn(model, x0, ctx, key, own_ctx))
+    assert abs(got - float(loss_fn(model, estimate, ctx, key, plain))) <= 1e-5 * got
+    assert abs(got - float(loss_fn(model, x0, ctx, key, plain))) > 1e-4 * got  # the context mattered
+
+
+@pytest.mark.slow
 def test_overfits_a_fixed_batch():
     cfg = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_channels=3, out_channels=3,
                     patch_size=(1, 4, 4), text_dim=16, freq_dim=32, text_len=4)
@@ -102,6 +129,20 @@ def test_train_demo_resumes_and_writes_a_loadable_model(tmp_path):
     with open(tmp_path / "model" / "dit" / "config.json") as fh:
         stages = json.load(fh)["training"]["stages"]
     assert [(s["from_step"], s["args"]["steps"], s["args"]["fg_weight"]) for s in stages] == [(0, 2, 0.0), (2, 4, 8.0)]
+
+
+def test_a_stage_recorded_before_an_option_existed_is_the_same_stage():
+    import os
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import train_demo
+
+    old = {"steps": 4, "fg_weight": 8.0}
+    assert train_demo._same_stage(old, {**old, "self_context": 0.0})
+    assert not train_demo._same_stage(old, {**old, "self_context": 0.5})
 
 
 def test_demo_text_path_is_the_same_in_training_and_generate():
@@ -168,7 +209,8 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.parametrize("bad, want", [(["--frames", "4"], "--frames must be a positive multiple of 3"),
-                                       (["--fg-weight", "-1"], "--fg-weight must be >= 0")])
+                                       (["--fg-weight", "-1"], "--fg-weight must be >= 0"),
+                                       (["--self-context", "1.5"], "--self-context is a share in [0, 1]")])
 def test_train_demo_bad_input_one_line(tmp_path, capsys, bad, want):
     import os
     import sys

@@ -111,7 +111,8 @@ def recipe_of(args):
     levels = FlowSchedule(shift=args.shift).warp(DEMO_STEPS)
     return Recipe(frames_per_chunk=3, schedule=FlowSchedule(shift=args.shift), timesteps=tuple(map(float, levels)),
                   clean_context_prob=args.context_prob, context_t_max=args.context_t_max,
-                  text_drop_prob=args.text_drop, foreground_weight=args.fg_weight, remat=False)
+                  text_drop_prob=args.text_drop, foreground_weight=args.fg_weight,
+                  self_context_prob=args.self_context, self_context_t=float(levels[-1]), remat=False)
 
 
 class Batches:
@@ -169,6 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("--text-drop", type=float, default=0.1, help="share of captions dropped (guidance)")
     p.add_argument("--fg-weight", type=float, default=0.0,
                    help="extra loss weight of the shapes' pixels (0 = every pixel alike)")
+    p.add_argument("--self-context", type=float, default=0.0,
+                   help="share of context chunks replaced by the model's own estimate of them from the "
+                        "sampler's last noise level (a self-rollout stage against drift)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
@@ -194,6 +198,8 @@ def check_args(args) -> str:
         return f"--clip-frames {args.clip_frames} is shorter than --frames {args.frames}"
     if args.dim % args.heads:
         return f"--dim {args.dim} is not divisible by --heads {args.heads}"
+    if not 0 <= args.self_context <= 1:
+        return f"--self-context is a share in [0, 1], got {args.self_context:g}"
     if args.fg_weight < 0:
         return f"--fg-weight must be >= 0 (0 = every pixel alike), got {args.fg_weight:g}"
     return ""
@@ -312,11 +318,19 @@ def record_stage(work: str, start: int, args) -> list[dict]:
             stages = json.load(fh)
     stages = [s for s in stages if s["from_step"] < start]  # a rerun from an earlier checkpoint replaces the rest
     recipe = {k: v for k, v in vars(args).items() if k not in ("out", "work", "export_now", "run_steps", "max_minutes")}
-    if args.export_now or (stages and stages[-1]["args"] == recipe):
+    if args.export_now or (stages and _same_stage(stages[-1]["args"], recipe)):
         return stages
     stages.append({"from_step": start, "args": recipe})
     write_text(path, json.dumps(stages, indent=1))
     return stages
+
+
+# options added after runs began: a stage recorded without one ran at its default
+LATER_OPTIONS = {"self_context": 0.0}
+
+
+def _same_stage(recorded: dict, recipe: dict) -> bool:
+    return all(recorded.get(k, LATER_OPTIONS.get(k)) == v for k, v in recipe.items())
 
 
 def export(out, vocab, graphdef, ema, cfg, t5_cfg, args, seconds, final_loss, steps, stages=()):
