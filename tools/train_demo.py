@@ -47,7 +47,8 @@ from pyramid_jax.media import write_text
 log = logging.getLogger("train_demo")
 
 # The demo sampler's 8 steps (configs/demo.py samples these or every other one): the noise
-# levels trained.
+# levels trained. The second last is the 4-step sampler's last, where the frames it keeps
+# come from (--self-context's estimates start there).
 DEMO_STEPS = (1000, 875, 750, 625, 500, 375, 250, 125)
 DEMO_SHIFT = 2.0
 
@@ -112,7 +113,7 @@ def recipe_of(args):
     return Recipe(frames_per_chunk=3, schedule=FlowSchedule(shift=args.shift), timesteps=tuple(map(float, levels)),
                   clean_context_prob=args.context_prob, context_t_max=args.context_t_max,
                   text_drop_prob=args.text_drop, foreground_weight=args.fg_weight,
-                  self_context_prob=args.self_context, self_context_t=float(levels[-1]), remat=False)
+                  self_context_prob=args.self_context, self_context_t=float(levels[-2]), remat=False)
 
 
 class Batches:
