@@ -224,3 +224,26 @@ def test_train_demo_bad_input_one_line(tmp_path, capsys, bad, want):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and want in err[0], err
     assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_foreground_can_weight_the_captioned_shape_more():
+    """train_demo.foreground: 1 on every shape's pixels by default; with named=3, 3 on the
+    pixels of the colour the caption gives its shape and still 1 on the other shapes'."""
+    import os
+    import sys
+
+    from conftest import REPO
+    from pyramid_jax.data import shapes
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import train_demo
+
+    clip = next(c for c in map(shapes.random_clip, range(200))
+                if len({s.color for s in c.shapes}) >= 2 and len(c.shapes) >= 2)
+    video = shapes.render(clip, 3, 32, 32)[None]
+    plain = train_demo.foreground(video, [clip.caption])[0, :, 0]
+    np.testing.assert_array_equal(plain, shapes.foreground(video[0], clip.background))
+    named = train_demo.foreground(video, [clip.caption], named=3.0)[0, :, 0]
+    own = shapes.color_pixels(video[0], clip.shapes[0].color)
+    assert own.any() and (plain.astype(bool) & ~own).any()  # both kinds of shape pixel are in view
+    np.testing.assert_array_equal(named, np.where(own, 3.0, plain))

@@ -119,11 +119,12 @@ def recipe_of(args):
 class Batches:
     """Step s's batch: clips and crops drawn from rng(seed, s) alone (resumable), as model
     frames [B, F, 3, S, S], caption token ids / masks [B, text_len] and, with_foreground,
-    the shapes' pixels [B, F, 1, S, S] (else None)."""
+    the shapes' pixels [B, F, 1, S, S] (else None; the captioned shape's colour counts `named`)."""
 
-    def __init__(self, source, tokenizer, batch: int, frames: int, seed: int, with_foreground: bool = False):
+    def __init__(self, source, tokenizer, batch: int, frames: int, seed: int, with_foreground: bool = False,
+                 named: float = 1.0):
         self.source, self.tokenizer, self.batch, self.frames, self.seed = source, tokenizer, batch, frames, seed
-        self.with_foreground = with_foreground
+        self.with_foreground, self.named = with_foreground, named
 
     def __call__(self, step: int):
         rng = np.random.default_rng([self.seed, step])
@@ -135,16 +136,23 @@ class Batches:
         captions = [r["caption"].decode() for r in records]
         ids, mask = self.tokenizer(captions)
         frames = (video.astype(np.float32) / 127.5 - 1.0).transpose(0, 1, 4, 2, 3)
-        return frames, ids, mask, foreground(video, captions) if self.with_foreground else None
+        return frames, ids, mask, foreground(video, captions, self.named) if self.with_foreground else None
 
 
-def foreground(video, captions) -> np.ndarray:
+def foreground(video, captions, named: float = 1.0) -> np.ndarray:
     """float32 [B, F, 1, H, W]: the shapes' pixels of a batch of clips [B, F, H, W, 3], found
-    from the background each caption names."""
+    from the background each caption names: 1, or `named` where a pixel has the colour the
+    caption gives its shape (the shape the text names; other shapes of that colour too)."""
     from pyramid_jax.data import shapes
     from pyramid_jax.metrics import caption_colors
 
-    masks = [shapes.foreground(v, caption_colors(c)[1]) for v, c in zip(video, captions)]
+    masks = []
+    for v, c in zip(video, captions):
+        shape, background = caption_colors(c)
+        fg = shapes.foreground(v, background).astype(np.float32)
+        if named != 1.0:
+            fg = np.where(fg > 0, np.where(shapes.color_pixels(v, shape), named, 1.0), 0.0)
+        masks.append(fg)
     return np.stack(masks).astype(np.float32)[:, :, None]
 
 
@@ -171,6 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--text-drop", type=float, default=0.1, help="share of captions dropped (guidance)")
     p.add_argument("--fg-weight", type=float, default=0.0,
                    help="extra loss weight of the shapes' pixels (0 = every pixel alike)")
+    p.add_argument("--fg-named", type=float, default=1.0,
+                   help="with --fg-weight: the pixels of the colour the caption gives its shape count this many "
+                        "times in the weighted foreground (1 = every shape alike)")
     p.add_argument("--self-context", type=float, default=0.0,
                    help="share of context chunks replaced by the model's own estimate of them from the "
                         "sampler's last noise level (a self-rollout stage against drift)")
@@ -203,6 +214,8 @@ def check_args(args) -> str:
         return f"--self-context is a share in [0, 1], got {args.self_context:g}"
     if args.fg_weight < 0:
         return f"--fg-weight must be >= 0 (0 = every pixel alike), got {args.fg_weight:g}"
+    if args.fg_named < 0:
+        return f"--fg-named must be >= 0 (1 = every shape alike), got {args.fg_named:g}"
     return ""
 
 
@@ -231,7 +244,8 @@ def train(args, source=None) -> int:
     tokenizer = umt5.Tokenizer(vocab, 32)
     source = clips_of(args, work) if source is None else source
     log.info("%d train clips ready in %.1f s", len(source), time.perf_counter() - t_start)
-    batches = Batches(source, tokenizer, args.batch, args.frames, args.seed, with_foreground=args.fg_weight > 0)
+    batches = Batches(source, tokenizer, args.batch, args.frames, args.seed, with_foreground=args.fg_weight > 0,
+                      named=args.fg_named)
 
     cfg, t5_cfg = dit_config(args), t5_config(tokenizer.sp.get_piece_size())
     graphdef, dit = nnx.split(init_model(cfg, seed=args.seed))
@@ -327,7 +341,7 @@ def record_stage(work: str, start: int, args) -> list[dict]:
 
 
 # options added after runs began: a stage recorded without one ran at its default
-LATER_OPTIONS = {"self_context": 0.0}
+LATER_OPTIONS = {"self_context": 0.0, "fg_named": 1.0}
 
 
 def _same_stage(recorded: dict, recipe: dict) -> bool:

@@ -120,6 +120,13 @@ def foreground(video: np.ndarray, background: str) -> np.ndarray:
     return ~np.any(np.all(diff <= 2, axis=-1), axis=-1)
 
 
+def color_pixels(video: np.ndarray, color: str) -> np.ndarray:
+    """bool [T, H, W]: the pixels of a rendered clip [T, H, W, 3] painted in the shape colour
+    `color` (shapes are flat: no edge blends into its neighbours)."""
+    diff = np.abs(video.astype(np.int16) - np.asarray(COLORS[color], np.int16))
+    return np.all(diff <= 2, axis=-1)
+
+
 def sample(seed: int, num_frames: int, height: int, width: int) -> tuple[np.ndarray, str]:
     """A clip's frames [T, H, W, 3] uint8 and its caption."""
     clip = random_clip(seed)
