@@ -76,8 +76,9 @@ def sample_timesteps(key, batch: int, num_frames: int, frames_per_chunk: int, sc
 
 def loss_fn(model, x0, context, key, recipe: Recipe = Recipe(), foreground=None):
     """Mean squared flow error over the noised chunks. x0: [B, F, C, H, W] clean frames;
-    context: [B, Lt, text_dim]; foreground: None or [B, F, 1, H, W] (1 = weighted by
-    1 + recipe.foreground_weight in the first chunk)."""
+    context: [B, Lt, text_dim]; foreground: None or [B, F, 1, H, W] (a pixel of mask m is
+    weighted by 1 + recipe.foreground_weight x m in the first chunk: 1 marks a shape, more
+    weights it more)."""
     b, f = x0.shape[:2]
     k_t, k_n, k_c, k_k, k_x, k_d = jax.random.split(key, 6)
     r = recipe
