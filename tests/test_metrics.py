@@ -104,3 +104,23 @@ def test_prompt_adherence_is_not_fooled_by_grain():
     assert metrics.prompt_adherence(video, prompt, fps=10) == 0.0
     video[:, 20:30, 20:30] = (220, 40, 40)  # a real shape passes
     assert metrics.prompt_adherence(video, prompt, fps=10) == 1.0
+
+
+def test_evaluate_prompts_scores_rendered_clips_as_their_captions():
+    """tools/evaluate_prompts.score on clips rendered from their own captions: adherence ~1, and
+    the named shape's area is the share of the frame painted in its colour (a few percent)."""
+    import os
+    import sys
+
+    from conftest import REPO
+    from pyramid_jax.data import shapes
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import evaluate_prompts
+
+    clips = [shapes.sample(3000 + i, 20, 64, 64) for i in range(6)]
+    rows = evaluate_prompts.score(np.stack([v for v, _ in clips]), [c for _, c in clips], [0], fps=10)
+    assert np.mean([r["adherence"] for r in rows]) >= 0.9
+    for (v, caption), r in zip(clips, rows):
+        painted = shapes.color_pixels(v[10:], metrics.caption_colors(caption)[0]).mean()
+        assert abs(r["shape_area"] - painted) <= 0.01 and 0 < r["shape_area"] < 0.2, (r, painted)

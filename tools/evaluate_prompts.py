@@ -5,7 +5,9 @@
 
 For each guidance scale: per prompt, `metrics.prompt_adherence` (from 1 s on) averaged over the
 seeds, and the mean share of frames showing the named background colour (>= 30%) and the
-named shape colour (>= 0.5%): which half of a prompt a model misses. Prints a table, writes JSON;
+named shape colour (>= 0.5%): which half of a prompt a model misses; and the mean share of the
+frame in the named shape's colour, its size (about 5% in the training clips), which adherence
+does not see. Prints a table, writes JSON;
 --strip writes one row of frames per prompt (first seed, every second).
 """
 
@@ -46,7 +48,9 @@ class _Collect:
 
 
 def score(videos, prompts, seeds, fps) -> list[dict]:
-    """Per prompt: adherence and the background / shape halves of it, means over seeds."""
+    """Per prompt: adherence and the background / shape halves of it, and the share of the
+    frame in the named shape's colour (`shape_area`: the shapes' size, which adherence does not
+    see; about 0.05 in the training clips), means over seeds."""
     rows = []
     for i, prompt in enumerate(prompts):
         vids = videos[i * len(seeds):(i + 1) * len(seeds)]
@@ -56,7 +60,8 @@ def score(videos, prompts, seeds, fps) -> list[dict]:
         rows.append(dict(prompt=prompt,
                          adherence=float(np.mean([metrics.prompt_adherence(v, prompt, fps) for v in vids])),
                          background_ok=float(np.mean([(s[background] >= 0.3).mean() for s in shares])),
-                         shape_ok=float(np.mean([(s[shape] >= 0.005).mean() for s in shares]))))
+                         shape_ok=float(np.mean([(s[shape] >= 0.005).mean() for s in shares])),
+                         shape_area=float(np.mean([s[shape].mean() for s in shares]))))
     return rows
 
 
@@ -106,11 +111,14 @@ def main(argv=None) -> int:
         videos = generate_videos(c, models, prompts, seeds)
         rows = score(videos, prompts, seeds, int(c.output.fps))
         results[g] = dict(rows=rows, mean=float(np.mean([r["adherence"] for r in rows])),
-                          min=float(np.min([r["adherence"] for r in rows])), seconds=time.perf_counter() - t0)
-        print(f"\n## guidance {g:g}: adherence mean {results[g]['mean']:.3f}, min {results[g]['min']:.3f} "
+                          min=float(np.min([r["adherence"] for r in rows])),
+                          shape_area=float(np.mean([r["shape_area"] for r in rows])), seconds=time.perf_counter() - t0)
+        print(f"\n## guidance {g:g}: adherence mean {results[g]['mean']:.3f}, min {results[g]['min']:.3f}, "
+              f"named shape area {100 * results[g]['shape_area']:.0f}% of the frame "
               f"({len(prompts)} prompts x {len(seeds)} seeds, {args.seconds:g} s)")
         for r in rows:
-            print(f"{r['adherence']:6.3f}  bg {r['background_ok']:5.2f}  shape {r['shape_ok']:5.2f}  {r['prompt']}")
+            print(f"{r['adherence']:6.3f}  bg {r['background_ok']:5.2f}  shape {r['shape_ok']:5.2f}  "
+                  f"area {100 * r['shape_area']:3.0f}%  {r['prompt']}")
         if args.strip:
             from PIL import Image
 
