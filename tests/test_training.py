@@ -210,7 +210,8 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("bad, want", [(["--frames", "4"], "--frames must be a positive multiple of 3"),
                                        (["--fg-weight", "-1"], "--fg-weight must be >= 0"),
-                                       (["--self-context", "1.5"], "--self-context is a share in [0, 1]")])
+                                       (["--self-context", "1.5"], "--self-context is a share in [0, 1]"),
+                                       (["--fg-named", "-2"], "--fg-named must be >= 0")])
 def test_train_demo_bad_input_one_line(tmp_path, capsys, bad, want):
     import os
     import sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ from flax import nnx
 from conftest import rel_err
 from pyramid_jax.cache.pool import PoolSpec
 from pyramid_jax.cache.window import WindowPolicy, full_sequence_mask
-from pyramid_jax.models.wan.modeling import Committed, FrameMask, WanConfig, init_model
+from pyramid_jax.models.wan.modeling import ChunkOutput, Committed, FrameMask, WanConfig, init_model
 from pyramid_jax.sampling.rollout import RandomNoise, ReplayNoise, Sampler, rollout
 from pyramid_jax.sampling.schedule import FlowSchedule
 
@@ -72,14 +73,15 @@ def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, init
     t = 0 into the cache; then per chunk, steps with re-noise, then the clean pass."""
     sched, f = sampler.schedule, sampler.frames_per_chunk
     graphdef, params = nnx.split(model)
-    model = lambda x, t, tkv, committed: _forward(graphdef, params, x, t, tkv, committed.pool, committed.plan)
+    model = lambda x, t, tkv, committed: ChunkOutput(*_forward(graphdef, params, x, t, tkv, committed.pool,
+                                                               committed.plan))
     state = policy.init(noise.shape[0], jnp.float32)
     out, given = [], 0
     if initial is not None:
         for k in range(initial.shape[1] // f):
             plan = policy.plan(state, jnp.int32(k))
             x0 = jnp.asarray(initial[:, k * f:(k + 1) * f])
-            state = policy.commit(state, model(x0, jnp.zeros(x0.shape[:2]), tkv, Committed(state.pool(), plan))[1], jnp.int32(k))
+            state = policy.commit(state, model(x0, jnp.zeros(x0.shape[:2]), tkv, Committed(state.pool(), plan)).chunk_kv, jnp.int32(k))
             out.append(np.asarray(x0))
         given = initial.shape[1] // f
     for j in range(chunks):
@@ -89,12 +91,12 @@ def _reference_rollout(model, policy, sampler, tkv, noise, renoise, chunks, init
         x = jnp.asarray(noise_k)
         for i, ti in enumerate(sampler.timesteps):
             tt = jnp.full(x.shape[:2], ti)
-            flow = model(x, tt, tkv, Committed(state.pool(), plan))[0]
+            flow = model(x, tt, tkv, Committed(state.pool(), plan)).flow
             x0 = sched.flow_to_x0(x, flow, tt)
             if i + 1 < sampler.num_steps:
                 x = sched.add_noise(x0, jnp.asarray(renoise[j * (sampler.num_steps - 1) + i]),
                                     jnp.full(x.shape[:2], sampler.timesteps[i + 1]))
-        kv = model(x0, jnp.full(x.shape[:2], sampler.context_noise), tkv, Committed(state.pool(), plan))[1]
+        kv = model(x0, jnp.full(x.shape[:2], sampler.context_noise), tkv, Committed(state.pool(), plan)).chunk_kv
         state = policy.commit(state, kv, jnp.int32(k))
         out.append(np.asarray(x0))
     return np.concatenate(out, 1)

@@ -22,12 +22,12 @@ def bench_codecs(repeats):
                  "mid": (dict(), (16, 26))}  # mid: the real Wan2.1 VAE architecture at 128x208 px
     for name, (fields, hw) in vae_sizes.items():
         cfg = vae.VAEConfig(**fields)
-        # the weights as the streaming decoder prepares them (taps split, Winograd filters)
-        p = jax.jit(lambda p: vae.streaming_weights(p, cfg))(jax.tree.map(jnp.asarray, random_vae_params(cfg)))
+        # the streaming decoder's own steps, on the weights as it prepares them
+        prepare, first_frame, nxt = vae.streaming_steps(cfg)
+        p = prepare(jax.tree.map(jnp.asarray, random_vae_params(cfg)))
         state = vae.init_state(p, cfg, 1, hw)
         z1 = jnp.zeros((1, 1, *hw, cfg.z_dim))
-        nxt = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=False))
-        first, state = jax.jit(lambda p, z, s: vae.decode_frame(p, cfg, z, s, first=True))(p, z1, state)
+        _, state = first_frame(p, z1, state)
 
         def chunk():
             s = state

@@ -127,7 +127,7 @@ class WanVAEDecoder(NamedWeights):
         return init_state(self.params(), self.cfg, batch, latent_hw, jnp.dtype(self.cfg.dtype))
 
     def decode_frame(self, z, state, first: bool):
-        return _streaming_steps(self.cfg)[1 if first else 2](self.params(), z, state)
+        return streaming_steps(self.cfg)[1 if first else 2](self.params(), z, state)
 
     def __call__(self, z):
         """Whole-video decode of z [B, F, h, w, z_dim] -> [B, 1 + 4 (F - 1), 8h, 8w, 3]."""
@@ -404,7 +404,7 @@ def _whole_video(cfg: VAEConfig):
 
 
 @functools.lru_cache(maxsize=None)
-def _streaming_steps(cfg: VAEConfig):
+def streaming_steps(cfg: VAEConfig):
     """The jitted weight preparation, first-frame and next-frame decodes of a config, shared by
     every decoder (a new video, a new studio run) so that none compiles again."""
     return (jax.jit(lambda p: streaming_weights(p, cfg)),
@@ -420,7 +420,7 @@ class StreamingDecoder:
 
     def __init__(self, decoder: WanVAEDecoder, batch: int, latent_hw: tuple[int, int]):
         cfg = decoder.cfg
-        prepare, self._first, self._next = _streaming_steps(cfg)
+        prepare, self._first, self._next = streaming_steps(cfg)
         self.params, self.cfg = prepare(decoder.params()), cfg
         self.state = {}
         self.started = False
