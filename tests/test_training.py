@@ -121,9 +121,12 @@ def test_train_demo_resumes_and_writes_a_loadable_model(tmp_path):
             "--clips", "8", "--clip-frames", "6", "--save-every", "2"]
     r = run_tool(*args, "--steps", "2")
     assert r.returncode == 0, r.stderr
-    r = run_tool(*args, "--steps", "4", "--fg-weight", "8")  # a second stage: the shapes weighted
+    r = run_tool(*args, "--steps", "4", "--fg-weight", "8", "--probe-every", "4")  # a second stage: the shapes weighted
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and "at step 2" in r.stdout and "step 4/4" in r.stdout
+    assert "probe at step 4: adherence" in r.stdout  # the probe is not part of the recipe (stages below)
+    probes = [json.loads(line) for line in (tmp_path / "work" / "probes.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probes] == [4] and 0 <= probes[0]["adherence"] <= 1
     model = load_model(str(tmp_path / "model" / "dit"))
     assert model.cfg.in_channels == 3 and model.cfg.patch_size == (1, 4, 4)
     with open(tmp_path / "model" / "dit" / "config.json") as fh:
@@ -175,7 +178,8 @@ TINY_RUN = ["--batch", "2", "--frames", "6", "--size", "16", "--patch", "8", "--
 def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
     """A run stopped after 2 of 5 steps (as --max-minutes stops one) and run again ends with the
     same weights, bit for bit, as a run that never stopped: batches and noise depend on the
-    step alone, and the checkpoint holds the params, optimizer state and EMA."""
+    step alone, and the checkpoint holds the params, optimizer state and EMA. The run that never
+    stopped probes its weights on the way (--probe-every), which must not change them."""
     import os
     import sys
 
@@ -187,7 +191,7 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
 
     data = str(tmp_path / "data_shared")
     runs = {}
-    for name, parts in (("straight", [[]]), ("resumed", [["--run-steps", "2"], []])):
+    for name, parts in (("straight", [["--probe-every", "2"]]), ("resumed", [["--run-steps", "2"], []])):
         work, out = tmp_path / name, tmp_path / name / "model"
         os.makedirs(work, exist_ok=True)
         if os.path.exists(data):  # one dataset for both runs
@@ -198,6 +202,8 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
             os.rename(work / "data", data)
             os.symlink(data, work / "data")
         runs[name] = out
+    assert [json.loads(line)["step"] for line in (tmp_path / "straight" / "probes.jsonl").read_text().splitlines()] \
+        == [2, 4]
     a, b = (load_model(str(runs[n] / "dit")) for n in ("straight", "resumed"))
     for x, y in zip(jax.tree.leaves(nnx.state(a, nnx.Param)), jax.tree.leaves(nnx.state(b, nnx.Param))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -211,7 +217,10 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize("bad, want", [(["--frames", "4"], "--frames must be a positive multiple of 3"),
                                        (["--fg-weight", "-1"], "--fg-weight must be >= 0"),
                                        (["--self-context", "1.5"], "--self-context is a share in [0, 1]"),
-                                       (["--fg-named", "-2"], "--fg-named must be >= 0")])
+                                       (["--fg-named", "-2"], "--fg-named must be >= 0"),
+                                       (["--probe-every", "-1"], "--probe-every must be >= 0"),
+                                       (["--probe-every", "5", "--probe-prompts", "/nonexistent.txt"],
+                                        "--probe-prompts /nonexistent.txt: no such file")])
 def test_train_demo_bad_input_one_line(tmp_path, capsys, bad, want):
     import os
     import sys
@@ -248,3 +257,37 @@ def test_foreground_can_weight_the_captioned_shape_more():
     own = shapes.color_pixels(video[0], clip.shapes[0].color)
     assert own.any() and (plain.astype(bool) & ~own).any()  # both kinds of shape pixel are in view
     np.testing.assert_array_equal(named, np.where(own, 3.0, plain))
+
+
+@pytest.mark.slow
+def test_train_demo_probe_scores_the_weights_as_evaluate_prompts_does(tmp_path):
+    """The training probe, given the shipped demo weights, reports what tools/evaluate_prompts.py
+    measures for the same prompts, seeds, 2 s and the window of 12."""
+    import os
+    import sys
+    from types import SimpleNamespace
+
+    from conftest import REPO
+    from pyramid_jax.models.umt5 import modeling as umt5
+    from pyramid_jax.weights.checkpoint import load_model, load_t5
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import evaluate_prompts
+    import train_demo
+
+    demo = os.path.join(REPO, "assets", "demo")
+    graphdef, dit = nnx.split(load_model(os.path.join(demo, "dit")))
+    t5 = load_t5(os.path.join(demo, "text", "umt5"))
+    tokenizer = umt5.Tokenizer(os.path.join(demo, "text", "spiece.model"), 32)
+    prompts = train_demo.probe_prompts()[:2]
+    assert len(train_demo.probe_prompts()) == train_demo.PROBE_PROMPTS and all(" on a " in p for p in prompts)
+    args = SimpleNamespace(shift=train_demo.DEMO_SHIFT, size=64)
+    got = train_demo.probe(graphdef, {"dit": dit, "text": t5.params()}, t5.cfg, tokenizer, args, prompts)
+    (tmp_path / "p.txt").write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "eval.json"
+    assert evaluate_prompts.main([f"--config={os.path.join(REPO, 'configs', 'demo.py')}", "--prompts",
+                                  str(tmp_path / "p.txt"), "--seeds", "0,1", "--seconds", "2.1",
+                                  "--config.cache.policy=window", "--json", str(out)]) == 0
+    want = json.loads(out.read_text())["results"]["1.0"]
+    assert got["adherence"] == pytest.approx(want["mean"], abs=1e-6)
+    assert got["shape_area"] == pytest.approx(want["shape_area"], abs=1e-6)

@@ -22,6 +22,11 @@ one); the first chunk is clean or lightly noised context half of the time; 10% o
 captions are dropped for classifier-free guidance; an EMA of the weights is what ships.
 Stage 2 resumes the run with the shapes' pixels of each clip's first chunk weighted in the
 loss (--fg-weight): stage 1 alone learns the backgrounds and loses the shapes.
+
+--probe-every N samples the EMA weights every N steps as the demo does (2 s of 8 captions of the
+dataset's test split, or --probe-prompts FILE, 2 seeds) and logs their prompt adherence and the
+named shape's share of the frame (also to WORK/probes.jsonl): the loss says neither. It does not
+change the weights, and its seconds are not counted as training minutes.
 """
 
 from __future__ import annotations
@@ -105,6 +110,59 @@ def encode_captions(text_dir: str, captions: list[str], text_len: int) -> np.nda
     return np.asarray(encode(encoder.params(), ids, mask))
 
 
+PROBE_PROMPTS = 8  # default: the captions of the first clips of the dataset's test split
+
+
+def probe_prompts(path: str = "") -> list[str]:
+    """The probe's captions: the lines of `path`, or the captions of the first PROBE_PROMPTS
+    clips of the dataset's test split (clips training never draws)."""
+    from pyramid_jax.data import shapes
+    from pyramid_jax.data.shapes_tfds import TEST_SEED
+
+    if path:
+        with open(path) as fh:
+            return [line.strip() for line in fh if line.strip()]
+    return [shapes.random_clip(TEST_SEED + i).caption for i in range(PROBE_PROMPTS)]
+
+
+def probe(graphdef, params, t5_cfg, tokenizer, args, prompts: list[str], seeds=(0, 1)) -> dict:
+    """How the weights `params` ({"dit", "text"}, e.g. the EMA) do as the demo samples them:
+    `configs/demo.py`'s 4-step sampler at this run's shift and size, the window of 12, 2 s per
+    (prompt, seed); returns the mean prompt adherence (from 1 s on) and the named shape's share
+    of the frame (tools/evaluate_prompts.py's measures), over the prompts. Training loss does
+    not say either: a run's loss kept falling while its videos lost their shapes."""
+    from evaluate_prompts import _Collect, score
+
+    from pyramid_jax import pipeline, video
+    from pyramid_jax.config import parse_spec
+    from pyramid_jax.sampling.rollout import RandomNoise
+    from pyramid_jax.training import text_context
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
+    spec = parse_spec(["probe", f"--config={demo}", f"--config.shift={args.shift}", f"--config.height={args.size}",
+                       f"--config.width={args.size}", "--config.num_frames=21", "--config.guidance_scale=1",
+                       "--config.cache.policy=window", "--config.output="])
+    pairs = [(p, s) for p in prompts for s in seeds]
+    ids, mask = tokenizer([p for p, _ in pairs])
+    context = np.asarray(jax.jit(text_context, static_argnums=2)({"text": params["text"]}, (ids, mask), t5_cfg))
+    dit = nnx.merge(graphdef, params["dit"])
+    sampler = pipeline.make_sampler(spec)
+    hw = (args.size, args.size)
+    noise = RandomNoise([s for _, s in pairs], (len(pairs), spec.inputs.num_frames, 3, *hw), sampler)
+    job = pipeline.GenerationInputs(context, noise, spec.inputs.num_frames, hw)
+    frames, quiet = [], logging.getLogger("pyramid_jax")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the generation's progress lines would crowd the training log
+    try:
+        pipeline.generate(spec, pipeline.LoadedModels(dit, None, None, sampler), job,
+                          sink=_Collect(video.PixelFrames(), frames))
+    finally:
+        quiet.setLevel(level)
+    rows = score(np.concatenate(frames, axis=1), prompts, list(seeds), int(spec.output.fps))
+    return dict(adherence=float(np.mean([r["adherence"] for r in rows])),
+                shape_area=float(np.mean([r["shape_area"] for r in rows])))
+
+
 def recipe_of(args):
     from pyramid_jax.sampling.schedule import FlowSchedule
     from pyramid_jax.training import Recipe
@@ -185,6 +243,11 @@ def main(argv=None) -> int:
     p.add_argument("--self-context", type=float, default=0.0,
                    help="share of context chunks replaced by the model's own estimate of them from the "
                         "sampler's last noise level (a self-rollout stage against drift)")
+    p.add_argument("--probe-every", type=int, default=0,
+                   help="every this many steps, sample the EMA weights as the demo does and log their prompt "
+                        "adherence and shape size (0 = never; a few seconds each)")
+    p.add_argument("--probe-prompts", default="",
+                   help="a text file of captions for the probe (default: 8 of the dataset's test split)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
@@ -216,6 +279,10 @@ def check_args(args) -> str:
         return f"--fg-weight must be >= 0 (0 = every pixel alike), got {args.fg_weight:g}"
     if args.fg_named < 0:
         return f"--fg-named must be >= 0 (1 = every shape alike), got {args.fg_named:g}"
+    if args.probe_every < 0:
+        return f"--probe-every must be >= 0 (0 = never), got {args.probe_every}"
+    if args.probe_prompts and not os.path.isfile(args.probe_prompts):
+        return f"--probe-prompts {args.probe_prompts}: no such file"
     return ""
 
 
@@ -262,6 +329,7 @@ def train(args, source=None) -> int:
         params, opt_state, ema, spent = restore(mgr, start, params, opt_state, ema)
         log.info("resumed from %s at step %d (%.1f min of training before)", mgr.directory, start, spent / 60)
     stages = record_stage(work, start, args)
+    prompts = probe_prompts(args.probe_prompts) if args.probe_every else []
     key = jax.random.key(args.seed)
     t0, losses, step, done = time.perf_counter(), [], start, start
     stop = start if args.export_now else args.steps if not args.run_steps else min(args.steps, start + args.run_steps)
@@ -282,6 +350,15 @@ def train(args, source=None) -> int:
         out_of_time = args.max_minutes and time.perf_counter() - t_start > 60 * args.max_minutes
         if done % args.save_every == 0 or done == stop or out_of_time:
             save(mgr, done, params, opt_state, ema, spent + time.perf_counter() - t0)
+        if args.probe_every and done % args.probe_every == 0:
+            t_probe = time.perf_counter()
+            got = probe(graphdef, ema, t5_cfg, tokenizer, args, prompts)
+            t0 += time.perf_counter() - t_probe  # training minutes stay the training's
+            log.info("probe at step %d: adherence %.3f, named shape area %.0f%% of the frame (%d prompts x 2 seeds, "
+                     "2 s; %.0f s)", done, got["adherence"], 100 * got["shape_area"], len(prompts),
+                     time.perf_counter() - t_probe)
+            with open(os.path.join(work, "probes.jsonl"), "a") as fh:
+                fh.write(json.dumps(dict(step=done, **got)) + "\n")
         if out_of_time:
             break
     mgr.wait_until_finished()
@@ -332,13 +409,16 @@ def record_stage(work: str, start: int, args) -> list[dict]:
         with open(path) as fh:
             stages = json.load(fh)
     stages = [s for s in stages if s["from_step"] < start]  # a rerun from an earlier checkpoint replaces the rest
-    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "work", "export_now", "run_steps", "max_minutes")}
+    recipe = {k: v for k, v in vars(args).items() if k not in NOT_RECIPE}
     if args.export_now or (stages and _same_stage(stages[-1]["args"], recipe)):
         return stages
     stages.append({"from_step": start, "args": recipe})
     write_text(path, json.dumps(stages, indent=1))
     return stages
 
+
+# what a run is told that does not change its weights
+NOT_RECIPE = ("out", "work", "export_now", "run_steps", "max_minutes", "probe_every", "probe_prompts")
 
 # options added after runs began: a stage recorded without one ran at its default
 LATER_OPTIONS = {"self_context": 0.0, "fg_named": 1.0}
@@ -357,7 +437,7 @@ def export(out, vocab, graphdef, ema, cfg, t5_cfg, args, seconds, final_loss, st
     how = {"training": dict(steps=steps, of_steps=args.steps, minutes=round(seconds / 60, 1),
                             final_loss=round(final_loss, 4),
                             machine=machine(), batch=args.batch, frames=args.frames, size=args.size,
-                            recipe={k: v for k, v in vars(args).items() if k not in ("out", "work")},
+                            recipe={k: v for k, v in vars(args).items() if k not in NOT_RECIPE},
                             stages=list(stages))}
     source = f"tools/train_demo.py: {steps} of {args.steps} steps ({seconds / 60:.0f} min on {machine()}), EMA weights"
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out) or ".")
