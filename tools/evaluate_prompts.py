@@ -33,11 +33,11 @@ def generate_videos(c, models, prompts: list[str], seeds: list[int]) -> np.ndarr
     job = pipeline.scheduled_inputs(c, models, [p for p, _ in pairs], [s for _, s in pairs], hw)
     decoder = video.video_decoder(c, len(pairs), hw, models.vae)
     frames = []
-    pipeline.generate(c, models, job, sink=_Collect(decoder, frames))
+    pipeline.generate(c, models, job, sink=Collect(decoder, frames))
     return np.concatenate(frames, axis=1)
 
 
-class _Collect:
+class Collect:
     """A sink that keeps the decoded frames instead of writing mp4s."""
 
     def __init__(self, decoder, frames):

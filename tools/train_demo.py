@@ -131,7 +131,7 @@ def probe(graphdef, params, t5_cfg, tokenizer, args, prompts: list[str], seeds=(
     (prompt, seed); returns the mean prompt adherence (from 1 s on) and the named shape's share
     of the frame (tools/evaluate_prompts.py's measures), over the prompts. Training loss does
     not say either: a run's loss kept falling while its videos lost their shapes."""
-    from evaluate_prompts import _Collect, score
+    from evaluate_prompts import Collect, score
 
     from pyramid_jax import pipeline, video
     from pyramid_jax.config import parse_spec
@@ -155,7 +155,7 @@ def probe(graphdef, params, t5_cfg, tokenizer, args, prompts: list[str], seeds=(
     quiet.setLevel(logging.WARNING)  # the generation's progress lines would crowd the training log
     try:
         pipeline.generate(spec, pipeline.LoadedModels(dit, None, None, sampler), job,
-                          sink=_Collect(video.PixelFrames(), frames))
+                          sink=Collect(video.PixelFrames(), frames))
     finally:
         quiet.setLevel(level)
     rows = score(np.concatenate(frames, axis=1), prompts, list(seeds), int(spec.output.fps))
