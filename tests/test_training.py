@@ -220,8 +220,10 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
                                        (["--fg-named", "-2"], "--fg-named must be >= 0"),
                                        (["--probe-every", "-1"], "--probe-every must be >= 0"),
                                        (["--probe-every", "5", "--probe-prompts", "/nonexistent.txt"],
-                                        "--probe-prompts /nonexistent.txt: no such file")])
-def test_train_demo_bad_input_one_line(tmp_path, capsys, bad, want):
+                                        "--probe-prompts /nonexistent.txt: no such file"),
+                                       (["--probe-every", "5", "--probe-prompts", "{tmp}/odd.txt"],
+                                        "'a cat on a sofa' is not a shapes caption")])
+def test_train_demo_bad_input_one_line(tmp_path, tmp_path_factory, capsys, bad, want):
     import os
     import sys
 
@@ -230,6 +232,9 @@ def test_train_demo_bad_input_one_line(tmp_path, capsys, bad, want):
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import train_demo
 
+    inputs = tmp_path_factory.mktemp("inputs")  # outside tmp_path, which must stay empty
+    (inputs / "odd.txt").write_text("a red circle bouncing upwards on a blue striped background\na cat on a sofa\n")
+    bad = [a.replace("{tmp}", str(inputs)) for a in bad]
     assert train_demo.main(["--out", str(tmp_path / "model"), "--work", str(tmp_path / "work"), *bad]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and want in err[0], err

@@ -281,8 +281,19 @@ def check_args(args) -> str:
         return f"--fg-named must be >= 0 (1 = every shape alike), got {args.fg_named:g}"
     if args.probe_every < 0:
         return f"--probe-every must be >= 0 (0 = never), got {args.probe_every}"
-    if args.probe_prompts and not os.path.isfile(args.probe_prompts):
-        return f"--probe-prompts {args.probe_prompts}: no such file"
+    if args.probe_prompts:  # checked now: a bad file would otherwise stop the run at its first probe
+        from pyramid_jax.metrics import caption_colors
+
+        try:
+            prompts = probe_prompts(args.probe_prompts)
+        except FileNotFoundError:
+            return f"--probe-prompts {args.probe_prompts}: no such file"
+        except (OSError, UnicodeDecodeError) as e:
+            return f"--probe-prompts {args.probe_prompts}: cannot read it ({getattr(e, 'strerror', None) or e})"
+        outside = [p for p in prompts if caption_colors(p) is None]
+        if not prompts or outside:
+            return (f"--probe-prompts {args.probe_prompts}: " + (f"'{outside[0]}' is not a shapes caption "
+                    "(a <colour> <shape> ... on a <colour> <texture> background)" if outside else "no captions"))
     return ""
 
 
