@@ -28,9 +28,11 @@ def get_config():
     c.vae.kind = "pixel"
     c.num_frames = 102           # 10.2 s at 10 fps (pixel frames: one per model frame)
     c.fps = 10
-    # 4 steps at a low shift: 64x64 pixels need more low-noise steps than 480p latents (shift
-    # 5); the model is trained at exactly these noise levels (tools/train_demo.py)
-    c.denoising_step_list = (1000, 750, 500, 250)
+    # 5 steps at a low shift: 64x64 pixels need more low-noise steps than 480p latents (shift
+    # 5); the model is trained at exactly these noise levels (tools/train_demo.py). The second
+    # step, 875, is where a few-step sampler commits to a shape: with (1000, 750, 500, 250) a
+    # shape of the far ends of the palette (black, white, yellow) was often lost
+    c.denoising_step_list = (1000, 875, 750, 500, 250)
     c.shift = 2.0
     c.guidance_scale = 1.0       # guidance lowered adherence on this model (docs/demo_model.md)
     c.height = 64

@@ -127,7 +127,7 @@ def probe_prompts(path: str = "") -> list[str]:
 
 def probe(graphdef, params, t5_cfg, tokenizer, args, prompts: list[str], seeds=(0, 1)) -> dict:
     """How the weights `params` ({"dit", "text"}, e.g. the EMA) do as the demo samples them:
-    `configs/demo.py`'s 4-step sampler at this run's shift and size, the window of 12, 2 s per
+    `configs/demo.py`'s sampler (its step list) at this run's shift and size, the window of 12, 2 s per
     (prompt, seed); returns the mean prompt adherence (from 1 s on) and the named shape's share
     of the frame (tools/evaluate_prompts.py's measures), over the prompts. Training loss does
     not say either: a run's loss kept falling while its videos lost their shapes."""
