@@ -29,9 +29,9 @@ def get_config():
     c.num_frames = 102           # 10.2 s at 10 fps (pixel frames: one per model frame)
     c.fps = 10
     # 5 steps at a low shift: 64x64 pixels need more low-noise steps than 480p latents (shift
-    # 5); the model is trained at exactly these noise levels (tools/train_demo.py). The second
-    # step, 875, is where a few-step sampler commits to a shape: with (1000, 750, 500, 250) a
-    # shape of the far ends of the palette (black, white, yellow) was often lost
+    # 5); the model is trained at exactly these noise levels (tools/train_demo.py). The extra
+    # high-noise step at 875 measured best on development prompts: with (1000, 750, 500, 250)
+    # shapes and backgrounds of the palette's far ends (black, white, yellow) were often lost
     c.denoising_step_list = (1000, 875, 750, 500, 250)
     c.shift = 2.0
     c.guidance_scale = 1.0       # guidance lowered adherence on this model (docs/demo_model.md)

@@ -44,6 +44,7 @@ def test_background_colour_follows_the_prompt(demo):
 
 @pytest.mark.xfail(strict=True, reason="with seeds 1-3 the shipped demo's white circle outgrows the red and yellow "
                    "backgrounds, and the blue with seed 1 (white 0.44-0.59 of the frame; docs/demo_model.md): 9 of "
-                   "the 16 videos of seeds 0-3 pass; strict, so a model that passes makes this fail until the mark goes")
+                   "the 16 videos of seeds 0-3 pass; strict, so a model that passes makes this fail until the mark "
+                   "goes")
 def test_background_colour_follows_the_prompt_other_seeds(demo):
     assert not misses(demo, [1, 2, 3])
