@@ -124,3 +124,24 @@ def test_evaluate_prompts_scores_rendered_clips_as_their_captions():
     for (v, caption), r in zip(clips, rows):
         painted = shapes.color_pixels(v[10:], metrics.caption_colors(caption)[0]).mean()
         assert abs(r["shape_area"] - painted) <= 0.01 and 0 < r["shape_area"] < 0.2, (r, painted)
+
+
+def test_evaluate_prompts_draws_distinct_captions_and_asks_for_one_source(capsys):
+    """--draw N: N distinct captions of the grammar, the same for the same seed; --prompts and
+    --draw together, or neither, is one error line and exit 2 (before any model loads)."""
+    import os
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import evaluate_prompts
+
+    a = evaluate_prompts.draw_prompts(40)
+    assert a == evaluate_prompts.draw_prompts(40) and len(set(a)) == 40
+    assert all(metrics.caption_colors(p) is not None for p in a)
+    assert evaluate_prompts.draw_prompts(40, seed=5) != a
+    for argv in (["--draw", "3", "--prompts", "x.txt"], [], ["--draw", "-1"]):
+        assert evaluate_prompts.main(["--config=configs/demo.py", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "give --prompts FILE or --draw N" in err[0], err

@@ -3,6 +3,10 @@
   python tools/evaluate_prompts.py --config=configs/demo.py --prompts FILE.txt --seeds 0,1,2 \
       [--seconds 10] [--guidance 1,3] [--json OUT.json] [--strip OUT.png] [--config.FIELD=VALUE ...]
 
+Instead of a file, --draw N takes N distinct captions drawn at random from the shapes grammar
+(`shapes.random_clip` of seeds --draw-seed, --draw-seed + 1, ...: each colour as often as in
+training), the same N for the same seed.
+
 For each guidance scale: per prompt, `metrics.prompt_adherence` (from 1 s on) averaged over the
 seeds, and the mean share of frames showing the named background colour (>= 30%) and the
 named shape colour (>= 0.5%): which half of a prompt a model misses; and the mean share of the
@@ -24,6 +28,22 @@ from pyramid_jax import logs, metrics, pipeline, video
 from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
 from pyramid_jax.media import write_text
+
+
+DRAW_SEED = 2_000_000_000  # far from the seeds of the dataset's train (0 ...) and test (1e9 ...) clips
+
+
+def draw_prompts(n: int, seed: int = DRAW_SEED) -> list[str]:
+    """n distinct captions of `shapes.random_clip(seed)`, `random_clip(seed + 1)`, ... in order.
+    ValueError when 100 draws a caption do not find n (the grammar has a few tens of thousands)."""
+    from pyramid_jax.data import shapes
+
+    prompts: dict[str, None] = {}
+    for s in range(seed, seed + 100 * n):
+        prompts.setdefault(shapes.random_clip(s).caption)
+        if len(prompts) == n:
+            return list(prompts)
+    raise ValueError(f"--draw {n}: only {len(prompts)} distinct captions in {100 * n} draws")
 
 
 def generate_videos(c, models, prompts: list[str], seeds: list[int]) -> np.ndarray:
@@ -77,7 +97,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg_args = [a for a in argv if a.startswith("--config")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", required=True, help="a text file, one prompt per line")
+    p.add_argument("--prompts", default="", help="a text file, one prompt per line")
+    p.add_argument("--draw", type=int, default=0, help="instead of --prompts: N captions drawn at random")
+    p.add_argument("--draw-seed", type=int, default=DRAW_SEED, help="the first random_clip seed --draw uses")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--guidance", default="", help="comma list of guidance scales (default: the config's)")
@@ -85,9 +107,15 @@ def main(argv=None) -> int:
     p.add_argument("--strip", default="", help="png of the first seed's videos, one frame a second")
     args = p.parse_args([a for a in argv if not a.startswith("--config")])
     logs.setup()
+    if bool(args.prompts) == bool(args.draw) or args.draw < 0:
+        print("evaluate_prompts: error: give --prompts FILE or --draw N (N > 0), one of them", file=sys.stderr)
+        return 2
     try:
-        with open(args.prompts) as fh:
-            prompts = [line.strip() for line in fh if line.strip()]
+        if args.prompts:
+            with open(args.prompts) as fh:
+                prompts = [line.strip() for line in fh if line.strip()]
+        else:
+            prompts = draw_prompts(args.draw, args.draw_seed)
         seeds = [int(s) for s in args.seeds.split(",")]
         scales = [float(g) for g in args.guidance.split(",") if g.strip()]
     except (OSError, ValueError) as e:
@@ -124,7 +152,9 @@ def main(argv=None) -> int:
 
             Image.fromarray(strip(videos, seeds, int(c.output.fps))).save(args.strip.replace(".png", f"_g{g:g}.png"))
     if args.json:
-        write_text(args.json, json.dumps({"results": results, "seeds": seeds, "config_args": cfg_args}, indent=1))
+        write_text(args.json, json.dumps({"results": results, "seeds": seeds, "config_args": cfg_args,
+                                           "prompts": args.prompts or dict(draw=args.draw, draw_seed=args.draw_seed)},
+                                          indent=1))
     return 0
 
 
