@@ -4,7 +4,8 @@ A 6-layer Wan-architecture DiT (dim 128) working on 64x64 RGB pixels, with a tin
 sentencepiece vocabulary of the caption words, all in assets/demo (tools/train_demo.py made
 them). Prompts the model knows follow the captions of pyramid_jax/data/shapes.py: "a <colour>
 <circle|square|triangle> [quickly] bouncing <left to right|right to left|upwards|downwards>
-[with N other shapes] on a <colour> <striped|checkered|speckled> background".
+[with N other shapes] on a <colour> <striped|checkered|speckled> background [while the camera
+pans]".
 """
 
 import os
@@ -29,7 +30,7 @@ def get_config():
     c.num_frames = 102           # 10.2 s at 10 fps (pixel frames: one per model frame)
     c.fps = 10
     # 5 steps at a low shift: 64x64 pixels need more low-noise steps than 480p latents (shift
-    # 5); the model is trained at exactly these noise levels (tools/train_demo.py). The extra
+    # 5); they are 5 of the 8 noise levels the model is trained at (tools/train_demo.py). The extra
     # high-noise step at 875 measured best on development prompts: with (1000, 750, 500, 250)
     # shapes and backgrounds of the palette's far ends (black, white, yellow) were often lost
     c.denoising_step_list = (1000, 875, 750, 500, 250)
@@ -39,8 +40,8 @@ def get_config():
     c.width = 64
     c.dtype = "float32"
     c.output = "outputs/demo.mp4"
-    # Pyramid Forcing with the heads typed for this model: at 60 s it held the prompt as well as
-    # the window and drifted less (docs/cache_comparison.md); policy=window uses the window of 12
+    # Pyramid Forcing with the heads typed for this model: at 60 s it held the prompt at least as
+    # well as the window and drifted less (docs/cache_comparison.md); policy=window keeps 12 frames
     c.cache.policy = "pyramid"
     c.cache.head_map = os.path.join(ASSETS, "head_map.csv")
     c.cache.local_attn_size = 12
