@@ -145,3 +145,6 @@ def test_evaluate_prompts_draws_distinct_captions_and_asks_for_one_source(capsys
         assert evaluate_prompts.main(["--config=configs/demo.py", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "give --prompts FILE or --draw N" in err[0], err
+    assert evaluate_prompts.main(["--config=configs/demo.py", "--draw", "2", "--draw-seed", "-5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--draw-seed must be >= 0" in err[0], err

@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     if bool(args.prompts) == bool(args.draw) or args.draw < 0:
         print("evaluate_prompts: error: give --prompts FILE or --draw N (N > 0), one of them", file=sys.stderr)
         return 2
+    if args.draw_seed < 0:
+        print(f"evaluate_prompts: error: --draw-seed must be >= 0, got {args.draw_seed}", file=sys.stderr)
+        return 2
     try:
         if args.prompts:
             with open(args.prompts) as fh:
