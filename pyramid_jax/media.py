@@ -8,6 +8,7 @@ VAE's temporal stride) and upscaled 8x (its spatial stride).
 from __future__ import annotations
 
 import errno
+import io
 import os
 import tempfile
 import warnings
@@ -137,6 +138,19 @@ def write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_png(path: str, image, **savefig) -> None:
+    """A PNG of image (uint8 [H, W, 3] array, or a matplotlib figure: `savefig` goes to its
+    savefig) written to a temporary name, then renamed."""
+    buf = io.BytesIO()
+    if hasattr(image, "savefig"):
+        image.savefig(buf, format="png", **savefig)
+    else:
+        from PIL import Image
+
+        Image.fromarray(np.asarray(image)).save(buf, "PNG")
+    write_bytes(path, buf.getvalue())
 
 
 def save_npz(path: str, **arrays) -> None:

@@ -155,6 +155,33 @@ def test_save_npz_failure_keeps_the_old_file(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_write_png_of_an_array_and_of_a_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    media.write_png(str(tmp_path / "strip.png"), image)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "strip.png")), image)
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1])
+    media.write_png(str(tmp_path / "plot.png"), fig, dpi=50)
+    plt.close(fig)
+    assert Image.open(tmp_path / "plot.png").size == (100, 50)
+    assert sorted(os.listdir(tmp_path)) == ["plot.png", "strip.png"]
+
+
+def test_write_png_failure_keeps_the_old_file(tmp_path):
+    path = tmp_path / "strip.png"
+    path.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        media.write_png(str(path), np.zeros((4, 4, 3), complex))  # PIL cannot encode it
+    assert path.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+
+
 # -- mp4 -----------------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from pyramid_jax import logs, media, metrics, pipeline, video
 from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
-from pyramid_jax.media import write_text
+from pyramid_jax.media import write_png, write_text
 
 
 def make(c, models, prompt: str, seed: int, num_frames: int) -> np.ndarray:
@@ -108,8 +108,6 @@ def main(argv=None) -> int:
 
 def _picture(clips, path: str) -> None:
     """One row per video: 3 given frames | 3 made frames, a wider gap at the seam, 2x."""
-    from PIL import Image
-
     rows = []
     for clip in clips:
         up = [np.kron(f, np.ones((2, 2, 1), np.uint8)) for f in clip]
@@ -117,7 +115,7 @@ def _picture(clips, path: str) -> None:
         rows.append(np.concatenate([up[0], gap(2), up[1], gap(2), up[2], gap(10), up[3], gap(2), up[4], gap(2),
                                     up[5]], axis=1))
     sep = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
-    Image.fromarray(np.concatenate([x for r in rows for x in (r, sep)][:-1])).save(path)
+    write_png(path, np.concatenate([x for r in rows for x in (r, sep)][:-1]))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pyramid_jax import metrics
 from pyramid_jax.cli import generate
 from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
-from pyramid_jax.media import write_text
+from pyramid_jax.media import write_png, write_text
 from pyramid_jax.video import strides
 
 POLICIES = {"window": ["--config.cache.policy=window", "--config.cache.local_attn_size=21",
@@ -205,7 +205,7 @@ def _quality_plot(table, out):
                 for d in dtypes if len(dtypes) > 1]
     fig.legend(handles=handles, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.83, 1))
-    fig.savefig(os.path.join(out, "quality_vs_kv.png"), dpi=110)
+    write_png(os.path.join(out, "quality_vs_kv.png"), fig, dpi=110)
     plt.close(fig)
 
 
@@ -225,7 +225,7 @@ def _plots(curves, out):
         ax.set_ylabel(ylabel)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(os.path.join(out, f"{name}.png"), dpi=110)
+        write_png(os.path.join(out, f"{name}.png"), fig, dpi=110)
         plt.close(fig)
 
 

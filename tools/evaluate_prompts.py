@@ -27,7 +27,7 @@ import numpy as np
 from pyramid_jax import logs, metrics, pipeline, video
 from pyramid_jax.config import parse_spec
 from pyramid_jax.errors import UserError
-from pyramid_jax.media import write_text
+from pyramid_jax.media import write_png, write_text
 
 
 DRAW_SEED = 2_000_000_000  # far from the seeds of the dataset's train (0 ...) and test (1e9 ...) clips
@@ -151,9 +151,7 @@ def main(argv=None) -> int:
             print(f"{r['adherence']:6.3f}  bg {r['background_ok']:5.2f}  shape {r['shape_ok']:5.2f}  "
                   f"area {100 * r['shape_area']:3.0f}%  {r['prompt']}")
         if args.strip:
-            from PIL import Image
-
-            Image.fromarray(strip(videos, seeds, int(c.output.fps))).save(args.strip.replace(".png", f"_g{g:g}.png"))
+            write_png(args.strip.replace(".png", f"_g{g:g}.png"), strip(videos, seeds, int(c.output.fps)))
     if args.json:
         write_text(args.json, json.dumps({"results": results, "seeds": seeds, "config_args": cfg_args,
                                            "prompts": args.prompts or dict(draw=args.draw, draw_seed=args.draw_seed)},

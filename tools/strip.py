@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 import numpy as np
@@ -58,13 +57,9 @@ def main(argv=None) -> int:
         print(f"strip: error: cannot read a video ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
               file=sys.stderr)
         return 2
-    from PIL import Image
+    from pyramid_jax.media import write_png
 
-    from pyramid_jax.media import write_bytes
-
-    buf = io.BytesIO()
-    Image.fromarray(strip(videos, lambda n: picks(n, args.frames, args.every, args.fps), args.scale)).save(buf, "PNG")
-    write_bytes(args.out, buf.getvalue())
+    write_png(args.out, strip(videos, lambda n: picks(n, args.frames, args.every, args.fps), args.scale))
     print(f"wrote {args.out}")
     return 0
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from pyramid_jax.cache.head_map import TYPE_NAMES
 from pyramid_jax.heads.classify import folded_spectrum
+from pyramid_jax.media import write_png
 
 log = logging.getLogger("classify_heads")
 
@@ -37,7 +38,7 @@ def draw_figures(stem: str, head_map, profiles, thresholds):
     ax.legend(handles, [TYPE_NAMES[t] for t in (1, -1, 2)], loc="upper right", fontsize=7,
               bbox_to_anchor=(1.0, -0.08), ncol=3)
     grid_png = stem + "_grid.png"
-    fig.savefig(grid_png, dpi=120, bbox_inches="tight")
+    write_png(grid_png, fig, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     mean_prof = profiles.mean(0)  # [L, H, T]
@@ -57,6 +58,6 @@ def draw_figures(stem: str, head_map, profiles, thresholds):
         axes[1, col].set_xlabel("period (frames)")
     fig.tight_layout()
     prof_png = stem + "_profiles.png"
-    fig.savefig(prof_png, dpi=110)
+    write_png(prof_png, fig, dpi=110)
     plt.close(fig)
     return [grid_png, prof_png]
