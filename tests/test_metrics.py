@@ -108,7 +108,8 @@ def test_prompt_adherence_is_not_fooled_by_grain():
 
 def test_evaluate_prompts_scores_rendered_clips_as_their_captions():
     """tools/evaluate_prompts.score on clips rendered from their own captions: adherence ~1, and
-    the named shape's area is the share of the frame painted in its colour (a few percent)."""
+    the named shape's area is the share of the frame painted in its colour (a few percent); each
+    seed's adherence is kept beside their mean."""
     import os
     import sys
 
@@ -124,6 +125,12 @@ def test_evaluate_prompts_scores_rendered_clips_as_their_captions():
     for (v, caption), r in zip(clips, rows):
         painted = shapes.color_pixels(v[10:], metrics.caption_colors(caption)[0]).mean()
         assert abs(r["shape_area"] - painted) <= 0.01 and 0 < r["shape_area"] < 0.2, (r, painted)
+    # two seeds a prompt, the second a grey video: each seed's score kept, their mean the prompt's
+    grey = np.full_like(clips[0][0], 128)
+    two = evaluate_prompts.score(np.stack([clips[0][0], grey, clips[1][0], grey]),
+                                 [clips[0][1], clips[1][1]], [0, 1], fps=10)
+    for r, one in zip(two, rows):
+        assert r["per_seed"] == [one["adherence"], 0.0] and r["adherence"] == one["adherence"] / 2
 
 
 def test_evaluate_prompts_draws_distinct_captions_and_asks_for_one_source(capsys):
@@ -148,3 +155,29 @@ def test_evaluate_prompts_draws_distinct_captions_and_asks_for_one_source(capsys
     assert evaluate_prompts.main(["--config=configs/demo.py", "--draw", "2", "--draw-seed", "-5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--draw-seed must be >= 0" in err[0], err
+
+
+def test_evaluate_prompts_draw_skips_excluded_captions(tmp_path, capsys):
+    """--exclude FILE,...: a drawn set leaves out every caption those files name (whatever the
+    case), and is otherwise the same draw; without --draw, or with a missing file, one error line."""
+    import os
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import evaluate_prompts
+
+    a = evaluate_prompts.draw_prompts(20)
+    earlier = tmp_path / "earlier.txt"
+    earlier.write_text(a[3] + "\n")
+    notes = tmp_path / "notes.md"
+    notes.write_text(f"we tried '{a[7].upper()}' once")
+    b = evaluate_prompts.draw_prompts(20, exclude=earlier.read_text() + notes.read_text())
+    assert len(b) == 20 and a[3] not in b and a[7] not in b
+    assert [p for p in a if p not in (a[3], a[7])] == b[:18]
+    for argv in (["--prompts", str(earlier), "--exclude", str(notes)],
+                 ["--draw", "2", "--exclude", f"{earlier},{tmp_path / 'missing.txt'}"]):
+        assert evaluate_prompts.main(["--config=configs/demo.py", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("evaluate_prompts: error:"), err

@@ -5,13 +5,15 @@
 
 Instead of a file, --draw N takes N distinct captions drawn at random from the shapes grammar
 (`shapes.random_clip` of seeds --draw-seed, --draw-seed + 1, ...: each colour as often as in
-training), the same N for the same seed.
+training), the same N for the same seed; --exclude FILE,... skips the captions that appear
+anywhere in those files (earlier prompt sets, the docs), which is how to draw a held-out set
+that nothing else names.
 
 For each guidance scale: per prompt, `metrics.prompt_adherence` (from 1 s on) averaged over the
-seeds, and the mean share of frames showing the named background colour (>= 30%) and the
-named shape colour (>= 0.5%): which half of a prompt a model misses; and the mean share of the
-frame in the named shape's colour, its size (about 5% in the training clips), which adherence
-does not see. Prints a table, writes JSON;
+seeds (the JSON keeps each seed's too), and the mean share of frames showing the named
+background colour (>= 30%) and the named shape colour (>= 0.5%): which half of a prompt a
+model misses; and the mean share of the frame in the named shape's colour, its size (about 5%
+in the training clips), which adherence does not see. Prints a table, writes JSON;
 --strip writes one row of frames per prompt (first seed, every second).
 """
 
@@ -33,14 +35,18 @@ from pyramid_jax.media import write_png, write_text
 DRAW_SEED = 2_000_000_000  # far from the seeds of the dataset's train (0 ...) and test (1e9 ...) clips
 
 
-def draw_prompts(n: int, seed: int = DRAW_SEED) -> list[str]:
-    """n distinct captions of `shapes.random_clip(seed)`, `random_clip(seed + 1)`, ... in order.
-    ValueError when 100 draws a caption do not find n (the grammar has a few tens of thousands)."""
+def draw_prompts(n: int, seed: int = DRAW_SEED, exclude: str = "") -> list[str]:
+    """n distinct captions of `shapes.random_clip(seed)`, `random_clip(seed + 1)`, ... in order,
+    leaving out any that occurs in the text `exclude` (case-insensitive). ValueError when 100
+    draws a caption do not find n (the grammar has a few tens of thousands)."""
     from pyramid_jax.data import shapes
 
+    exclude = exclude.lower()
     prompts: dict[str, None] = {}
     for s in range(seed, seed + 100 * n):
-        prompts.setdefault(shapes.random_clip(s).caption)
+        caption = shapes.random_clip(s).caption
+        if caption.lower() not in exclude:
+            prompts.setdefault(caption)
         if len(prompts) == n:
             return list(prompts)
     raise ValueError(f"--draw {n}: only {len(prompts)} distinct captions in {100 * n} draws")
@@ -70,15 +76,15 @@ class Collect:
 def score(videos, prompts, seeds, fps) -> list[dict]:
     """Per prompt: adherence and the background / shape halves of it, and the share of the
     frame in the named shape's colour (`shape_area`: the shapes' size, which adherence does not
-    see; about 0.05 in the training clips), means over seeds."""
+    see; about 0.05 in the training clips), means over seeds; `per_seed`: each seed's adherence."""
     rows = []
     for i, prompt in enumerate(prompts):
         vids = videos[i * len(seeds):(i + 1) * len(seeds)]
         shape, background = metrics.caption_colors(prompt)
         start = int(round(fps))
         shares = [metrics.color_shares(v[start:], median=True) for v in vids]
-        rows.append(dict(prompt=prompt,
-                         adherence=float(np.mean([metrics.prompt_adherence(v, prompt, fps) for v in vids])),
+        per_seed = [float(metrics.prompt_adherence(v, prompt, fps)) for v in vids]
+        rows.append(dict(prompt=prompt, adherence=float(np.mean(per_seed)), per_seed=per_seed,
                          background_ok=float(np.mean([(s[background] >= 0.3).mean() for s in shares])),
                          shape_ok=float(np.mean([(s[shape] >= 0.005).mean() for s in shares])),
                          shape_area=float(np.mean([s[shape].mean() for s in shares]))))
@@ -100,6 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", default="", help="a text file, one prompt per line")
     p.add_argument("--draw", type=int, default=0, help="instead of --prompts: N captions drawn at random")
     p.add_argument("--draw-seed", type=int, default=DRAW_SEED, help="the first random_clip seed --draw uses")
+    p.add_argument("--exclude", default="", help="with --draw: comma list of files whose captions it skips")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--guidance", default="", help="comma list of guidance scales (default: the config's)")
@@ -110,6 +117,9 @@ def main(argv=None) -> int:
     if bool(args.prompts) == bool(args.draw) or args.draw < 0:
         print("evaluate_prompts: error: give --prompts FILE or --draw N (N > 0), one of them", file=sys.stderr)
         return 2
+    if args.exclude and not args.draw:
+        print("evaluate_prompts: error: --exclude goes with --draw", file=sys.stderr)
+        return 2
     if args.draw_seed < 0:
         print(f"evaluate_prompts: error: --draw-seed must be >= 0, got {args.draw_seed}", file=sys.stderr)
         return 2
@@ -118,7 +128,8 @@ def main(argv=None) -> int:
             with open(args.prompts) as fh:
                 prompts = [line.strip() for line in fh if line.strip()]
         else:
-            prompts = draw_prompts(args.draw, args.draw_seed)
+            exclude = "\n".join(open(f).read() for f in args.exclude.split(",") if f)
+            prompts = draw_prompts(args.draw, args.draw_seed, exclude)
         seeds = [int(s) for s in args.seeds.split(",")]
         scales = [float(g) for g in args.guidance.split(",") if g.strip()]
     except (OSError, ValueError) as e:
@@ -154,7 +165,8 @@ def main(argv=None) -> int:
             write_png(args.strip.replace(".png", f"_g{g:g}.png"), strip(videos, seeds, int(c.output.fps)))
     if args.json:
         write_text(args.json, json.dumps({"results": results, "seeds": seeds, "config_args": cfg_args,
-                                           "prompts": args.prompts or dict(draw=args.draw, draw_seed=args.draw_seed)},
+                                           "prompts": args.prompts or dict(draw=args.draw, draw_seed=args.draw_seed,
+                                                                             exclude=args.exclude)},
                                           indent=1))
     return 0
 
