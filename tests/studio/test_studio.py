@@ -307,6 +307,13 @@ def test_studio_in_a_browser(server, tmp_path):
         page.wait_for_function("window.studio.shown >= 9", timeout=120_000)
         assert canvas_sum(page) != first  # the picture moves
         assert "chunk" in page.inner_text("#status") and "frames/s" in page.inner_text("#status")
+        types = len(np.unique(np.asarray(load_head_map(demo_config().cache.head_map))))  # one row per head type present
+        page.wait_for_function(f"window.studio.cache && window.studio.cache.rows.length === {types}", timeout=60_000)
+        page.wait_for_function("window.studio.shown >= 20", timeout=60_000)
+        # the README's picture: the first prompt's video as it streams, before any switch
+        page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+        if os.environ.get("STUDIO_SCREENSHOT"):  # how the README's picture is made
+            shutil.copy(tmp_path / "studio.png", os.environ["STUDIO_SCREENSHOT"])
 
         page.fill("#prompt", PROMPT_B)
         page.check("#recache")
@@ -318,13 +325,10 @@ def test_studio_in_a_browser(server, tmp_path):
         page.wait_for_function(f"window.studio.received >= {received + 6}", timeout=120_000)  # it goes on
         assert at > 0 and switched["switches"][-1][2] is True and f"frame {at}: {PROMPT_B}" in page.inner_text(
             "#switches")
-        types = len(np.unique(np.asarray(load_head_map(demo_config().cache.head_map))))  # one row per head type present
         page.wait_for_function(f"window.studio.cache && window.studio.cache.rows.length === {types}", timeout=60_000)
         page.wait_for_function("window.studio.status.state === 'done'", timeout=240_000)
         page.wait_for_timeout(1500)  # the last frames play out
-        page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
-        if os.environ.get("STUDIO_SCREENSHOT"):  # how the README's picture is made
-            shutil.copy(tmp_path / "studio.png", os.environ["STUDIO_SCREENSHOT"])
+        page.screenshot(path=str(tmp_path / "switched.png"), full_page=True)
 
         page.fill("#prompt", "")
         page.click("#start")
@@ -343,4 +347,4 @@ def test_studio_in_a_browser(server, tmp_path):
         page.wait_for_function("window.studio.given && window.studio.given.frames === 3", timeout=60_000)
         assert page.is_checked("#usegiven") and "still.png: 3 latent frames" in page.inner_text("#given")
         browser.close()
-    assert (tmp_path / "studio.png").stat().st_size > 10_000
+    assert min((tmp_path / f).stat().st_size for f in ("studio.png", "switched.png")) > 10_000
