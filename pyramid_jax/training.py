@@ -50,6 +50,12 @@ class Recipe:
         chunk (a one-pass self-rollout against drift, with no teacher needed).
     self_context_t: the level those estimates start from; the sampler's last level is where
         the frames the cache holds at inference come from.
+    switch_prob: with this probability a sample's context chunks (every chunk before a random
+        one, at least the first) are the frames of the batch's previous sample (another clip,
+        almost always of another caption), and are context whatever clean_context_prob says: where the frames it
+        continues and its text disagree, the model learns to follow the text, as a prompt
+        switch at inference asks (trained on clips whose caption never changes, it keeps the
+        scene it sees). A batch of one has no other sample: nothing is switched.
     """
 
     frames_per_chunk: int = 3
@@ -61,6 +67,7 @@ class Recipe:
     foreground_weight: float = 0.0
     self_context_prob: float = 0.0
     self_context_t: float = 400.0
+    switch_prob: float = 0.0
     remat: bool = True
 
 
@@ -85,7 +92,13 @@ def loss_fn(model, x0, context, key, recipe: Recipe = Recipe(), foreground=None)
     t = sample_timesteps(k_t, b, f, r.frames_per_chunk, r.schedule, r.timesteps)
     chunk = jnp.arange(f) // r.frames_per_chunk
     first = jax.random.randint(k_k, (b, 1), 0, chunk[-1] + 1)
-    context_frame = (jax.random.uniform(k_c, (b, 1)) < r.clean_context_prob) & (chunk[None] < first)  # [B, F]
+    with_context = jax.random.uniform(k_c, (b, 1)) < r.clean_context_prob
+    switched = jnp.zeros((b, 1), bool)
+    if r.switch_prob and f > r.frames_per_chunk and b > 1:  # a key folded from `key`: recipes without it draw as before
+        switched = jax.random.uniform(jax.random.fold_in(key, 2), (b, 1)) < r.switch_prob
+        first = jnp.where(switched, jnp.maximum(first, 1), first)
+        with_context = with_context | switched
+    context_frame = with_context & (chunk[None] < first)  # [B, F]
     t_context = jax.random.uniform(k_x, (b, 1), maxval=r.context_t_max) if r.context_t_max else 0.0
     t = jnp.where(context_frame, t_context, t)
     if r.text_drop_prob:
@@ -94,6 +107,8 @@ def loss_fn(model, x0, context, key, recipe: Recipe = Recipe(), foreground=None)
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
     text_kv, mask = model.text_kv(context), FrameMask(block_causal_mask(f, r.frames_per_chunk))
     real = x0.astype(jnp.float32)
+    if r.switch_prob and b > 1:  # another sample's frames as this one's context
+        real = jnp.where((switched & context_frame)[:, :, None, None, None], jnp.roll(real, 1, axis=0), real)
     seen = real  # what the noised input is made from
     if r.self_context_prob:  # keys folded from `key`: recipes without it draw what they drew before
         k_p, k_s = jax.random.split(jax.random.fold_in(key, 1))

@@ -93,6 +93,30 @@ def test_self_context_continues_the_models_own_estimate():
     assert abs(got - float(loss_fn(model, x0, ctx, key, plain))) > 1e-4 * got  # the context mattered
 
 
+def test_switch_samples_continue_another_clip_under_their_own_text():
+    """switch_prob 1: each sample's context chunk is the previous sample's frames, as context
+    even where clean_context_prob is 0, so the loss is the plain loss (every first chunk
+    context) of the batch whose first chunks are rolled by one; a batch of one is unchanged."""
+    from pyramid_jax.data import shapes
+    from pyramid_jax.training import Recipe
+
+    cfg = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_channels=3, out_channels=3,
+                    patch_size=(1, 4, 4), text_dim=16, freq_dim=32, text_len=4)
+    model = init_model(cfg, seed=0)
+    x0 = jnp.asarray(np.stack([to_model_frames(shapes.sample(s, 6, 16, 16)[0]) for s in (2, 3, 4)]))
+    ctx = jnp.stack([jnp.full((4, 16), v) for v in (0.1, -0.2, 0.3)])
+    switch, plain = Recipe(switch_prob=1.0), Recipe(clean_context_prob=1.0)
+    # a key whose samples all draw the second chunk as the first with a loss
+    key = next(k for k in map(jax.random.key, range(200))
+               if bool((jax.random.randint(jax.random.split(k, 6)[3], (3, 1), 0, 2) == 1).all()))
+    rolled = x0.at[:, :3].set(jnp.roll(x0[:, :3], 1, axis=0))
+    got = float(loss_fn(model, x0, ctx, key, switch))
+    assert abs(got - float(loss_fn(model, rolled, ctx, key, plain))) <= 1e-5 * got
+    assert abs(got - float(loss_fn(model, x0, ctx, key, plain))) > 1e-4 * got  # the context mattered
+    one = float(loss_fn(model, x0[:1], ctx[:1], key, switch))
+    assert one == float(loss_fn(model, x0[:1], ctx[:1], key, Recipe()))
+
+
 @pytest.mark.slow
 def test_overfits_a_fixed_batch():
     cfg = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_channels=3, out_channels=3,
@@ -146,6 +170,7 @@ def test_a_stage_recorded_before_an_option_existed_is_the_same_stage():
     old = {"steps": 4, "fg_weight": 8.0}
     assert train_demo._same_stage(old, {**old, "self_context": 0.0})
     assert not train_demo._same_stage(old, {**old, "self_context": 0.5})
+    assert train_demo._same_stage(old, {**old, "switch": 0.0})
 
 
 def test_demo_text_path_is_the_same_in_training_and_generate():
@@ -217,6 +242,7 @@ def test_train_demo_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize("bad, want", [(["--frames", "4"], "--frames must be a positive multiple of 3"),
                                        (["--fg-weight", "-1"], "--fg-weight must be >= 0"),
                                        (["--self-context", "1.5"], "--self-context is a share in [0, 1]"),
+                                       (["--switch", "-0.1"], "--switch is a share in [0, 1]"),
                                        (["--fg-named", "-2"], "--fg-named must be >= 0"),
                                        (["--probe-every", "-1"], "--probe-every must be >= 0"),
                                        (["--probe-every", "5", "--probe-prompts", "/nonexistent.txt"],

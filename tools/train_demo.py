@@ -21,7 +21,9 @@ levels trained are the 8 of the demo sampler (configs/demo.py samples them, or e
 one); the first chunk is clean or lightly noised context half of the time; 10% of the
 captions are dropped for classifier-free guidance; an EMA of the weights is what ships.
 Stage 2 resumes the run with the shapes' pixels of each clip's first chunk weighted in the
-loss (--fg-weight): stage 1 alone learns the backgrounds and loses the shapes.
+loss (--fg-weight): stage 1 alone learns the backgrounds and loses the shapes. --switch S (not
+in the shipped recipe) gives a share S of the samples another clip's frames as context under
+their own caption, so the model learns to follow a prompt switch instead of keeping its scene.
 
 --probe-every N samples the EMA weights every N steps as the demo does (2 s of 8 captions of the
 dataset's test split, or --probe-prompts FILE, 2 seeds) and logs their prompt adherence and the
@@ -171,7 +173,8 @@ def recipe_of(args):
     return Recipe(frames_per_chunk=3, schedule=FlowSchedule(shift=args.shift), timesteps=tuple(map(float, levels)),
                   clean_context_prob=args.context_prob, context_t_max=args.context_t_max,
                   text_drop_prob=args.text_drop, foreground_weight=args.fg_weight,
-                  self_context_prob=args.self_context, self_context_t=float(levels[-2]), remat=False)
+                  self_context_prob=args.self_context, self_context_t=float(levels[-2]),
+                  switch_prob=args.switch, remat=False)
 
 
 class Batches:
@@ -243,6 +246,9 @@ def main(argv=None) -> int:
     p.add_argument("--self-context", type=float, default=0.0,
                    help="share of context chunks replaced by the model's own estimate of them from the "
                         "sampler's last noise level (a self-rollout stage against drift)")
+    p.add_argument("--switch", type=float, default=0.0,
+                   help="share of samples whose context chunk is another clip's, under their own caption "
+                        "(teaches the model to follow a prompt switch; not in the shipped recipe)")
     p.add_argument("--probe-every", type=int, default=0,
                    help="every this many steps, sample the EMA weights as the demo does and log their prompt "
                         "adherence and shape size (0 = never; a few seconds each)")
@@ -275,6 +281,8 @@ def check_args(args) -> str:
         return f"--dim {args.dim} is not divisible by --heads {args.heads}"
     if not 0 <= args.self_context <= 1:
         return f"--self-context is a share in [0, 1], got {args.self_context:g}"
+    if not 0 <= args.switch <= 1:
+        return f"--switch is a share in [0, 1], got {args.switch:g}"
     if args.fg_weight < 0:
         return f"--fg-weight must be >= 0 (0 = every pixel alike), got {args.fg_weight:g}"
     if args.fg_named < 0:
@@ -432,7 +440,7 @@ def record_stage(work: str, start: int, args) -> list[dict]:
 NOT_RECIPE = ("out", "work", "export_now", "run_steps", "max_minutes", "probe_every", "probe_prompts")
 
 # options added after runs began: a stage recorded without one ran at its default
-LATER_OPTIONS = {"self_context": 0.0, "fg_named": 1.0}
+LATER_OPTIONS = {"self_context": 0.0, "fg_named": 1.0, "switch": 0.0}
 
 
 def _same_stage(recorded: dict, recipe: dict) -> bool:
