@@ -52,10 +52,11 @@ class Recipe:
         the frames the cache holds at inference come from.
     switch_prob: with this probability a sample's context chunks (every chunk before a random
         one, at least the first) are the frames of the batch's previous sample (another clip,
-        almost always of another caption), and are context whatever clean_context_prob says: where the frames it
-        continues and its text disagree, the model learns to follow the text, as a prompt
-        switch at inference asks (trained on clips whose caption never changes, it keeps the
-        scene it sees). A batch of one has no other sample: nothing is switched.
+        almost always of another caption), and are context whatever clean_context_prob says:
+        where the frames it continues and its text disagree, the model learns to follow the
+        text, as a prompt switch at inference asks (trained on clips whose caption never
+        changes, it keeps the scene it sees). A batch of one has no other sample: nothing is
+        switched.
     """
 
     frames_per_chunk: int = 3

@@ -93,6 +93,7 @@ def test_self_context_continues_the_models_own_estimate():
     assert abs(got - float(loss_fn(model, x0, ctx, key, plain))) > 1e-4 * got  # the context mattered
 
 
+@pytest.mark.slow
 def test_switch_samples_continue_another_clip_under_their_own_text():
     """switch_prob 1: each sample's context chunk is the previous sample's frames, as context
     even where clean_context_prob is 0, so the loss is the plain loss (every first chunk
