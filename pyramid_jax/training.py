@@ -94,8 +94,8 @@ def loss_fn(model, x0, context, key, recipe: Recipe = Recipe(), foreground=None)
     chunk = jnp.arange(f) // r.frames_per_chunk
     first = jax.random.randint(k_k, (b, 1), 0, chunk[-1] + 1)
     with_context = jax.random.uniform(k_c, (b, 1)) < r.clean_context_prob
-    switched = jnp.zeros((b, 1), bool)
-    if r.switch_prob and f > r.frames_per_chunk and b > 1:  # a key folded from `key`: recipes without it draw as before
+    switching = bool(r.switch_prob) and f > r.frames_per_chunk and b > 1  # needs a later chunk and another sample
+    if switching:  # a key folded from `key`: recipes without it draw as before
         switched = jax.random.uniform(jax.random.fold_in(key, 2), (b, 1)) < r.switch_prob
         first = jnp.where(switched, jnp.maximum(first, 1), first)
         with_context = with_context | switched
@@ -108,7 +108,7 @@ def loss_fn(model, x0, context, key, recipe: Recipe = Recipe(), foreground=None)
     noise = jax.random.normal(k_n, x0.shape, jnp.float32)
     text_kv, mask = model.text_kv(context), FrameMask(block_causal_mask(f, r.frames_per_chunk))
     real = x0.astype(jnp.float32)
-    if r.switch_prob and b > 1:  # another sample's frames as this one's context
+    if switching:  # another sample's frames as this one's context
         real = jnp.where((switched & context_frame)[:, :, None, None, None], jnp.roll(real, 1, axis=0), real)
     seen = real  # what the noised input is made from
     if r.self_context_prob:  # keys folded from `key`: recipes without it draw what they drew before

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import sys
 import time
 
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
             with open(args.prompts) as fh:
                 prompts = [line.strip() for line in fh if line.strip()]
         else:
-            exclude = "\n".join(open(f).read() for f in args.exclude.split(",") if f)
+            exclude = "\n".join(pathlib.Path(f).read_text() for f in args.exclude.split(",") if f)
             prompts = draw_prompts(args.draw, args.draw_seed, exclude)
         seeds = [int(s) for s in args.seeds.split(",")]
         scales = [float(g) for g in args.guidance.split(",") if g.strip()]
